@@ -1,0 +1,102 @@
+#![doc = include_str!("../README.md")]
+
+pub mod aggregate;
+pub mod codec;
+pub mod error;
+pub mod event;
+pub mod memory;
+pub mod repository;
+pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use aggregate::{Aggregate, Changes, Handle};
+pub use error::{ConflictError, DecodeError, EncodeError, StoreError};
+pub use event::{Apply, ApplyTo, Event, NamedEvent};
+pub use memory::InMemoryStore;
+pub use repository::{AsOf, Executed, Loaded, Repository, RepositoryError, SnapshotPolicy};
+pub use store::{
+    AppendOptions, AppendResult, EventStore, ExpectedVersion, Metadata, NewEvent, Position,
+    ReadRange, RecordedEvent, Snapshot, SnapshotStore, StoredEvent, StreamId,
+};
+
+/// `#[derive(Event)]`: see [`Event`](trait@Event).
+#[cfg(feature = "derive")]
+pub use es_derive::Event;
+
+/// `#[derive(Aggregate)]`: see [`Aggregate`](trait@Aggregate).
+#[cfg(feature = "derive")]
+pub use es_derive::Aggregate;
+
+/// Support for generated code. Not public API: it may change in any release.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::codec::{FieldValue, Fields, JsonField};
+    pub use crate::error::{DecodeError, EncodeError};
+    pub use ::core;
+    pub use ::std::vec::Vec;
+
+    /// `a == b` in a const context (for the duplicate event type check).
+    pub const fn str_eq(a: &str, b: &str) -> bool {
+        let (a, b) = (a.as_bytes(), b.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+
+    /// Decodes field `name` of `event_type` with the plain codec.
+    pub fn decode_field<T: FieldValue>(
+        event_type: &str,
+        fields: &Fields,
+        name: &str,
+    ) -> Result<T, DecodeError> {
+        T::decode_value(fields.get(name)).map_err(|e| DecodeError::field(event_type, name, e))
+    }
+
+    /// Decodes field `name` of `event_type` with the JSON codec.
+    pub fn decode_json_field<T: serde::de::DeserializeOwned>(
+        event_type: &str,
+        fields: &Fields,
+        name: &str,
+    ) -> Result<T, DecodeError> {
+        JsonField::decode(fields.get(name)).map_err(|e| DecodeError::field(event_type, name, e))
+    }
+
+    /// Encodes `value` into field `name` with the plain codec.
+    pub fn encode_field<T: FieldValue>(out: &mut Fields, name: &'static str, value: &T) {
+        if let Some(raw) = value.encode_value() {
+            out.push(name, raw);
+        }
+    }
+
+    /// Encodes `value` into field `name` with the JSON codec.
+    pub fn encode_json_field<T: serde::Serialize>(
+        out: &mut Fields,
+        event_type: &str,
+        name: &'static str,
+        value: &T,
+    ) -> Result<(), EncodeError> {
+        if let Some(raw) =
+            JsonField::encode(value).map_err(|e| EncodeError::field(event_type, name, e))?
+        {
+            out.push(name, raw);
+        }
+        Ok(())
+    }
+
+    /// The error for a stored type an event struct does not hold.
+    pub fn unknown_event_type(event_type: &str, expected: &[&'static str]) -> DecodeError {
+        DecodeError::UnknownEventType {
+            event_type: event_type.to_owned(),
+            expected: expected.to_vec(),
+        }
+    }
+}

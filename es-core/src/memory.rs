@@ -1,0 +1,227 @@
+//! The in-memory backend: thread-safe, for tests and for examples' `--in-memory` mode.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+
+use crate::error::{ConflictError, StoreError};
+use crate::store::{
+    millis_since_epoch, AppendOptions, AppendResult, EventStore, ExpectedVersion, NewEvent,
+    Position, ReadRange, Snapshot, SnapshotStore, StoredEvent, StreamId,
+};
+
+/// An [`EventStore`] and [`SnapshotStore`] in process memory.
+///
+/// Cloning it gives another handle to the same data. Positions are issued like Redis
+/// stream ids (`<millis>-<seq>`, strictly increasing per category), so time travel and
+/// category reads behave as on Redis.
+///
+/// ```
+/// use es_core::{EventStore, ExpectedVersion, InMemoryStore, NewEvent, StreamId, AppendOptions};
+/// use es_core::codec::Fields;
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let store = InMemoryStore::new();
+/// let stream = StreamId::new("user", "1");
+/// let event = NewEvent { event_type: "Registered".into(), fields: Fields::new(), metadata: Default::default() };
+/// let written = store.append(&stream, ExpectedVersion::NoStream, vec![event], &AppendOptions::default()).await?;
+/// assert_eq!(written.version, 1);
+/// # Ok::<_, es_core::StoreError>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone, Default)]
+pub struct InMemoryStore {
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Each category's events in order.
+    categories: HashMap<String, Category>,
+    /// Each stream's events: indexes into its category's log, in version order.
+    streams: HashMap<StreamId, Vec<usize>>,
+    snapshots: HashMap<StreamId, Snapshot>,
+    /// Results of appends that carried an id, for idempotent retries.
+    appends: HashMap<(StreamId, String), AppendResult>,
+}
+
+struct Category {
+    storage_key: Arc<str>,
+    events: Vec<StoredEvent>,
+    last: Position,
+}
+
+impl InMemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every critical section validates before it mutates, so a panic elsewhere cannot
+        // leave the state half-changed: a poisoned lock is safe to keep using.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl std::fmt::Debug for InMemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.lock();
+        f.debug_struct("InMemoryStore")
+            .field("streams", &state.streams.len())
+            .field("snapshots", &state.snapshots.len())
+            .finish()
+    }
+}
+
+impl Category {
+    fn new(name: &str) -> Self {
+        Category {
+            storage_key: Arc::from(format!("memory:{name}")),
+            events: Vec::new(),
+            last: Position::ZERO,
+        }
+    }
+
+    fn next_position(&mut self, now: u64) -> Position {
+        let next = if now > self.last.millis {
+            Position::new(now, 0)
+        } else {
+            self.last.next()
+        };
+        self.last = next;
+        next
+    }
+}
+
+#[async_trait]
+impl EventStore for InMemoryStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        options: &AppendOptions,
+    ) -> Result<AppendResult, StoreError> {
+        if events.is_empty() {
+            return Err(StoreError::InvalidRequest(format!(
+                "an append to {stream} must carry at least one event"
+            )));
+        }
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let append_key = options
+            .append_id
+            .as_ref()
+            .map(|id| (stream.clone(), id.clone()));
+        if let Some(done) = append_key.as_ref().and_then(|k| state.appends.get(k)) {
+            return Ok(done.clone());
+        }
+        let actual = state.streams.get(stream).map_or(0, Vec::len) as u64;
+        if !expected.matches(actual) {
+            return Err(ConflictError {
+                stream: stream.clone(),
+                expected,
+                actual,
+            }
+            .into());
+        }
+        let now = millis_since_epoch(SystemTime::now());
+        let category = state
+            .categories
+            .entry(stream.category.to_string())
+            .or_insert_with(|| Category::new(&stream.category));
+        let indexes = state.streams.entry(stream.clone()).or_default();
+        let mut positions = Vec::with_capacity(events.len());
+        for (offset, event) in events.into_iter().enumerate() {
+            let position = category.next_position(now);
+            positions.push(position);
+            indexes.push(category.events.len());
+            category.events.push(StoredEvent {
+                stream: stream.clone(),
+                version: actual + 1 + offset as u64,
+                position,
+                timestamp: position.millis,
+                event_type: event.event_type.into_owned(),
+                metadata: event.metadata,
+                event: event.fields,
+                storage_key: category.storage_key.clone(),
+            });
+        }
+        let result = AppendResult {
+            version: indexes.len() as u64,
+            positions,
+        };
+        if let Some(key) = append_key {
+            state.appends.insert(key, result.clone());
+        }
+        Ok(result)
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        range: &ReadRange,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let state = self.lock();
+        let (Some(indexes), Some(category)) = (
+            state.streams.get(stream),
+            state.categories.get(stream.category.as_ref()),
+        ) else {
+            return Ok(Vec::new());
+        };
+        let from = range.from_version.max(1) as usize - 1;
+        Ok(indexes
+            .iter()
+            .skip(from)
+            .map(|&i| &category.events[i])
+            .take_while(|e| range.contains(e.version, e.timestamp))
+            .cloned()
+            .collect())
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
+        Ok(self.lock().streams.get(stream).map_or(0, Vec::len) as u64)
+    }
+
+    async fn read_category(
+        &self,
+        category: &str,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let state = self.lock();
+        let Some(category) = state.categories.get(category) else {
+            return Ok(Vec::new());
+        };
+        let start = category.events.partition_point(|e| e.position <= after);
+        Ok(category.events[start..]
+            .iter()
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for InMemoryStore {
+    async fn save_snapshot(
+        &self,
+        stream: &StreamId,
+        snapshot: &Snapshot,
+    ) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        match state.snapshots.get(stream) {
+            Some(stored) if stored.version > snapshot.version => Ok(false),
+            _ => {
+                state.snapshots.insert(stream.clone(), snapshot.clone());
+                Ok(true)
+            }
+        }
+    }
+
+    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        Ok(self.lock().snapshots.get(stream).cloned())
+    }
+}

@@ -1,0 +1,422 @@
+//! The repository: load an aggregate (snapshot + tail), run a command, append its events
+//! with optimistic concurrency, retry on conflicts, snapshot by policy.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use crate::aggregate::{Aggregate, Handle};
+use crate::codec::Fields;
+use crate::error::{ConflictError, StoreError};
+use crate::store::{
+    AppendOptions, ExpectedVersion, Metadata, NewEvent, Position, ReadRange, RecordedEvent,
+    Snapshot, SnapshotStore, StoredEvent, StreamId,
+};
+
+/// When the repository saves a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SnapshotPolicy {
+    /// Never: every load replays the whole stream.
+    #[default]
+    Never,
+    /// Whenever an append crosses a multiple of this many events.
+    EveryNEvents(u64),
+}
+
+impl SnapshotPolicy {
+    fn due(self, old_version: u64, new_version: u64) -> bool {
+        match self {
+            SnapshotPolicy::Never => false,
+            SnapshotPolicy::EveryNEvents(0) => false,
+            SnapshotPolicy::EveryNEvents(n) => old_version / n != new_version / n,
+        }
+    }
+}
+
+/// An aggregate's state at a version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded<A> {
+    /// The aggregate's stream.
+    pub stream: StreamId,
+    /// Its state.
+    pub state: A,
+    /// Its version (0: no events yet).
+    pub version: u64,
+    /// The category position of its last event ([`Position::ZERO`] if none).
+    pub position: Position,
+}
+
+/// What a successful command did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Executed<A> {
+    /// The aggregate after the command's events.
+    pub state: A,
+    /// Its version after the append.
+    pub version: u64,
+    /// How many events the command appended (0: it decided nothing happens).
+    pub appended: usize,
+    /// How many version conflicts were caught up on and retried.
+    pub conflicts_retried: u32,
+}
+
+/// Why a command failed.
+#[derive(Debug)]
+pub enum RepositoryError<E> {
+    /// The aggregate rejected the command.
+    Rejected(E),
+    /// The store failed (decode error, lost connection, …).
+    Store(StoreError),
+    /// Every attempt met a concurrent writer; the last conflict is attached.
+    TooManyConflicts {
+        /// How many attempts were made.
+        attempts: u32,
+        /// The last conflict.
+        last: ConflictError,
+    },
+}
+
+impl<E> RepositoryError<E> {
+    /// The rejection, if the aggregate rejected the command.
+    pub fn rejection(&self) -> Option<&E> {
+        match self {
+            RepositoryError::Rejected(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for RepositoryError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RepositoryError::Rejected(e) => write!(f, "command rejected: {e}"),
+            RepositoryError::Store(e) => write!(f, "{e}"),
+            RepositoryError::TooManyConflicts { attempts, last } => {
+                write!(f, "gave up after {attempts} attempts: {last}")
+            }
+        }
+    }
+}
+
+impl<E: fmt::Debug + fmt::Display> std::error::Error for RepositoryError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RepositoryError::Store(e) => Some(e),
+            RepositoryError::TooManyConflicts { last, .. } => Some(last),
+            RepositoryError::Rejected(_) => None,
+        }
+    }
+}
+
+impl<E> From<StoreError> for RepositoryError<E> {
+    fn from(e: StoreError) -> Self {
+        RepositoryError::Store(e)
+    }
+}
+
+/// Which past state to load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    /// The state after this version.
+    Version(u64),
+    /// The state from the events stored at or before this time.
+    Time(SystemTime),
+}
+
+/// Loads aggregates and runs commands against them.
+///
+/// ```
+/// # use es_core::{Aggregate, Apply, Event, Handle, InMemoryStore, Repository, SnapshotPolicy};
+/// # #[derive(Event)] struct Deposited { amount: u64 }
+/// # #[derive(Event)] enum AccountEvent { Deposited(Deposited) }
+/// # #[derive(Aggregate, Default, Debug)] #[aggregate(event = AccountEvent)] struct Account { balance: u64 }
+/// # impl Apply<Deposited> for Account { fn apply(&mut self, e: &Deposited) { self.balance += e.amount; } }
+/// # struct Deposit(u64);
+/// # impl Handle<Deposit> for Account {
+/// #     type Error = std::convert::Infallible;
+/// #     fn handle(&self, c: &Deposit) -> Result<Vec<AccountEvent>, Self::Error> { Ok(vec![Deposited { amount: c.0 }.into()]) }
+/// # }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let accounts = Repository::<Account, _>::new(InMemoryStore::new())
+///     .with_snapshot_policy(SnapshotPolicy::EveryNEvents(100));
+/// accounts.execute("acc-1", &Deposit(40)).await?;
+/// let done = accounts.execute("acc-1", &Deposit(2)).await?;
+/// assert_eq!((done.state.balance, done.version), (42, 2));
+/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+pub struct Repository<A, S> {
+    store: S,
+    snapshot_policy: SnapshotPolicy,
+    max_attempts: u32,
+    append_ids: AppendIds,
+    _aggregate: PhantomData<fn() -> A>,
+}
+
+impl<A: Aggregate, S: SnapshotStore> Repository<A, S> {
+    /// A repository over `store`: no snapshots, up to 10 attempts per command.
+    pub fn new(store: S) -> Self {
+        Repository {
+            store,
+            snapshot_policy: SnapshotPolicy::Never,
+            max_attempts: 10,
+            append_ids: AppendIds::new(),
+            _aggregate: PhantomData,
+        }
+    }
+
+    /// Saves snapshots by `policy`.
+    pub fn with_snapshot_policy(mut self, policy: SnapshotPolicy) -> Self {
+        self.snapshot_policy = policy;
+        self
+    }
+
+    /// Tries a command at most `attempts` times (at least 1) when writers conflict.
+    pub fn with_max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The stream of aggregate `id`.
+    pub fn stream_id(&self, id: &str) -> StreamId {
+        StreamId::new(A::category(), id)
+    }
+
+    /// The current state: the latest snapshot of this layout (if any) plus the events after it.
+    pub async fn load(&self, id: &str) -> Result<Loaded<A>, StoreError> {
+        let stream = self.stream_id(id);
+        let (snapshot, tail) = self
+            .store
+            .load_snapshot_and_tail(&stream, A::SNAPSHOT_SCHEMA)
+            .await?;
+        let mut loaded = match snapshot.map(|s| restore::<A>(&stream, s)) {
+            Some(Some(loaded)) => loaded,
+            Some(None) => {
+                // The snapshot did not decode (and says so in the log): replay everything.
+                let events = self.store.read_stream(&stream, &ReadRange::all()).await?;
+                return fold(Loaded::empty(stream), events);
+            }
+            None => Loaded::empty(stream),
+        };
+        // A concurrent snapshot may have raced the tail read; skip what it already holds.
+        let tail: Vec<_> = tail
+            .into_iter()
+            .filter(|e| e.version > loaded.version)
+            .collect();
+        loaded = fold(loaded, tail)?;
+        Ok(loaded)
+    }
+
+    /// A past state, by version or by time (time travel). Replays from the start.
+    pub async fn load_as_of(&self, id: &str, as_of: AsOf) -> Result<Loaded<A>, StoreError> {
+        let stream = self.stream_id(id);
+        let range = match as_of {
+            AsOf::Version(v) => ReadRange::all().to_version(v),
+            AsOf::Time(t) => ReadRange::all().until(t),
+        };
+        let events = self.store.read_stream(&stream, &range).await?;
+        fold(Loaded::empty(stream), events)
+    }
+
+    /// The aggregate's decoded events in `range`.
+    pub async fn events(
+        &self,
+        id: &str,
+        range: &ReadRange,
+    ) -> Result<Vec<RecordedEvent<A::Event>>, StoreError> {
+        let stream = self.stream_id(id);
+        self.store
+            .read_stream(&stream, range)
+            .await?
+            .into_iter()
+            .map(|e| e.decode())
+            .collect()
+    }
+
+    /// Runs `command` against aggregate `id` (see [`execute_with`](Self::execute_with)).
+    pub async fn execute<C>(
+        &self,
+        id: &str,
+        command: &C,
+    ) -> Result<Executed<A>, RepositoryError<<A as Handle<C>>::Error>>
+    where
+        A: Handle<C>,
+        C: Sync,
+    {
+        self.execute_with(id, command, Metadata::default()).await
+    }
+
+    /// Loads the aggregate, handles `command`, and appends its events (with `metadata`)
+    /// expecting the loaded version. On a conflict it reads only the events after the
+    /// version it had, applies them, and handles the command again, up to the configured
+    /// number of attempts. Saves a snapshot when the policy says so.
+    pub async fn execute_with<C>(
+        &self,
+        id: &str,
+        command: &C,
+        metadata: Metadata,
+    ) -> Result<Executed<A>, RepositoryError<<A as Handle<C>>::Error>>
+    where
+        A: Handle<C>,
+        C: Sync,
+    {
+        let mut loaded = self.load(id).await?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let events = loaded
+                .state
+                .handle(command)
+                .map_err(RepositoryError::Rejected)?;
+            if events.is_empty() {
+                return Ok(Executed {
+                    state: loaded.state,
+                    version: loaded.version,
+                    appended: 0,
+                    conflicts_retried: attempt - 1,
+                });
+            }
+            let new_events = events
+                .iter()
+                .map(|e| NewEvent::encode(e, metadata.clone()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(StoreError::from)?;
+            let options = AppendOptions::with_append_id(self.append_ids.next());
+            let expected = ExpectedVersion::Exact(loaded.version);
+            match self
+                .store
+                .append(&loaded.stream, expected, new_events, &options)
+                .await
+            {
+                Ok(written) => {
+                    let old_version = loaded.version;
+                    for event in &events {
+                        loaded.state.apply_event(event);
+                    }
+                    loaded.version = written.version;
+                    if let Some(last) = written.positions.last() {
+                        loaded.position = *last;
+                    }
+                    if self.snapshot_policy.due(old_version, loaded.version) {
+                        self.save_snapshot(&loaded).await;
+                    }
+                    return Ok(Executed {
+                        state: loaded.state,
+                        version: loaded.version,
+                        appended: events.len(),
+                        conflicts_retried: attempt - 1,
+                    });
+                }
+                Err(StoreError::Conflict(conflict)) => {
+                    if attempt >= self.max_attempts {
+                        return Err(RepositoryError::TooManyConflicts {
+                            attempts: attempt,
+                            last: conflict,
+                        });
+                    }
+                    tracing::debug!(%conflict, attempt, "catching up after a version conflict");
+                    let tail = self
+                        .store
+                        .read_stream(
+                            &loaded.stream,
+                            &ReadRange::all().from_version(loaded.version + 1),
+                        )
+                        .await?;
+                    loaded = fold(loaded, tail)?;
+                }
+                Err(other) => return Err(RepositoryError::Store(other)),
+            }
+        }
+    }
+
+    /// Saves a snapshot of `loaded` now. A failure is logged, not returned: the events are
+    /// the truth and the next load replays them.
+    pub async fn save_snapshot(&self, loaded: &Loaded<A>) {
+        let mut fields = Fields::new();
+        if let Err(error) = loaded.state.encode_snapshot(&mut fields) {
+            tracing::warn!(stream = %loaded.stream, %error, "snapshot not saved");
+            return;
+        }
+        let snapshot = Snapshot {
+            version: loaded.version,
+            position: loaded.position,
+            schema: A::SNAPSHOT_SCHEMA,
+            fields,
+        };
+        if let Err(error) = self.store.save_snapshot(&loaded.stream, &snapshot).await {
+            tracing::warn!(stream = %loaded.stream, %error, "snapshot not saved");
+        }
+    }
+}
+
+impl<A: Aggregate> Loaded<A> {
+    fn empty(stream: StreamId) -> Self {
+        Loaded {
+            stream,
+            state: A::default(),
+            version: 0,
+            position: Position::ZERO,
+        }
+    }
+}
+
+fn restore<A: Aggregate>(stream: &StreamId, snapshot: Snapshot) -> Option<Loaded<A>> {
+    match A::decode_snapshot(&snapshot.fields) {
+        Ok(state) => Some(Loaded {
+            stream: stream.clone(),
+            state,
+            version: snapshot.version,
+            position: snapshot.position,
+        }),
+        Err(error) => {
+            tracing::warn!(%stream, %error, "ignoring a snapshot that does not decode; replaying");
+            None
+        }
+    }
+}
+
+fn fold<A: Aggregate>(
+    mut loaded: Loaded<A>,
+    events: Vec<StoredEvent>,
+) -> Result<Loaded<A>, StoreError> {
+    for stored in events {
+        let event = stored.decode::<A::Event>()?;
+        loaded.state.apply_event(&event.event);
+        loaded.version = event.version;
+        loaded.position = event.position;
+    }
+    Ok(loaded)
+}
+
+/// Unique append ids: a per-repository random prefix and a counter.
+struct AppendIds {
+    prefix: u64,
+    counter: AtomicU64,
+}
+
+impl AppendIds {
+    fn new() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        hasher.write_u32(std::process::id());
+        AppendIds {
+            prefix: hasher.finish(),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}-{n:x}", self.prefix)
+    }
+}

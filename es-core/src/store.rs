@@ -1,0 +1,504 @@
+//! The storage contract: streams, envelopes, [`EventStore`] and [`SnapshotStore`].
+//!
+//! A backend stores events in per-aggregate streams (identified by a [`StreamId`]: the
+//! aggregate type, called its *category*, and the aggregate id) and keeps every category in
+//! one global order, so projections can read all `user` events as one log.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+
+use crate::codec::Fields;
+use crate::error::{DecodeError, EncodeError, StoreError};
+use crate::event::Event;
+
+/// Identifies one aggregate's stream: its category (the aggregate type name) and its id.
+///
+/// Ids are arbitrary text: backends must store any id, including empty ones and ones with
+/// separators or braces, without breaking their layout.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId {
+    /// The category: the aggregate type name (`Aggregate::NAME`).
+    pub category: Cow<'static, str>,
+    /// The aggregate id.
+    pub id: String,
+}
+
+impl StreamId {
+    /// The stream of aggregate `id` in `category`.
+    pub fn new(category: impl Into<Cow<'static, str>>, id: impl Into<String>) -> Self {
+        StreamId {
+            category: category.into(),
+            id: id.into(),
+        }
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{:?}", self.category, self.id)
+    }
+}
+
+/// What the caller believes the stream's version to be when appending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExpectedVersion {
+    /// Append whatever the version is.
+    Any,
+    /// The stream must not exist yet (version 0).
+    NoStream,
+    /// The stream must be at exactly this version (`Exact(0)` is the same as `NoStream`).
+    Exact(u64),
+}
+
+impl ExpectedVersion {
+    /// Whether a stream at `actual` satisfies this expectation.
+    pub fn matches(self, actual: u64) -> bool {
+        match self {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => actual == 0,
+            ExpectedVersion::Exact(v) => actual == v,
+        }
+    }
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectedVersion::Any => f.write_str("any version"),
+            ExpectedVersion::NoStream => f.write_str("no stream"),
+            ExpectedVersion::Exact(v) => write!(f, "version {v}"),
+        }
+    }
+}
+
+/// A position in a category's global order.
+///
+/// It has the shape of a Redis stream entry id, `<milliseconds>-<sequence>`, and every
+/// backend issues strictly increasing positions per category. [`Position::ZERO`] is before
+/// every event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Position {
+    /// Milliseconds since the Unix epoch at which the entry was stored.
+    pub millis: u64,
+    /// Sequence number within that millisecond.
+    pub seq: u64,
+}
+
+impl Position {
+    /// Before every event.
+    pub const ZERO: Position = Position { millis: 0, seq: 0 };
+
+    /// The position `millis-seq`.
+    pub const fn new(millis: u64, seq: u64) -> Self {
+        Position { millis, seq }
+    }
+
+    /// The smallest position after this one.
+    pub const fn next(self) -> Self {
+        if self.seq == u64::MAX {
+            Position::new(self.millis + 1, 0)
+        } else {
+            Position::new(self.millis, self.seq + 1)
+        }
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.millis, self.seq)
+    }
+}
+
+/// A text that is not a `<millis>-<seq>` position.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid position {0:?}: expected `<milliseconds>-<sequence>`")]
+pub struct ParsePositionError(pub String);
+
+impl FromStr for Position {
+    type Err = ParsePositionError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let error = || ParsePositionError(text.to_owned());
+        let (millis, seq) = text.split_once('-').unwrap_or((text, "0"));
+        Ok(Position::new(
+            millis.parse().map_err(|_| error())?,
+            seq.parse().map_err(|_| error())?,
+        ))
+    }
+}
+
+/// Correlation and causation ids and free-form string metadata carried by every event.
+///
+/// ```
+/// use es_core::Metadata;
+/// let meta = Metadata::new().correlation_id("req-7").with("user", "duffy");
+/// assert_eq!(meta.correlation_id.as_deref(), Some("req-7"));
+/// assert_eq!(meta.extra["user"], "duffy");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Metadata {
+    /// Groups every event caused by one request.
+    pub correlation_id: Option<String>,
+    /// The id of the message that caused this event.
+    pub causation_id: Option<String>,
+    /// Any other metadata.
+    pub extra: BTreeMap<String, String>,
+}
+
+impl Metadata {
+    /// No metadata.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the correlation id.
+    pub fn correlation_id(mut self, id: impl Into<String>) -> Self {
+        self.correlation_id = Some(id.into());
+        self
+    }
+
+    /// Sets the causation id.
+    pub fn causation_id(mut self, id: impl Into<String>) -> Self {
+        self.causation_id = Some(id.into());
+        self
+    }
+
+    /// Adds one free-form entry.
+    pub fn with(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.extra.insert(key.into(), value.into());
+        self
+    }
+
+    /// Whether there is no metadata at all.
+    pub fn is_empty(&self) -> bool {
+        self.correlation_id.is_none() && self.causation_id.is_none() && self.extra.is_empty()
+    }
+}
+
+/// An event to append: its type, its encoded fields and its metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// The event type (`Event::event_type`).
+    pub event_type: Cow<'static, str>,
+    /// The encoded fields.
+    pub fields: Fields,
+    /// Its metadata.
+    pub metadata: Metadata,
+}
+
+impl NewEvent {
+    /// Encodes a typed event.
+    pub fn encode<E: Event>(event: &E, metadata: Metadata) -> Result<Self, EncodeError> {
+        let mut fields = Fields::new();
+        event.encode(&mut fields)?;
+        Ok(NewEvent {
+            event_type: Cow::Borrowed(event.event_type()),
+            fields,
+            metadata,
+        })
+    }
+}
+
+/// A stored event with its envelope. `E` is [`Fields`] as read from a store, or a typed event
+/// after [`decode`](RecordedEvent::decode).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedEvent<E> {
+    /// The aggregate's stream.
+    pub stream: StreamId,
+    /// The aggregate's version after this event: 1-based and contiguous per stream.
+    pub version: u64,
+    /// The event's position in its category.
+    pub position: Position,
+    /// When it was stored, in milliseconds since the Unix epoch.
+    pub timestamp: u64,
+    /// The event type.
+    pub event_type: String,
+    /// Its metadata.
+    pub metadata: Metadata,
+    /// The event.
+    pub event: E,
+    /// Where the backend keeps the entry (e.g. the Redis stream key); named in decode errors.
+    pub storage_key: Arc<str>,
+}
+
+/// An event as read from a store, not yet decoded.
+pub type StoredEvent = RecordedEvent<Fields>;
+
+impl StoredEvent {
+    /// Decodes the fields into a typed event. The error names the storage key, the entry
+    /// (its position), the event type and the field.
+    pub fn decode<E: Event>(self) -> Result<RecordedEvent<E>, StoreError> {
+        let event = match E::decode(&self.event_type, &self.event) {
+            Ok(event) => event,
+            Err(source) => return Err(self.decode_error(source)),
+        };
+        Ok(self.with_event(event))
+    }
+
+    /// A [`StoreError::Decode`] located at this entry.
+    pub fn decode_error(&self, source: DecodeError) -> StoreError {
+        StoreError::decode(&*self.storage_key, self.position.to_string(), source)
+    }
+}
+
+impl<E> RecordedEvent<E> {
+    /// The same envelope around another event value.
+    pub fn with_event<F>(self, event: F) -> RecordedEvent<F> {
+        RecordedEvent {
+            stream: self.stream,
+            version: self.version,
+            position: self.position,
+            timestamp: self.timestamp,
+            event_type: self.event_type,
+            metadata: self.metadata,
+            event,
+            storage_key: self.storage_key,
+        }
+    }
+
+    /// When it was stored.
+    pub fn recorded_at(&self) -> SystemTime {
+        UNIX_EPOCH + std::time::Duration::from_millis(self.timestamp)
+    }
+}
+
+/// Options of one append.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppendOptions {
+    /// An idempotency key. Sending the same append again with the same id (after a lost
+    /// reply) returns the first append's result instead of writing the events twice or
+    /// reporting a conflict.
+    pub append_id: Option<String>,
+}
+
+impl AppendOptions {
+    /// Options with this idempotency key.
+    pub fn with_append_id(id: impl Into<String>) -> Self {
+        AppendOptions {
+            append_id: Some(id.into()),
+        }
+    }
+}
+
+/// What an append wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendResult {
+    /// The stream's version after the append (the version of the last event written).
+    pub version: u64,
+    /// The category position of each event written, in order.
+    pub positions: Vec<Position>,
+}
+
+impl AppendResult {
+    /// The version of the first event written.
+    pub fn first_version(&self) -> u64 {
+        self.version + 1 - self.positions.len() as u64
+    }
+}
+
+/// Which events of a stream to read: versions `from..=to`, optionally only those stored at
+/// or before a time (time travel).
+///
+/// ```
+/// use es_core::ReadRange;
+/// let range = ReadRange::all().from_version(3).to_version(10);
+/// assert!(range.contains(5, 0));
+/// assert!(!range.contains(11, 0));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReadRange {
+    /// First version to read (1-based; 0 and 1 both mean from the start).
+    pub from_version: u64,
+    /// Last version to read, inclusive.
+    pub to_version: Option<u64>,
+    /// Only events stored at or before this time (milliseconds since the Unix epoch).
+    pub until_millis: Option<u64>,
+}
+
+impl ReadRange {
+    /// The whole stream.
+    pub fn all() -> Self {
+        ReadRange {
+            from_version: 1,
+            to_version: None,
+            until_millis: None,
+        }
+    }
+
+    /// Starting at `version`.
+    pub fn from_version(mut self, version: u64) -> Self {
+        self.from_version = version;
+        self
+    }
+
+    /// Up to and including `version`.
+    pub fn to_version(mut self, version: u64) -> Self {
+        self.to_version = Some(version);
+        self
+    }
+
+    /// Only events stored at or before `time`.
+    pub fn until(mut self, time: SystemTime) -> Self {
+        self.until_millis = Some(millis_since_epoch(time));
+        self
+    }
+
+    /// Only events stored at or before `millis` since the Unix epoch.
+    pub fn until_millis(mut self, millis: u64) -> Self {
+        self.until_millis = Some(millis);
+        self
+    }
+
+    /// Whether an event at `version` stored at `timestamp` is in range.
+    pub fn contains(&self, version: u64, timestamp: u64) -> bool {
+        version >= self.from_version.max(1)
+            && self.to_version.is_none_or(|to| version <= to)
+            && self.until_millis.is_none_or(|until| timestamp <= until)
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 for times before it).
+pub fn millis_since_epoch(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// An aggregate's saved state, as field pairs, at a version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// The version of the last event folded into it.
+    pub version: u64,
+    /// The category position of that event.
+    pub position: Position,
+    /// The aggregate's snapshot layout (`Aggregate::SNAPSHOT_SCHEMA`): a snapshot of another
+    /// layout is ignored, and the aggregate is rebuilt by full replay.
+    pub schema: u64,
+    /// The encoded state.
+    pub fields: Fields,
+}
+
+/// Where events are stored: atomic appends with optimistic concurrency, stream reads with
+/// time travel, category reads in global order.
+///
+/// Every backend proves it keeps this contract by running the conformance suite
+/// (`es_core::conformance_tests!`, feature `testing`).
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Appends `events` to `stream` atomically (all or none) if its version matches
+    /// `expected`, and returns the new version. A mismatch writes nothing and returns
+    /// [`StoreError::Conflict`] with the actual version.
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        options: &AppendOptions,
+    ) -> Result<AppendResult, StoreError>;
+
+    /// The events of `stream` in `range`, in version order.
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        range: &ReadRange,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// The stream's current version (0: no stream).
+    async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError>;
+
+    /// Up to `limit` events of `category` stored after `after`, in category order.
+    async fn read_category(
+        &self,
+        category: &str,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+}
+
+/// Where snapshots are kept.
+#[async_trait]
+pub trait SnapshotStore: EventStore {
+    /// Saves `snapshot` unless the stored one is newer (has a higher version); returns
+    /// whether it was saved.
+    async fn save_snapshot(&self, stream: &StreamId, snapshot: &Snapshot)
+        -> Result<bool, StoreError>;
+
+    /// The stored snapshot of `stream`, if any.
+    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError>;
+
+    /// The snapshot (if any, and only if of layout `schema`) and the events after it.
+    ///
+    /// Backends that can do both in one round trip override this.
+    async fn load_snapshot_and_tail(
+        &self,
+        stream: &StreamId,
+        schema: u64,
+    ) -> Result<(Option<Snapshot>, Vec<StoredEvent>), StoreError> {
+        let snapshot = self
+            .load_snapshot(stream)
+            .await?
+            .filter(|s| s.schema == schema);
+        let from = snapshot.as_ref().map_or(1, |s| s.version + 1);
+        let tail = self
+            .read_stream(stream, &ReadRange::all().from_version(from))
+            .await?;
+        Ok((snapshot, tail))
+    }
+}
+
+#[async_trait]
+impl<T: EventStore + ?Sized> EventStore for Arc<T> {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        options: &AppendOptions,
+    ) -> Result<AppendResult, StoreError> {
+        (**self).append(stream, expected, events, options).await
+    }
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        range: &ReadRange,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        (**self).read_stream(stream, range).await
+    }
+    async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
+        (**self).stream_version(stream).await
+    }
+    async fn read_category(
+        &self,
+        category: &str,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        (**self).read_category(category, after, limit).await
+    }
+}
+
+#[async_trait]
+impl<T: SnapshotStore + ?Sized> SnapshotStore for Arc<T> {
+    async fn save_snapshot(
+        &self,
+        stream: &StreamId,
+        snapshot: &Snapshot,
+    ) -> Result<bool, StoreError> {
+        (**self).save_snapshot(stream, snapshot).await
+    }
+    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        (**self).load_snapshot(stream).await
+    }
+    async fn load_snapshot_and_tail(
+        &self,
+        stream: &StreamId,
+        schema: u64,
+    ) -> Result<(Option<Snapshot>, Vec<StoredEvent>), StoreError> {
+        (**self).load_snapshot_and_tail(stream, schema).await
+    }
+}

@@ -1,0 +1,129 @@
+//! Testing helpers (feature `testing`): given/when/then tests of aggregates, and the
+//! conformance suite every backend runs.
+
+use std::fmt::Debug;
+
+use crate::aggregate::{Aggregate, Handle};
+
+pub mod conformance;
+
+/// A given/when/then test of an aggregate's command handling, with no store involved.
+///
+/// ```
+/// # use es_core::{Aggregate, Apply, Event, Handle};
+/// use es_core::testing::AggregateTest;
+/// # #[derive(Event, Debug, PartialEq)] struct Deposited { amount: u64 }
+/// # #[derive(Event, Debug, PartialEq)] struct Withdrawn { amount: u64 }
+/// # #[derive(Event, Debug, PartialEq)] enum AccountEvent { Deposited(Deposited), Withdrawn(Withdrawn) }
+/// # #[derive(Aggregate, Default, Debug)] #[aggregate(event = AccountEvent)] struct Account { balance: u64 }
+/// # impl Apply<Deposited> for Account { fn apply(&mut self, e: &Deposited) { self.balance += e.amount; } }
+/// # impl Apply<Withdrawn> for Account { fn apply(&mut self, e: &Withdrawn) { self.balance -= e.amount; } }
+/// # struct Withdraw(u64);
+/// # #[derive(Debug, PartialEq)] struct Insufficient;
+/// # impl Handle<Withdraw> for Account {
+/// #     type Error = Insufficient;
+/// #     fn handle(&self, c: &Withdraw) -> Result<Vec<AccountEvent>, Insufficient> {
+/// #         if c.0 > self.balance { return Err(Insufficient) }
+/// #         Ok(vec![Withdrawn { amount: c.0 }.into()])
+/// #     }
+/// # }
+/// AggregateTest::<Account>::given([Deposited { amount: 10 }])
+///     .when(&Withdraw(4))
+///     .then([Withdrawn { amount: 4 }]);
+///
+/// AggregateTest::<Account>::given([Deposited { amount: 10 }])
+///     .when(&Withdraw(11))
+///     .then_error(Insufficient);
+/// ```
+pub struct AggregateTest<A: Aggregate> {
+    state: A,
+}
+
+impl<A: Aggregate> AggregateTest<A> {
+    /// Starts from the state after `events`.
+    pub fn given<E: Into<A::Event>>(events: impl IntoIterator<Item = E>) -> Self {
+        let mut state = A::default();
+        for event in events {
+            state.apply_event(&event.into());
+        }
+        AggregateTest { state }
+    }
+
+    /// Starts from a new aggregate (no events).
+    pub fn given_no_events() -> Self {
+        AggregateTest {
+            state: A::default(),
+        }
+    }
+
+    /// Adds more events of another type to the history.
+    pub fn and<E: Into<A::Event>>(mut self, events: impl IntoIterator<Item = E>) -> Self {
+        for event in events {
+            self.state.apply_event(&event.into());
+        }
+        self
+    }
+
+    /// Handles `command` in the given state.
+    pub fn when<C>(self, command: &C) -> Outcome<A, A::Error>
+    where
+        A: Handle<C>,
+    {
+        let result = self.state.handle(command);
+        Outcome {
+            state: self.state,
+            result,
+        }
+    }
+}
+
+/// What a command did in an [`AggregateTest`].
+pub struct Outcome<A: Aggregate, Err> {
+    state: A,
+    result: Result<Vec<A::Event>, Err>,
+}
+
+impl<A: Aggregate, Err: Debug> Outcome<A, Err>
+where
+    A::Event: Debug + PartialEq,
+{
+    /// Asserts the command emitted exactly `expected`; returns the state after them.
+    #[track_caller]
+    pub fn then<E: Into<A::Event>>(self, expected: impl IntoIterator<Item = E>) -> A {
+        let expected: Vec<A::Event> = expected.into_iter().map(Into::into).collect();
+        match self.result {
+            Ok(events) => {
+                assert_eq!(events, expected, "the command emitted other events");
+                let mut state = self.state;
+                for event in &events {
+                    state.apply_event(event);
+                }
+                state
+            }
+            Err(error) => panic!("expected events {expected:?}, the command was rejected: {error:?}"),
+        }
+    }
+
+    /// Asserts the command emitted no events.
+    #[track_caller]
+    pub fn then_nothing(self) -> A {
+        self.then(Vec::<A::Event>::new())
+    }
+
+    /// Asserts the command was rejected with `expected`.
+    #[track_caller]
+    pub fn then_error(self, expected: Err)
+    where
+        Err: PartialEq,
+    {
+        match self.result {
+            Ok(events) => panic!("expected rejection {expected:?}, the command emitted {events:?}"),
+            Err(error) => assert_eq!(error, expected, "the command was rejected otherwise"),
+        }
+    }
+
+    /// The raw result, for custom assertions.
+    pub fn into_result(self) -> Result<Vec<A::Event>, Err> {
+        self.result
+    }
+}

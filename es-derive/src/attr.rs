@@ -1,0 +1,213 @@
+//! Typed `#[event(...)]` and `#[aggregate(...)]` attributes.
+
+use proc_macro2::Span;
+use syn::meta::ParseNestedMeta;
+use syn::spanned::Spanned;
+use syn::{Attribute, Expr, ExprLit, Lit, LitStr};
+
+use crate::ctxt::Ctxt;
+
+/// Where an attribute stands: it decides which keys are allowed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Place {
+    EventStruct,
+    EventEnum,
+    EventVariant,
+    EventField,
+    Aggregate,
+    AggregateField,
+}
+
+impl Place {
+    fn attr_name(self) -> &'static str {
+        match self {
+            Place::Aggregate | Place::AggregateField => "aggregate",
+            _ => "event",
+        }
+    }
+
+    fn allowed(self) -> &'static [&'static str] {
+        match self {
+            Place::EventStruct => &["rename"],
+            Place::EventEnum | Place::EventVariant => &[],
+            Place::EventField => &["rename", "json"],
+            Place::Aggregate => &["event", "name"],
+            Place::AggregateField => &["rename", "json", "skip"],
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Place::EventStruct => "an event struct",
+            Place::EventEnum => "an event enum",
+            Place::EventVariant => "an event enum's variant",
+            Place::EventField => "an event field",
+            Place::Aggregate => "an aggregate",
+            Place::AggregateField => "an aggregate field",
+        }
+    }
+
+    /// A hint for a key that is valid elsewhere but not here.
+    fn misplaced_hint(self, key: &str) -> Option<&'static str> {
+        match (self, key) {
+            (Place::EventEnum | Place::EventVariant, "rename") => {
+                Some("event types are named on the event struct: put `#[event(rename = \"...\")]` on the struct the variant holds")
+            }
+            (Place::EventEnum | Place::EventVariant, "json") => {
+                Some("codecs are chosen per field: put `#[event(json)]` on a field of the event struct")
+            }
+            (Place::EventField, "skip") => Some(
+                "every event field is stored; remove the field from the event, or make it an `Option`",
+            ),
+            (Place::EventStruct, "name") => Some("an event struct is named with `rename = \"...\"`"),
+            (Place::Aggregate, "rename") => {
+                Some("an aggregate's storage name is set with `name = \"...\"`")
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A `key = "text"` value with the span of its literal.
+pub(crate) struct Text {
+    pub value: String,
+    pub lit: LitStr,
+}
+
+#[derive(Default)]
+pub(crate) struct Attrs {
+    pub rename: Option<Text>,
+    pub name: Option<Text>,
+    pub event: Option<syn::Path>,
+    pub json: Option<Span>,
+    pub skip: Option<Span>,
+}
+
+pub(crate) fn parse(cx: &Ctxt, attrs: &[Attribute], place: Place) -> Attrs {
+    let mut out = Attrs::default();
+    let attr_name = place.attr_name();
+    for attr in attrs.iter().filter(|a| a.path().is_ident(attr_name)) {
+        if let syn::Meta::Path(_) = attr.meta {
+            cx.error_spanned_by(
+                attr,
+                format!("expected `#[{attr_name}(...)]` with keys inside the parentheses"),
+            );
+            continue;
+        }
+        let result = attr.parse_nested_meta(|meta| {
+            let key = meta
+                .path
+                .get_ident()
+                .map(ToString::to_string)
+                .unwrap_or_else(|| {
+                    let path = &meta.path;
+                    quote::quote!(#path).to_string().replace(' ', "")
+                });
+            if !place.allowed().contains(&key.as_str()) {
+                let mut message = format!(
+                    "unknown `{attr_name}` attribute `{key}` on {}",
+                    place.describe()
+                );
+                match (place.misplaced_hint(&key), place.allowed()) {
+                    (Some(hint), _) => message.push_str(&format!("; help: {hint}")),
+                    (None, []) => message.push_str("; help: no attributes are accepted here"),
+                    (None, allowed) => message.push_str(&format!(
+                        "; help: expected one of {}",
+                        allowed
+                            .iter()
+                            .map(|k| format!("`{k}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                }
+                cx.error_spanned_by(&meta.path, message);
+                return skip_value(&meta);
+            }
+            let duplicate = match key.as_str() {
+                "rename" => set(&mut out.rename, text(cx, &meta, &key)?),
+                "name" => set(&mut out.name, text(cx, &meta, &key)?),
+                "event" => set(&mut out.event, event_path(&meta)?),
+                "json" => set(&mut out.json, flag(cx, &meta, &key)?),
+                "skip" => set(&mut out.skip, flag(cx, &meta, &key)?),
+                _ => false,
+            };
+            if duplicate {
+                cx.error_spanned_by(
+                    &meta.path,
+                    format!("duplicate `{attr_name}` attribute `{key}`; help: keep only one"),
+                );
+            }
+            Ok(())
+        });
+        if let Err(error) = result {
+            cx.syn_error(error);
+        }
+    }
+    out
+}
+
+/// Stores `value` in `slot`; returns whether `slot` was already set.
+fn set<T>(slot: &mut Option<T>, value: Option<T>) -> bool {
+    match value {
+        Some(value) => slot.replace(value).is_some(),
+        None => false,
+    }
+}
+
+fn text(cx: &Ctxt, meta: &ParseNestedMeta, key: &str) -> syn::Result<Option<Text>> {
+    if !meta.input.peek(syn::Token![=]) {
+        cx.error_spanned_by(
+            &meta.path,
+            format!("`{key}` needs a value; help: write `{key} = \"...\"`"),
+        );
+        return Ok(None);
+    }
+    let expr: Expr = meta.value()?.parse()?;
+    match expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(lit), ..
+        }) => Ok(Some(Text {
+            value: lit.value(),
+            lit,
+        })),
+        other => {
+            cx.error_spanned_by(
+                &other,
+                format!("`{key}` expects a string literal; help: write `{key} = \"...\"`"),
+            );
+            Ok(None)
+        }
+    }
+}
+
+fn event_path(meta: &ParseNestedMeta) -> syn::Result<Option<syn::Path>> {
+    let value = meta.value()?;
+    value.parse::<syn::Path>().map(Some).map_err(|e| {
+        syn::Error::new(
+            e.span(),
+            "`event` expects the path of the aggregate's event type; help: write `event = UserEvent`",
+        )
+    })
+}
+
+fn flag(cx: &Ctxt, meta: &ParseNestedMeta, key: &str) -> syn::Result<Option<Span>> {
+    if meta.input.peek(syn::Token![=]) || meta.input.peek(syn::token::Paren) {
+        cx.error_spanned_by(
+            &meta.path,
+            format!("`{key}` takes no value; help: write just `{key}`"),
+        );
+        skip_value(meta)?;
+        return Ok(None);
+    }
+    Ok(Some(meta.path.span()))
+}
+
+/// Consumes `= value` or `(...)` after a key we reject, so parsing goes on.
+fn skip_value(meta: &ParseNestedMeta) -> syn::Result<()> {
+    if meta.input.peek(syn::Token![=]) {
+        meta.value()?.parse::<Expr>()?;
+    } else if meta.input.peek(syn::token::Paren) {
+        meta.parse_nested_meta(|inner| skip_value(&inner))?;
+    }
+    Ok(())
+}

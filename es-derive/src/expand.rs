@@ -1,0 +1,335 @@
+//! Code generation from a valid model.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned as _;
+use syn::DeriveInput;
+
+use crate::ast::{AggregateInput, Body, EventEnum, EventInput, EventStruct, Field};
+use crate::ctxt::Ctxt;
+use crate::valid;
+
+pub(crate) fn event(input: &DeriveInput) -> TokenStream {
+    let cx = Ctxt::default();
+    let model = EventInput::from_ast(&cx, input);
+    match &model {
+        Some(EventInput::Struct(s)) => valid::event_struct(&cx, s),
+        Some(EventInput::Enum(e)) => valid::event_enum(&cx, e),
+        None => {}
+    }
+    match (cx.check(), model) {
+        (Ok(()), Some(EventInput::Struct(s))) => event_struct(&s),
+        (Ok(()), Some(EventInput::Enum(e))) => event_enum(&e),
+        (Ok(()), None) => TokenStream::new(),
+        (Err(error), _) => {
+            let mut out = error.to_compile_error();
+            out.extend(event_fallback(input));
+            out
+        }
+    }
+}
+
+pub(crate) fn aggregate(input: &DeriveInput) -> TokenStream {
+    let cx = Ctxt::default();
+    let model = AggregateInput::from_ast(&cx, input);
+    if let Some(model) = &model {
+        valid::aggregate(&cx, model);
+    }
+    match (cx.check(), model) {
+        (Ok(()), Some(model)) => aggregate_impl(&model),
+        (Ok(()), None) => TokenStream::new(),
+        (Err(error), _) => error.to_compile_error(),
+    }
+}
+
+/// A stub `Event` impl after an error, so uses of the type elsewhere do not add errors.
+fn event_fallback(input: &DeriveInput) -> TokenStream {
+    if input.generics.params.is_empty() && !matches!(input.data, syn::Data::Union(_)) {
+        let ident = &input.ident;
+        quote! {
+            impl ::es_core::Event for #ident {
+                const EVENT_TYPES: &'static [&'static str] = &[];
+                fn event_type(&self) -> &'static str { ::core::unreachable!() }
+                fn encode(&self, _: &mut ::es_core::__private::Fields) -> ::core::result::Result<(), ::es_core::__private::EncodeError> { ::core::unreachable!() }
+                fn decode(_: &str, _: &::es_core::__private::Fields) -> ::core::result::Result<Self, ::es_core::__private::DecodeError> { ::core::unreachable!() }
+            }
+        }
+    } else {
+        TokenStream::new()
+    }
+}
+
+/// Statements that append every stored field of `self` to `out`; `what` names the event
+/// type (or snapshot) in errors.
+fn encode_fields(fields: &[Field], what: &TokenStream) -> TokenStream {
+    let statements = fields.iter().filter(|f| !f.skip).map(|field| {
+        let member = &field.member;
+        let name = &field.stored_name;
+        let ty = &field.ty;
+        if field.json {
+            quote_spanned! {field.ty_span()=>
+                ::es_core::__private::encode_json_field::<#ty>(out, #what, #name, &self.#member)?;
+            }
+        } else {
+            // Spanned at the field's type: a type without a codec is reported there.
+            let value = quote_spanned! {field.ty_span()=>
+                <#ty as ::es_core::__private::FieldValue>::encode_value(&self.#member)
+            };
+            quote! {
+                if let ::core::option::Option::Some(raw) = #value {
+                    out.push(#name, raw);
+                }
+            }
+        }
+    });
+    quote! { #(#statements)* }
+}
+
+/// The struct expression that decodes every field from `fields`.
+fn decode_body(body: &Body, what: &TokenStream) -> TokenStream {
+    match body {
+        Body::Unit => quote!(Self),
+        Body::Named(fields) => {
+            let inits = fields.iter().map(|field| {
+                let member = &field.member;
+                let name = &field.stored_name;
+                let ty = &field.ty;
+                let value = if field.skip {
+                    quote_spanned! {field.ty_span()=> <#ty as ::core::default::Default>::default() }
+                } else if field.json {
+                    quote_spanned! {field.ty_span()=>
+                        ::es_core::__private::decode_json_field::<#ty>(#what, fields, #name)?
+                    }
+                } else {
+                    quote_spanned! {field.ty_span()=>
+                        ::es_core::__private::decode_field::<#ty>(#what, fields, #name)?
+                    }
+                };
+                quote!(#member: #value)
+            });
+            quote!(Self { #(#inits),* })
+        }
+    }
+}
+
+fn event_struct(input: &EventStruct) -> TokenStream {
+    let ident = input.ident;
+    let event_type = &input.event_type;
+    let what = quote!(#event_type);
+    let encode = encode_fields(input.body.fields(), &what);
+    let decode = decode_body(&input.body, &what);
+    let out = if input.body.fields().is_empty() {
+        quote!(_out)
+    } else {
+        quote!(out)
+    };
+    let fields_arg = if input.body.fields().iter().all(|f| f.skip) {
+        quote!(_fields)
+    } else {
+        quote!(fields)
+    };
+    quote! {
+        impl ::es_core::Event for #ident {
+            const EVENT_TYPES: &'static [&'static str] = &[#event_type];
+
+            fn event_type(&self) -> &'static str {
+                #event_type
+            }
+
+            fn encode(
+                &self,
+                #out: &mut ::es_core::__private::Fields,
+            ) -> ::core::result::Result<(), ::es_core::__private::EncodeError> {
+                #encode
+                ::core::result::Result::Ok(())
+            }
+
+            fn decode(
+                event_type: &str,
+                #fields_arg: &::es_core::__private::Fields,
+            ) -> ::core::result::Result<Self, ::es_core::__private::DecodeError> {
+                if event_type != #event_type {
+                    return ::core::result::Result::Err(
+                        ::es_core::__private::unknown_event_type(event_type, &[#event_type]),
+                    );
+                }
+                ::core::result::Result::Ok(#decode)
+            }
+        }
+
+        impl ::es_core::NamedEvent for #ident {
+            const NAME: &'static str = #event_type;
+        }
+    }
+}
+
+fn event_enum(input: &EventEnum) -> TokenStream {
+    let ident = input.ident;
+    let variants = &input.variants;
+    let idents: Vec<_> = variants.iter().map(|v| v.ident).collect();
+    let tys: Vec<_> = variants.iter().map(|v| v.ty).collect();
+    // Spanned at each variant's type: a type that is not an event struct is reported there.
+    let names: Vec<_> = variants
+        .iter()
+        .map(|v| {
+            let ty = v.ty;
+            quote_spanned!(ty.span()=> <#ty as ::es_core::NamedEvent>::NAME)
+        })
+        .collect();
+
+    let mut duplicate_checks = Vec::new();
+    for (i, later) in variants.iter().enumerate() {
+        for earlier in &variants[..i] {
+            let message = format!(
+                "event enum `{ident}`: variants `{}` and `{}` have the same event type; help: give one of their structs another `#[event(rename = \"...\")]`",
+                earlier.ident, later.ident
+            );
+            let (a, b) = (earlier.ty, later.ty);
+            duplicate_checks.push(quote_spanned! {later.ident.span()=>
+                const _: () = ::core::assert!(
+                    !::es_core::__private::str_eq(
+                        <#a as ::es_core::NamedEvent>::NAME,
+                        <#b as ::es_core::NamedEvent>::NAME,
+                    ),
+                    #message,
+                );
+            });
+        }
+    }
+
+    let apply_bounds = tys.iter().map(|ty| {
+        quote_spanned!(ty.span()=> __EsAggregate: ::es_core::Apply<#ty>)
+    });
+    let generic = format_ident!("__EsAggregate");
+
+    quote! {
+        impl ::es_core::Event for #ident {
+            const EVENT_TYPES: &'static [&'static str] = &[#(#names),*];
+
+            fn event_type(&self) -> &'static str {
+                match self {
+                    #(Self::#idents(_) => #names,)*
+                }
+            }
+
+            fn encode(
+                &self,
+                out: &mut ::es_core::__private::Fields,
+            ) -> ::core::result::Result<(), ::es_core::__private::EncodeError> {
+                match self {
+                    #(Self::#idents(event) => ::es_core::Event::encode(event, out),)*
+                }
+            }
+
+            fn decode(
+                event_type: &str,
+                fields: &::es_core::__private::Fields,
+            ) -> ::core::result::Result<Self, ::es_core::__private::DecodeError> {
+                #(
+                    if event_type == #names {
+                        return <#tys as ::es_core::Event>::decode(event_type, fields).map(Self::#idents);
+                    }
+                )*
+                ::core::result::Result::Err(::es_core::__private::unknown_event_type(
+                    event_type,
+                    <Self as ::es_core::Event>::EVENT_TYPES,
+                ))
+            }
+        }
+
+        #(
+            impl ::core::convert::From<#tys> for #ident {
+                fn from(event: #tys) -> Self {
+                    Self::#idents(event)
+                }
+            }
+        )*
+
+        impl<#generic: ?Sized> ::es_core::ApplyTo<#generic> for #ident
+        where
+            #(#apply_bounds,)*
+        {
+            fn apply_to(&self, aggregate: &mut #generic) {
+                match self {
+                    #(Self::#idents(event) => ::es_core::Apply::<#tys>::apply(aggregate, event),)*
+                }
+            }
+        }
+
+        #(#duplicate_checks)*
+    }
+}
+
+fn aggregate_impl(input: &AggregateInput) -> TokenStream {
+    let ident = input.ident;
+    let Some(event) = &input.event else {
+        return TokenStream::new();
+    };
+    let name = &input.name;
+    let what_text = format!("snapshot of {name}");
+    let what = quote!(#what_text);
+    let fields = input.body.fields();
+    let encode = encode_fields(fields, &what);
+    let decode = decode_body(&input.body, &what);
+    let schema = snapshot_schema(fields);
+    let out = if fields.iter().all(|f| f.skip) {
+        quote!(_out)
+    } else {
+        quote!(out)
+    };
+    let fields_arg = if fields.iter().all(|f| f.skip) {
+        quote!(_fields)
+    } else {
+        quote!(fields)
+    };
+    // Spanned at the `event = ...` path: an event the aggregate does not `Apply` is reported there.
+    let dispatch = quote_spanned! {syn::spanned::Spanned::span(event)=>
+        <#event as ::es_core::ApplyTo<Self>>::apply_to(event, self)
+    };
+    quote! {
+        impl ::es_core::Aggregate for #ident {
+            type Event = #event;
+
+            const NAME: &'static str = #name;
+
+            const SNAPSHOT_SCHEMA: u64 = #schema;
+
+            fn apply_event(&mut self, event: &Self::Event) {
+                #dispatch
+            }
+
+            fn encode_snapshot(
+                &self,
+                #out: &mut ::es_core::__private::Fields,
+            ) -> ::core::result::Result<(), ::es_core::__private::EncodeError> {
+                #encode
+                ::core::result::Result::Ok(())
+            }
+
+            fn decode_snapshot(
+                #fields_arg: &::es_core::__private::Fields,
+            ) -> ::core::result::Result<Self, ::es_core::__private::DecodeError> {
+                ::core::result::Result::Ok(#decode)
+            }
+        }
+    }
+}
+
+/// FNV-1a over each stored field's name, type and codec: a changed layout changes it.
+fn snapshot_schema(fields: &[Field]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for field in fields.iter().filter(|f| !f.skip) {
+        let ty = &field.ty;
+        let text = format!(
+            "{}:{}:{};",
+            field.stored_name,
+            quote!(#ty).to_string().replace(' ', ""),
+            if field.json { "json" } else { "plain" }
+        );
+        for byte in text.bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
