@@ -234,7 +234,11 @@ impl FieldValue for char {
 /// `true` / `false` (decoding also accepts `1` / `0`).
 impl FieldValue for bool {
     fn encode_value(&self) -> Option<Vec<u8>> {
-        Some(if *self { b"true".to_vec() } else { b"false".to_vec() })
+        Some(if *self {
+            b"true".to_vec()
+        } else {
+            b"false".to_vec()
+        })
     }
     fn decode_value(raw: Option<&[u8]>) -> Result<Self, FieldError> {
         match present(raw)? {
@@ -370,7 +374,9 @@ impl JsonField {
         match serde_json::to_vec(value) {
             Ok(bytes) if bytes == b"null" => Ok(None),
             Ok(bytes) => Ok(Some(bytes)),
-            Err(e) => Err(FieldError::Invalid(format!("cannot be written as JSON: {e}"))),
+            Err(e) => Err(FieldError::Invalid(format!(
+                "cannot be written as JSON: {e}"
+            ))),
         }
     }
 

@@ -1,5 +1,8 @@
 #![doc = include_str!("../README.md")]
 
+// Lets this crate use its own derives, whose code names `::es_core`.
+extern crate self as es_core;
+
 pub mod aggregate;
 pub mod codec;
 pub mod error;

@@ -61,7 +61,9 @@ impl InMemoryStore {
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every critical section validates before it mutates, so a panic elsewhere cannot
         // leave the state half-changed: a poisoned lock is safe to keep using.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -425,8 +425,11 @@ pub trait EventStore: Send + Sync {
 pub trait SnapshotStore: EventStore {
     /// Saves `snapshot` unless the stored one is newer (has a higher version); returns
     /// whether it was saved.
-    async fn save_snapshot(&self, stream: &StreamId, snapshot: &Snapshot)
-        -> Result<bool, StoreError>;
+    async fn save_snapshot(
+        &self,
+        stream: &StreamId,
+        snapshot: &Snapshot,
+    ) -> Result<bool, StoreError>;
 
     /// The stored snapshot of `stream`, if any.
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError>;

@@ -100,7 +100,9 @@ where
                 }
                 state
             }
-            Err(error) => panic!("expected events {expected:?}, the command was rejected: {error:?}"),
+            Err(error) => {
+                panic!("expected events {expected:?}, the command was rejected: {error:?}")
+            }
         }
     }
 

@@ -1,1 +1,2 @@
-//! placeholder
+//! Workspace-level tests: the macro compile-fail suite (`tests/compiletest.rs`, cases in
+//! `ui/` and `pass/`), the in-memory conformance run, and repository behaviour.
