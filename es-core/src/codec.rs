@@ -389,3 +389,129 @@ impl JsonField {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn round_trip<T: FieldValue + PartialEq + std::fmt::Debug>(value: T) {
+        let raw = value.encode_value();
+        assert_eq!(T::decode_value(raw.as_deref()).as_ref(), Ok(&value));
+    }
+
+    #[test]
+    fn numbers_and_bools_are_decimal_text() {
+        assert_eq!(42u64.encode_value().as_deref(), Some(&b"42"[..]));
+        assert_eq!((-7i32).encode_value().as_deref(), Some(&b"-7"[..]));
+        assert_eq!(1.5f64.encode_value().as_deref(), Some(&b"1.5"[..]));
+        assert_eq!(true.encode_value().as_deref(), Some(&b"true"[..]));
+        assert_eq!(bool::decode_value(Some(b"0")), Ok(false));
+    }
+
+    #[test]
+    fn none_is_an_absent_field() {
+        assert_eq!(Option::<String>::None.encode_value(), None);
+        assert_eq!(Option::<u8>::decode_value(None), Ok(None));
+        assert_eq!(Option::<u8>::decode_value(Some(b"3")), Ok(Some(3)));
+        assert_eq!(
+            Option::<u8>::decode_value(Some(b"300")),
+            Err(FieldError::invalid("an integer in u8 range", b"300"))
+        );
+    }
+
+    #[test]
+    fn missing_and_invalid_fields_are_typed_errors() {
+        assert_eq!(String::decode_value(None), Err(FieldError::Missing));
+        assert!(matches!(
+            String::decode_value(Some(&[0xff, 0xfe])),
+            Err(FieldError::Invalid(_))
+        ));
+        let error = u32::decode_value(Some(b"12x")).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "expected an integer in u32 range, found \"12x\""
+        );
+        assert!(matches!(
+            char::decode_value(Some(b"ab")),
+            Err(FieldError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn long_invalid_values_are_shortened_in_errors() {
+        let raw = vec![b'x'; 10_000];
+        let message = u8::decode_value(Some(&raw)).unwrap_err().to_string();
+        assert!(message.len() < 200, "{message}");
+    }
+
+    #[test]
+    fn small_std_types_round_trip() {
+        round_trip('🦆');
+        round_trip(std::time::Duration::from_millis(1500));
+        round_trip(std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123));
+        round_trip("127.0.0.1".parse::<std::net::IpAddr>().unwrap());
+        round_trip(Box::<str>::from("boxed"));
+        round_trip(Arc::<str>::from("shared"));
+        round_trip(vec![0u8, 255, 10, 13]);
+        round_trip(f64::INFINITY);
+        round_trip(u128::MAX);
+    }
+
+    #[test]
+    fn json_fields_round_trip_and_report_errors() {
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct Address {
+            city: String,
+        }
+        let raw = JsonField::encode(&Address {
+            city: "Acme".into(),
+        })
+        .unwrap();
+        assert_eq!(raw.as_deref(), Some(&br#"{"city":"Acme"}"#[..]));
+        let back: Address = JsonField::decode(raw.as_deref()).unwrap();
+        assert_eq!(back.city, "Acme");
+        assert_eq!(JsonField::encode(&Option::<u8>::None), Ok(None));
+        assert_eq!(JsonField::decode::<Option<u8>>(None), Ok(None));
+        assert!(matches!(
+            JsonField::decode::<Address>(Some(b"{")),
+            Err(FieldError::Invalid(_))
+        ));
+        assert!(matches!(JsonField::decode::<Address>(None), Err(_)));
+        let bad_map: std::collections::HashMap<Vec<u8>, u8> = [(vec![1], 1)].into();
+        assert!(JsonField::encode(&bad_map).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn strings_round_trip(s in any::<String>()) { round_trip(s); }
+
+        #[test]
+        fn integers_round_trip(a in any::<i64>(), b in any::<u64>(), c in any::<i128>(), d in any::<u8>()) {
+            round_trip(a); round_trip(b); round_trip(c); round_trip(d);
+        }
+
+        #[test]
+        fn floats_round_trip_exactly(x in any::<f64>().prop_filter("NaN is not equal to itself", |x| !x.is_nan()), y in any::<f32>().prop_filter("NaN", |y| !y.is_nan())) {
+            round_trip(x); round_trip(y);
+        }
+
+        #[test]
+        fn optional_values_round_trip(v in proptest::option::of(any::<i32>())) { round_trip(v); }
+
+        #[test]
+        fn decoders_never_panic_on_arbitrary_bytes(raw in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64))) {
+            let raw = raw.as_deref();
+            let _ = String::decode_value(raw);
+            let _ = bool::decode_value(raw);
+            let _ = i64::decode_value(raw);
+            let _ = u8::decode_value(raw);
+            let _ = f64::decode_value(raw);
+            let _ = char::decode_value(raw);
+            let _ = std::time::SystemTime::decode_value(raw);
+            let _ = std::time::Duration::decode_value(raw);
+            let _ = std::net::IpAddr::decode_value(raw);
+            let _ = JsonField::decode::<serde_json::Value>(raw);
+        }
+    }
+}

@@ -197,9 +197,9 @@ fn event_enum(input: &EventEnum) -> TokenStream {
         }
     }
 
-    let apply_bounds = tys.iter().map(|ty| {
-        quote_spanned!(ty.span()=> __EsAggregate: ::es_core::Apply<#ty>)
-    });
+    let apply_bounds = tys
+        .iter()
+        .map(|ty| quote_spanned!(ty.span()=> __EsAggregate: ::es_core::Apply<#ty>));
     let generic = format_ident!("__EsAggregate");
 
     quote! {

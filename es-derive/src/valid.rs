@@ -114,7 +114,9 @@ fn stored_names<F: std::borrow::Borrow<Field>>(cx: &Ctxt, fields: &[F], attr: &s
         if field.stored_name.is_empty() {
             cx.syn_error(syn::Error::new(
                 field.name_span,
-                format!("a stored field name cannot be empty; help: `#[{attr}(rename = \"name\")]`"),
+                format!(
+                    "a stored field name cannot be empty; help: `#[{attr}(rename = \"name\")]`"
+                ),
             ));
             continue;
         }
