@@ -55,15 +55,6 @@ pub mod __private {
         true
     }
 
-    /// Decodes field `name` of `event_type` with the plain codec.
-    pub fn decode_field<T: FieldValue>(
-        event_type: &str,
-        fields: &Fields,
-        name: &str,
-    ) -> Result<T, DecodeError> {
-        T::decode_value(fields.get(name)).map_err(|e| DecodeError::field(event_type, name, e))
-    }
-
     /// Decodes field `name` of `event_type` with the JSON codec.
     pub fn decode_json_field<T: serde::de::DeserializeOwned>(
         event_type: &str,
@@ -71,13 +62,6 @@ pub mod __private {
         name: &str,
     ) -> Result<T, DecodeError> {
         JsonField::decode(fields.get(name)).map_err(|e| DecodeError::field(event_type, name, e))
-    }
-
-    /// Encodes `value` into field `name` with the plain codec.
-    pub fn encode_field<T: FieldValue>(out: &mut Fields, name: &'static str, value: &T) {
-        if let Some(raw) = value.encode_value() {
-            out.push(name, raw);
-        }
     }
 
     /// Encodes `value` into field `name` with the JSON codec.

@@ -192,7 +192,7 @@ impl<'a> AggregateInput<'a> {
         reject_generics(cx, input, "aggregates");
         let attrs = attr::parse(cx, &input.attrs, Place::Aggregate);
         let body = fields(cx, &data.fields, Place::AggregateField, "aggregates");
-        if attrs.event.is_none() {
+        if attrs.event.is_none() && !attrs.event_invalid {
             cx.error_spanned_by(
                 &input.ident,
                 "missing `#[aggregate(event = ...)]`; help: name the aggregate's event type, like `#[aggregate(event = UserEvent)]`",

@@ -81,6 +81,8 @@ pub(crate) struct Attrs {
     pub event: Option<syn::Path>,
     pub json: Option<Span>,
     pub skip: Option<Span>,
+    /// `event = ...` was given but is not a path (already reported).
+    pub event_invalid: bool,
 }
 
 pub(crate) fn parse(cx: &Ctxt, attrs: &[Attribute], place: Place) -> Attrs {
@@ -126,7 +128,11 @@ pub(crate) fn parse(cx: &Ctxt, attrs: &[Attribute], place: Place) -> Attrs {
             let duplicate = match key.as_str() {
                 "rename" => set(&mut out.rename, text(cx, &meta, &key)?),
                 "name" => set(&mut out.name, text(cx, &meta, &key)?),
-                "event" => set(&mut out.event, event_path(&meta)?),
+                "event" => {
+                    let path = event_path(cx, &meta)?;
+                    out.event_invalid |= path.is_none();
+                    set(&mut out.event, path)
+                }
                 "json" => set(&mut out.json, flag(cx, &meta, &key)?),
                 "skip" => set(&mut out.skip, flag(cx, &meta, &key)?),
                 _ => false,
@@ -180,14 +186,17 @@ fn text(cx: &Ctxt, meta: &ParseNestedMeta, key: &str) -> syn::Result<Option<Text
     }
 }
 
-fn event_path(meta: &ParseNestedMeta) -> syn::Result<Option<syn::Path>> {
-    let value = meta.value()?;
-    value.parse::<syn::Path>().map(Some).map_err(|e| {
-        syn::Error::new(
-            e.span(),
-            "`event` expects the path of the aggregate's event type; help: write `event = UserEvent`",
-        )
-    })
+fn event_path(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<syn::Path>> {
+    match meta.value()?.parse::<Expr>()? {
+        Expr::Path(path) if path.qself.is_none() => Ok(Some(path.path)),
+        other => {
+            cx.error_spanned_by(
+                &other,
+                "`event` expects the path of the aggregate's event type; help: write `event = UserEvent`",
+            );
+            Ok(None)
+        }
+    }
 }
 
 fn flag(cx: &Ctxt, meta: &ParseNestedMeta, key: &str) -> syn::Result<Option<Span>> {

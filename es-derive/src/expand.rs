@@ -101,8 +101,14 @@ fn decode_body(body: &Body, what: &TokenStream) -> TokenStream {
                         ::es_core::__private::decode_json_field::<#ty>(#what, fields, #name)?
                     }
                 } else {
-                    quote_spanned! {field.ty_span()=>
-                        ::es_core::__private::decode_field::<#ty>(#what, fields, #name)?
+                    // The same path as in `encode_fields`, so a missing codec is one error.
+                    let decode = quote_spanned! {field.ty_span()=>
+                        <#ty as ::es_core::__private::FieldValue>::decode_value
+                    };
+                    quote! {
+                        #decode(fields.get(#name)).map_err(|e| {
+                            ::es_core::__private::DecodeError::field(#what, #name, e)
+                        })?
                     }
                 };
                 quote!(#member: #value)
@@ -160,6 +166,15 @@ fn event_struct(input: &EventStruct) -> TokenStream {
         impl ::es_core::NamedEvent for #ident {
             const NAME: &'static str = #event_type;
         }
+
+        impl<__EsAggregate> ::es_core::ApplyTo<__EsAggregate> for #ident
+        where
+            __EsAggregate: ?::core::marker::Sized + ::es_core::Apply<#ident>,
+        {
+            fn apply_to(&self, aggregate: &mut __EsAggregate) {
+                ::es_core::Apply::<#ident>::apply(aggregate, self)
+            }
+        }
     }
 }
 
@@ -175,6 +190,15 @@ fn event_enum(input: &EventEnum) -> TokenStream {
             let ty = v.ty;
             quote_spanned!(ty.span()=> <#ty as ::es_core::NamedEvent>::NAME)
         })
+        .collect();
+
+    let encodes: Vec<_> = tys
+        .iter()
+        .map(|ty| quote_spanned!(ty.span()=> <#ty as ::es_core::Event>::encode))
+        .collect();
+    let decodes: Vec<_> = tys
+        .iter()
+        .map(|ty| quote_spanned!(ty.span()=> <#ty as ::es_core::Event>::decode))
         .collect();
 
     let mut duplicate_checks = Vec::new();
@@ -217,7 +241,7 @@ fn event_enum(input: &EventEnum) -> TokenStream {
                 out: &mut ::es_core::__private::Fields,
             ) -> ::core::result::Result<(), ::es_core::__private::EncodeError> {
                 match self {
-                    #(Self::#idents(event) => ::es_core::Event::encode(event, out),)*
+                    #(Self::#idents(event) => #encodes(event, out),)*
                 }
             }
 
@@ -227,7 +251,7 @@ fn event_enum(input: &EventEnum) -> TokenStream {
             ) -> ::core::result::Result<Self, ::es_core::__private::DecodeError> {
                 #(
                     if event_type == #names {
-                        return <#tys as ::es_core::Event>::decode(event_type, fields).map(Self::#idents);
+                        return #decodes(event_type, fields).map(Self::#idents);
                     }
                 )*
                 ::core::result::Result::Err(::es_core::__private::unknown_event_type(

@@ -299,3 +299,20 @@ proptest! {
         let _ = UserProfile::decode_snapshot(&fields);
     }
 }
+
+#[test]
+fn reserved_event_fields_are_the_ones_the_derive_rejects() {
+    // `ui/event_every_reserved_field_name.rs` pins that the derive rejects each of these.
+    assert_eq!(
+        es_core::event::RESERVED_EVENT_FIELDS,
+        [
+            "type",
+            "aggregate_id",
+            "version",
+            "timestamp",
+            "correlation_id",
+            "causation_id",
+            "metadata"
+        ]
+    );
+}

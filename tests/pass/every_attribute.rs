@@ -1,0 +1,73 @@
+//! Every attribute of both derives, under `#![deny(warnings)]`, from inside a module.
+#![deny(warnings)]
+
+mod domain {
+    use std::collections::BTreeMap;
+
+    use es_core::{Aggregate, Apply, Event};
+
+    #[derive(Event)]
+    #[event(rename = "UserRegistered")]
+    pub struct Registered {
+        #[event(rename = "first_name")]
+        pub name: String,
+        pub surname: Option<String>,
+        #[event(json)]
+        pub tags: BTreeMap<String, Vec<u8>>,
+        #[event(rename = "nick", json)]
+        pub nicknames: Vec<String>,
+    }
+
+    #[derive(Event)]
+    pub struct Deleted;
+
+    #[derive(Event)]
+    pub enum UserEvent {
+        Registered(Registered),
+        Deleted(Deleted),
+    }
+
+    #[derive(Aggregate, Default)]
+    #[aggregate(event = UserEvent, name = "user-v2")]
+    pub struct User {
+        #[aggregate(rename = "display_name")]
+        pub name: String,
+        #[aggregate(json)]
+        pub tags: BTreeMap<String, Vec<u8>>,
+        #[aggregate(skip)]
+        pub loaded_at: Option<std::time::Instant>,
+        pub deleted: bool,
+    }
+
+    impl Apply<Registered> for User {
+        fn apply(&mut self, e: &Registered) {
+            self.name = e.name.clone();
+            self.tags = e.tags.clone();
+        }
+    }
+
+    impl Apply<Deleted> for User {
+        fn apply(&mut self, _: &Deleted) {
+            self.deleted = true;
+        }
+    }
+
+    /// An aggregate whose event type is a single event struct, with no state.
+    #[derive(Aggregate, Default)]
+    #[aggregate(event = Deleted)]
+    pub struct Tombstone;
+
+    impl Apply<Deleted> for Tombstone {
+        fn apply(&mut self, _: &Deleted) {}
+    }
+}
+
+fn main() {
+    use es_core::{Aggregate, Event};
+    assert_eq!(domain::User::NAME, "user-v2");
+    assert_eq!(domain::Tombstone::NAME, "tombstone");
+    assert_eq!(domain::UserEvent::EVENT_TYPES, ["UserRegistered", "Deleted"]);
+    let mut user = domain::User::default();
+    user.apply_event(&domain::Deleted.into());
+    assert!(user.deleted);
+}

@@ -1,0 +1,9 @@
+use es_core::Aggregate;
+
+#[derive(Aggregate)]
+#[aggregate(event = UserEvent)]
+enum User {
+    Active,
+}
+
+fn main() {}

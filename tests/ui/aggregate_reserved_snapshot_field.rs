@@ -1,0 +1,21 @@
+use es_core::{Aggregate, Apply, Event};
+
+#[derive(Event)]
+struct Registered {
+    name: String,
+}
+
+#[derive(Aggregate, Default)]
+#[aggregate(event = Registered)]
+struct User {
+    name: String,
+    _version: u64,
+}
+
+impl Apply<Registered> for User {
+    fn apply(&mut self, e: &Registered) {
+        self.name = e.name.clone();
+    }
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use es_core::Event;
+
+#[derive(Event)]
+enum UserEvent {
+    Registered { name: String },
+}
+
+fn main() {}

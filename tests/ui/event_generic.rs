@@ -1,0 +1,8 @@
+use es_core::Event;
+
+#[derive(Event)]
+struct Registered<T> {
+    name: T,
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use es_core::Event;
+
+#[derive(Event)]
+struct Upgraded {
+    version: u32,
+}
+
+fn main() {}
