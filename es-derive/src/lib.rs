@@ -1,4 +1,4 @@
-//! Derive macros for [es-core](https://docs.rs/es-core): `#[derive(Event)]` and
+//! Derive macros for es-core: `#[derive(Event)]` and
 //! `#[derive(Aggregate)]`. Use them through `es_core`, which re-exports both.
 //!
 //! Every derive goes parse → validate → expand: [`ast`] builds our model of the input

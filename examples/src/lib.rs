@@ -1,1 +1,1 @@
-//! placeholder
+//! Runnable examples of es-core and es-redis; see `examples/` and the workspace README.
