@@ -8,6 +8,7 @@ pub mod codec;
 pub mod error;
 pub mod event;
 pub mod memory;
+pub mod projection;
 pub mod repository;
 pub mod store;
 #[cfg(feature = "testing")]
