@@ -1,0 +1,48 @@
+//! The Lua scripts, kept in `src/scripts/*.lua` and run with [`redis::Script`] (`EVALSHA`,
+//! loading the script and retrying when the server does not know it yet).
+//!
+//! Each script starts with a `#!lua` shebang (Redis 7 or later): Redis then checks
+//! `maxmemory` before a writing script starts rather than at its first write, so an append
+//! refused for memory writes nothing, and the read scripts, flagged `no-writes`, may run on
+//! replicas.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// The scripts, each hashed once per process.
+pub(crate) struct Scripts {
+    /// Checks the expected version, then XADDs the events and extends the index.
+    pub append: Script,
+    /// One page of an aggregate's events.
+    pub read_stream: Script,
+    /// The snapshot (if of the wanted layout) and the first page of events after it.
+    pub load_snapshot_and_tail: Script,
+    /// Saves a snapshot unless a newer one is stored.
+    pub save_snapshot: Script,
+}
+
+const WRITES: &str = "#!lua\n";
+const NO_WRITES: &str = "#!lua flags=no-writes\n";
+const READ_PAGE: &str = include_str!("scripts/read_page.lua");
+
+pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    append: Script::new(&[WRITES, include_str!("scripts/append.lua")].concat()),
+    read_stream: Script::new(
+        &[
+            NO_WRITES,
+            READ_PAGE,
+            include_str!("scripts/read_stream.lua"),
+        ]
+        .concat(),
+    ),
+    load_snapshot_and_tail: Script::new(
+        &[
+            NO_WRITES,
+            READ_PAGE,
+            include_str!("scripts/load_snapshot_and_tail.lua"),
+        ]
+        .concat(),
+    ),
+    save_snapshot: Script::new(&[WRITES, include_str!("scripts/save_snapshot.lua")].concat()),
+});

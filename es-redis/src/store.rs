@@ -1,0 +1,417 @@
+//! [`RedisEventStore`]: the [`EventStore`] on Redis Streams.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use es_core::codec::FieldError;
+use es_core::{
+    AppendOptions, AppendResult, ConflictError, DecodeError, EventStore, ExpectedVersion, NewEvent,
+    Position, ReadRange, StoreError, StoredEvent, StreamId,
+};
+use redis::aio::ConnectionManager;
+use redis::{Cmd, ScriptInvocation, Value};
+
+use crate::config::RedisConfig;
+use crate::entry::{self, as_u64, into_array, into_bytes, EntrySource, RawEntry};
+use crate::error::Error;
+use crate::keys::KeyLayout;
+use crate::scripts::SCRIPTS;
+
+/// An [`EventStore`] and [`SnapshotStore`](es_core::SnapshotStore) on Redis (7.0 or later).
+///
+/// Cloning it is cheap and shares the connection. See the [crate docs](crate) for the key
+/// layout and the guarantees.
+///
+/// ```no_run
+/// use es_core::{AppendOptions, EventStore, ExpectedVersion, NewEvent, ReadRange, StreamId};
+/// use es_redis::{RedisConfig, RedisEventStore};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = RedisEventStore::connect(&RedisConfig::new("redis://127.0.0.1:6379")).await?;
+/// let stream = StreamId::new("user", "42");
+/// let mut event = NewEvent { event_type: "Registered".into(), fields: Default::default(), metadata: Default::default() };
+/// event.fields.push("name", "Duffy");
+/// let written = store
+///     .append(&stream, ExpectedVersion::NoStream, vec![event], &AppendOptions::with_append_id("req-1"))
+///     .await?;
+/// assert_eq!(written.version, 1);
+/// let events = store.read_stream(&stream, &ReadRange::all()).await?;
+/// assert_eq!(events[0].event.get("name"), Some(&b"Duffy"[..]));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisEventStore {
+    connection: ConnectionManager,
+    keys: KeyLayout,
+    page_size: usize,
+    remembered_append_ids: usize,
+}
+
+impl std::fmt::Debug for RedisEventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisEventStore")
+            .field("namespace", &self.keys.namespace())
+            .field("page_size", &self.page_size)
+            .field("remembered_append_ids", &self.remembered_append_ids)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One page of an aggregate's events, as the read scripts reply.
+pub(crate) struct Page {
+    /// The aggregate's version when the page was read.
+    version: u64,
+    /// Whether the range ends with this page.
+    done: bool,
+    /// The entries, for consecutive versions.
+    entries: Vec<RawEntry>,
+}
+
+impl Page {
+    /// Parses `[version, done, entry…]`.
+    pub(crate) fn parse(value: Value, operation: &str) -> Result<Self, Error> {
+        let mut items = into_array(value, operation)?.into_iter();
+        let (Some(version), Some(done)) = (
+            items.next().as_ref().and_then(as_u64),
+            items.next().as_ref().and_then(as_u64),
+        ) else {
+            return Err(Error::unexpected(operation, "a page without its header"));
+        };
+        Ok(Page {
+            version,
+            done: done == 1,
+            entries: items
+                .map(|item| RawEntry::parse(item, operation))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+impl RedisEventStore {
+    /// Connects with `config`.
+    pub async fn connect(config: &RedisConfig) -> Result<Self, Error> {
+        let connection = config.connect().await?;
+        Self::with_connection(connection, config)
+    }
+
+    /// A store over an existing connection, with `config`'s namespace and paging (its URL
+    /// and timeouts are not used).
+    pub fn with_connection(
+        connection: ConnectionManager,
+        config: &RedisConfig,
+    ) -> Result<Self, Error> {
+        config.validate()?;
+        Ok(RedisEventStore {
+            connection,
+            keys: config.keys(),
+            page_size: config.page_size_value(),
+            remembered_append_ids: config.remembered_append_ids_value(),
+        })
+    }
+
+    /// The key layout of this store's namespace.
+    pub fn keys(&self) -> &KeyLayout {
+        &self.keys
+    }
+
+    /// The connection, for commands of your own (e.g. reading the category stream with a
+    /// consumer group).
+    pub fn connection(&self) -> ConnectionManager {
+        self.connection.clone()
+    }
+
+    pub(crate) fn page_size(&self) -> usize {
+        self.page_size
+    }
+
+    pub(crate) async fn run_script(
+        &self,
+        name: &'static str,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<Value, Error> {
+        let mut connection = self.connection.clone();
+        invocation
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|e| Error::script(name, e))
+    }
+
+    pub(crate) async fn query(&self, command: &Cmd, operation: &str) -> Result<Value, Error> {
+        let mut connection = self.connection.clone();
+        command
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| Error::redis(operation, e))
+    }
+
+    async fn read_page(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        to: Option<u64>,
+        until_millis: Option<u64>,
+    ) -> Result<Page, Error> {
+        let mut invocation = SCRIPTS.read_stream.prepare_invoke();
+        invocation
+            .key(self.keys.category_stream(&stream.category))
+            .key(self.keys.index(stream))
+            .arg(from)
+            .arg(to.map(|v| v.to_string()).unwrap_or_default())
+            .arg(until_millis.map(|v| v.to_string()).unwrap_or_default())
+            .arg(self.page_size);
+        let reply = self.run_script("read_stream", &invocation).await?;
+        Page::parse(reply, "read_stream")
+    }
+
+    /// Reads `stream` from version `from` in pages, starting with `first` if the caller
+    /// already has the first page. The first page fixes the last version read, so a long
+    /// read returns the stream as it was when it started.
+    pub(crate) async fn read_pages(
+        &self,
+        stream: &StreamId,
+        mut from: u64,
+        to: Option<u64>,
+        until_millis: Option<u64>,
+        first: Option<Page>,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let storage_key: Arc<str> = Arc::from(self.keys.category_stream(&stream.category));
+        let source = EntrySource {
+            storage_key: &storage_key,
+            category: &stream.category,
+        };
+        let mut page = match first {
+            Some(page) => page,
+            None => self.read_page(stream, from, to, until_millis).await?,
+        };
+        let to = Some(to.map_or(page.version, |to| to.min(page.version)));
+        let mut events = Vec::new();
+        loop {
+            let read = page.entries.len() as u64;
+            for (version, raw) in (from..).zip(page.entries) {
+                events.push(self.decode_indexed(&source, stream, version, raw)?);
+            }
+            if page.done || read == 0 {
+                return Ok(events);
+            }
+            from += read;
+            page = self.read_page(stream, from, to, until_millis).await?;
+        }
+    }
+
+    /// Decodes the entry the index names for `version` of `stream`, checking that it is
+    /// that aggregate's entry for that version.
+    fn decode_indexed(
+        &self,
+        source: &EntrySource<'_>,
+        stream: &StreamId,
+        version: u64,
+        raw: RawEntry,
+    ) -> Result<StoredEvent, StoreError> {
+        let Some(pairs) = raw.pairs else {
+            return Err(Error::unexpected(
+                format!("reading {stream}"),
+                format!(
+                    "index {} names entry {} for version {version}, which {} no longer holds \
+                     (was the stream trimmed or the entry deleted?)",
+                    self.keys.index(stream),
+                    raw.id,
+                    source.storage_key
+                ),
+            )
+            .into());
+        };
+        let mut event = entry::decode_entry(source, &raw.id, pairs)?;
+        let mismatch = if event.stream.id != stream.id {
+            Some((
+                "aggregate_id",
+                format!("expected {:?}", stream.id),
+                event.stream.id.clone(),
+            ))
+        } else if event.version != version {
+            Some((
+                "version",
+                format!("expected {version}"),
+                event.version.to_string(),
+            ))
+        } else {
+            None
+        };
+        if let Some((field, expected, found)) = mismatch {
+            let why = format!(
+                "{expected} (the index {} names this entry), found {found:?}",
+                self.keys.index(stream)
+            );
+            return Err(StoreError::decode(
+                &**source.storage_key,
+                &raw.id,
+                DecodeError::field(&event.event_type, field, FieldError::Invalid(why)),
+            ));
+        }
+        event.stream = stream.clone();
+        Ok(event)
+    }
+}
+
+#[async_trait]
+impl EventStore for RedisEventStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        options: &AppendOptions,
+    ) -> Result<AppendResult, StoreError> {
+        if events.is_empty() {
+            return Err(StoreError::InvalidRequest(format!(
+                "an append to {stream} must carry at least one event"
+            )));
+        }
+        let expected_arg = match expected {
+            ExpectedVersion::Any => String::new(),
+            ExpectedVersion::NoStream => "0".to_owned(),
+            ExpectedVersion::Exact(version) => version.to_string(),
+        };
+        let mut args = Vec::with_capacity(6 + events.len() * 8);
+        args.push(stream.id.as_bytes().to_vec());
+        args.push(expected_arg.into_bytes());
+        args.push(if options.append_id.is_some() {
+            b"1".to_vec()
+        } else {
+            b"0".to_vec()
+        });
+        args.push(options.append_id.clone().unwrap_or_default().into_bytes());
+        args.push(self.remembered_append_ids.to_string().into_bytes());
+        args.push(events.len().to_string().into_bytes());
+        for event in events {
+            entry::push_append_args(&mut args, stream, event)?;
+        }
+        let mut invocation = SCRIPTS.append.prepare_invoke();
+        invocation
+            .key(self.keys.category_stream(&stream.category))
+            .key(self.keys.index(stream));
+        for arg in &args {
+            invocation.arg(arg.as_slice());
+        }
+        let reply = self.run_script("append", &invocation).await?;
+        parse_append_reply(reply, stream, expected).map_err(|e| match e {
+            AppendOutcome::Conflict(conflict) => StoreError::Conflict(conflict),
+            AppendOutcome::Error(error) => error.into(),
+        })
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        range: &ReadRange,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let from = range.from_version.max(1);
+        if range.to_version.is_some_and(|to| to < from) {
+            return Ok(Vec::new());
+        }
+        self.read_pages(stream, from, range.to_version, range.until_millis, None)
+            .await
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
+        let key = self.keys.index(stream);
+        let reply = self
+            .query(redis::cmd("LLEN").arg(&key), &format!("LLEN of {key}"))
+            .await?;
+        let length = as_u64(&reply)
+            .ok_or_else(|| Error::unexpected(format!("LLEN of {key}"), format!("{reply:?}")))?;
+        // Element 0 is the header of recent append ids.
+        Ok(length.saturating_sub(1))
+    }
+
+    async fn read_category(
+        &self,
+        category: &str,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let storage_key: Arc<str> = Arc::from(self.keys.category_stream(category));
+        let category = Cow::Owned(category.to_owned());
+        let source = EntrySource {
+            storage_key: &storage_key,
+            category: &category,
+        };
+        let operation = format!("XRANGE of {storage_key}");
+        let mut events = Vec::new();
+        let mut after = after;
+        while events.len() < limit {
+            let count = (limit - events.len()).min(self.page_size);
+            let reply = self
+                .query(
+                    redis::cmd("XRANGE")
+                        .arg(&*storage_key)
+                        .arg(format!("({after}"))
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(count),
+                    &operation,
+                )
+                .await?;
+            let entries = into_array(reply, &operation)?;
+            let read = entries.len();
+            for item in entries {
+                let raw = RawEntry::parse(item, &operation)?;
+                let pairs = raw.pairs.ok_or_else(|| {
+                    Error::unexpected(&operation, format!("entry {} has no fields", raw.id))
+                })?;
+                let event = entry::decode_entry(&source, &raw.id, pairs)?;
+                after = event.position;
+                events.push(event);
+            }
+            if read < count {
+                break;
+            }
+        }
+        Ok(events)
+    }
+}
+
+enum AppendOutcome {
+    Conflict(ConflictError),
+    Error(Error),
+}
+
+/// Parses `['ok' | 'done', version, entry id…]` or `['conflict', actual]`.
+fn parse_append_reply(
+    reply: Value,
+    stream: &StreamId,
+    expected: ExpectedVersion,
+) -> Result<AppendResult, AppendOutcome> {
+    let malformed = |detail: String| AppendOutcome::Error(Error::unexpected("append", detail));
+    let mut items = into_array(reply, "append")
+        .map_err(AppendOutcome::Error)?
+        .into_iter();
+    let status = items.next().and_then(into_bytes);
+    let version = items.next().as_ref().and_then(as_u64);
+    let (Some(status), Some(version)) = (status, version) else {
+        return Err(malformed("a reply without status and version".to_owned()));
+    };
+    match status.as_slice() {
+        b"conflict" => Err(AppendOutcome::Conflict(ConflictError {
+            stream: stream.clone(),
+            expected,
+            actual: version,
+        })),
+        b"ok" | b"done" => {
+            let positions = items
+                .map(|item| {
+                    into_bytes(item)
+                        .and_then(|id| String::from_utf8(id).ok())
+                        .and_then(|id| id.parse::<Position>().ok())
+                        .ok_or_else(|| malformed("an entry id that is not a position".to_owned()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(AppendResult { version, positions })
+        }
+        other => Err(malformed(format!(
+            "unknown status {:?}",
+            String::from_utf8_lossy(other)
+        ))),
+    }
+}

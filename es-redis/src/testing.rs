@@ -1,0 +1,242 @@
+//! A throwaway `redis-server` for tests (feature `testing`).
+//!
+//! [`RedisServer::start`] runs `redis-server` on a free loopback port (never 6379), with no
+//! persistence, in its own temporary directory, waits until it answers `PING`, and stops it
+//! when dropped, also when the test panics. [`RedisServer::shared`] gives one server per
+//! test binary; give each test its own namespace ([`unique_namespace`]) so tests can run in
+//! parallel.
+//!
+//! A server in a `static` is never dropped, so every server also has a watchdog: a small
+//! shell loop that stops it (and removes its directory) once the test process has exited.
+//!
+//! ```no_run
+//! use es_redis::testing::{unique_namespace, RedisServer};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = RedisServer::shared()?;
+//! let store = server.store(&unique_namespace("my-test")).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::{RedisConfig, RedisEventStore};
+
+/// The `redis-server` binary: `$REDIS_SERVER` if set, else `redis-server` on the `PATH`.
+pub const SERVER_BINARY_VARIABLE: &str = "REDIS_SERVER";
+
+/// Why a test server could not be started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HarnessError {
+    /// There is no `redis-server` binary.
+    #[error(
+        "cannot run `{binary}`: {source}. Redis tests start their own server: install it with \
+         `apt-get install -y redis-server` (or set {SERVER_BINARY_VARIABLE} to its path)"
+    )]
+    NotInstalled {
+        /// The binary that was tried.
+        binary: String,
+        /// Why it could not run.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It started but did not come up.
+    #[error("redis-server did not start: {0}")]
+    DidNotStart(String),
+    /// A file system or process error.
+    #[error("test server: {0}")]
+    Io(#[from] std::io::Error),
+    /// The store could not connect to it.
+    #[error(transparent)]
+    Connect(#[from] crate::Error),
+}
+
+/// A running `redis-server`, stopped on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    server: Child,
+    watchdog: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    /// Starts a server on a free loopback port.
+    pub fn start() -> Result<Self, HarnessError> {
+        let binary =
+            std::env::var(SERVER_BINARY_VARIABLE).unwrap_or_else(|_| "redis-server".to_owned());
+        let dir = temp_dir()?;
+        let mut last_failure = String::new();
+        // Another process may take the free port before the server binds it: try again.
+        for _ in 0..5 {
+            let port = free_port()?;
+            let log = dir.join("redis.log");
+            let spawned = Command::new(&binary)
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args([
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--protected-mode",
+                    "yes",
+                ])
+                .arg("--dir")
+                .arg(&dir)
+                .arg("--logfile")
+                .arg(&log)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn();
+            let mut server = match spawned {
+                Ok(server) => server,
+                Err(source) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(HarnessError::NotInstalled { binary, source });
+                }
+            };
+            match wait_until_ready(&mut server, port) {
+                Ok(()) => {
+                    let watchdog = spawn_watchdog(server.id(), &dir);
+                    return Ok(RedisServer {
+                        server,
+                        watchdog,
+                        port,
+                        dir,
+                    });
+                }
+                Err(failure) => {
+                    let _ = server.kill();
+                    let _ = server.wait();
+                    let mut stderr = String::new();
+                    if let Some(mut pipe) = server.stderr.take() {
+                        let _ = pipe.read_to_string(&mut stderr);
+                    }
+                    let log = std::fs::read_to_string(&log).unwrap_or_default();
+                    last_failure = format!("{failure}; stderr: {stderr:?}; log: {log}");
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        Err(HarnessError::DidNotStart(last_failure))
+    }
+
+    /// One server for the whole test binary, started on first use.
+    pub fn shared() -> Result<&'static RedisServer, String> {
+        static SHARED: OnceLock<Result<RedisServer, String>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| RedisServer::start().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// Its port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Settings for this server under `namespace`.
+    pub fn config(&self, namespace: &str) -> RedisConfig {
+        RedisConfig::new(self.url()).namespace(namespace)
+    }
+
+    /// A store on this server under `namespace`.
+    pub async fn store(&self, namespace: &str) -> Result<RedisEventStore, HarnessError> {
+        Ok(RedisEventStore::connect(&self.config(namespace)).await?)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        if let Some(watchdog) = &mut self.watchdog {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A namespace no other test of this process uses: `<label>-<n>`.
+pub fn unique_namespace(label: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("{label}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+fn temp_dir() -> std::io::Result<PathBuf> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "es-redis-test-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn free_port() -> std::io::Result<u16> {
+    loop {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let port = listener.local_addr()?.port();
+        if port != 6379 {
+            return Ok(port);
+        }
+    }
+}
+
+fn wait_until_ready(server: &mut Child, port: u16) -> Result<(), String> {
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(status)) = server.try_wait() {
+            return Err(format!("it exited with {status}"));
+        }
+        if ping(address).unwrap_or(false) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("no PONG from {address} within 10 s"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn ping(address: SocketAddr) -> std::io::Result<bool> {
+    let mut connection = TcpStream::connect_timeout(&address, Duration::from_millis(200))?;
+    connection.set_read_timeout(Some(Duration::from_millis(500)))?;
+    connection.write_all(b"PING\r\n")?;
+    let mut reply = [0u8; 7];
+    connection.read_exact(&mut reply)?;
+    Ok(&reply == b"+PONG\r\n")
+}
+
+/// Stops the server once this process is gone (a `static` server is never dropped).
+fn spawn_watchdog(server: u32, dir: &Path) -> Option<Child> {
+    const SCRIPT: &str = r#"while kill -0 "$1" 2>/dev/null; do sleep 1; done; kill "$2" 2>/dev/null; sleep 1; rm -rf "$3""#;
+    Command::new("sh")
+        .args(["-c", SCRIPT, "es-redis-watchdog"])
+        .arg(std::process::id().to_string())
+        .arg(server.to_string())
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .inspect_err(|error| tracing::warn!(%error, "no watchdog for the test redis-server"))
+        .ok()
+}
