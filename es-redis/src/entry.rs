@@ -373,7 +373,8 @@ mod tests {
             storage_key: &key,
             category: &category,
         };
-        let cases: [(&[(&str, &[u8])], &str); 5] = [
+        type Entry<'a> = &'a [(&'a str, &'a [u8])];
+        let cases: [(Entry, &str); 5] = [
             (&[("type", b"A"), ("aggregate_id", b"1")], "version"),
             (&[("type", b"A"), ("version", b"1")], "aggregate_id"),
             (

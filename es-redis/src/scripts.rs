@@ -24,13 +24,15 @@ pub(crate) struct Scripts {
 
 const WRITES: &str = "#!lua\n";
 const NO_WRITES: &str = "#!lua flags=no-writes\n";
+const ENTRY_IDS: &str = include_str!("scripts/entry_ids.lua");
 const READ_PAGE: &str = include_str!("scripts/read_page.lua");
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    append: Script::new(&[WRITES, include_str!("scripts/append.lua")].concat()),
+    append: Script::new(&[WRITES, ENTRY_IDS, include_str!("scripts/append.lua")].concat()),
     read_stream: Script::new(
         &[
             NO_WRITES,
+            ENTRY_IDS,
             READ_PAGE,
             include_str!("scripts/read_stream.lua"),
         ]
@@ -39,6 +41,7 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     load_snapshot_and_tail: Script::new(
         &[
             NO_WRITES,
+            ENTRY_IDS,
             READ_PAGE,
             include_str!("scripts/load_snapshot_and_tail.lua"),
         ]

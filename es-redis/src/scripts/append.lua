@@ -14,7 +14,7 @@
 -- The index's element 0 is a header: the last appends that carried an id, as
 -- `<digest>:<last version>:<event count>` records joined by ';' (the digest is the first 12
 -- hex digits of the SHA-1 of the append id). Element v (v >= 1) is the entry id of version
--- v, with a `-0` sequence left out so Redis stores it as an 8-byte integer.
+-- v, packed by pack_entry_id.
 --
 -- Lua scripts have no rollback: everything that can fail is checked before the first write.
 
@@ -34,13 +34,6 @@ if length > 0 then
   header = redis.call('LINDEX', index, 0)
 end
 
-local function entry_id(element)
-  if string.find(element, '-', 1, true) then
-    return element
-  end
-  return element .. '-0'
-end
-
 local digest
 if ARGV[3] == '1' then
   digest = string.sub(redis.sha1hex(ARGV[4]), 1, 12)
@@ -49,7 +42,7 @@ if ARGV[3] == '1' then
       last, count = tonumber(last), tonumber(count)
       local reply = { 'done', last }
       for _, element in ipairs(redis.call('LRANGE', index, last - count + 1, last)) do
-        reply[#reply + 1] = entry_id(element)
+        reply[#reply + 1] = unpack_entry_id(element)
       end
       return reply
     end
@@ -103,10 +96,7 @@ local reply, elements = { 'ok', new_version }, {}
 for e = 1, count do
   local id = redis.call('XADD', stream, '*', unpack(events[e]))
   reply[#reply + 1] = id
-  if string.sub(id, -2) == '-0' then
-    id = string.sub(id, 1, -3)
-  end
-  elements[#elements + 1] = id
+  elements[#elements + 1] = pack_entry_id(id)
 end
 if length == 0 then
   redis.call('RPUSH', index, header)

@@ -1,13 +1,5 @@
 -- Shared by the read scripts: one page of an aggregate's events.
 
--- An index element is an entry id whose `-0` sequence may have been left out.
-local function entry_id(element)
-  if string.find(element, '-', 1, true) then
-    return element
-  end
-  return element .. '-0'
-end
-
 -- Reads versions `from`..`to` (`to` nil: up to the current version), at most `page_size`
 -- of them, stopping before the first entry stored after `until_ms` (nil: no limit).
 -- Replies {current version, done (1 or 0), entries...}; an entry is {id, {field, value...}}
@@ -33,7 +25,7 @@ local function read_page(stream, index, from, to, until_ms, page_size)
     return reply
   end
   for _, element in ipairs(redis.call('LRANGE', index, from, page_last)) do
-    local id = entry_id(element)
+    local id = unpack_entry_id(element)
     local millis = tonumber(string.match(id, '^%d+'))
     if until_ms ~= nil and millis ~= nil and millis > until_ms then
       reply[2] = 1
