@@ -38,7 +38,7 @@ pub struct RedisConfig {
 
 impl RedisConfig {
     /// Settings for the server at `url`: `redis://[user[:password]@]host[:port][/db]`,
-    /// `rediss://…` for TLS (the `redis` crate must be built with a TLS feature), or
+    /// `rediss://…` for TLS (with this crate's `tls` feature), or
     /// `redis+unix:///path/to/socket`.
     ///
     /// Defaults: namespace `es`; replies time out after 500 ms and connection attempts
@@ -146,6 +146,12 @@ impl RedisConfig {
             .as_str()
             .into_connection_info()
             .map_err(|e| Error::Config(format!("cannot use URL {}: {e}", redact(&self.url))))?;
+        if !info.addr().is_supported() {
+            return Err(Error::Config(format!(
+                "cannot use URL {}: `rediss://` needs TLS: enable the `tls` feature of es-redis",
+                redact(&self.url)
+            )));
+        }
         if self.username.is_some() || self.password.is_some() {
             let mut settings = info.redis_settings().clone();
             if let Some(username) = &self.username {
@@ -239,6 +245,17 @@ mod tests {
             .namespace("app:prod")
             .validate()
             .expect("a colon is fine");
+    }
+
+    #[test]
+    fn tls_urls_need_the_tls_feature() {
+        let result = RedisConfig::new("rediss://user:pw@127.0.0.1:6380/0").validate();
+        if cfg!(feature = "tls") {
+            result.expect("rediss:// with the tls feature");
+        } else {
+            let error = result.expect_err("rediss:// without the tls feature");
+            assert!(error.to_string().contains("`tls` feature"), "{error}");
+        }
     }
 
     #[test]
