@@ -141,16 +141,22 @@ impl RedisConfig {
     }
 
     fn client(&self) -> Result<redis::Client, Error> {
+        let tls = self.url.starts_with("rediss://") || self.url.starts_with("valkeys://");
+        let unusable = |why: &dyn fmt::Display| {
+            let hint = if tls {
+                " (`rediss://` needs TLS: enable the `tls` feature of es-redis)"
+            } else {
+                ""
+            };
+            Error::Config(format!("cannot use URL {}: {why}{hint}", redact(&self.url)))
+        };
         let mut info = self
             .url
             .as_str()
             .into_connection_info()
-            .map_err(|e| Error::Config(format!("cannot use URL {}: {e}", redact(&self.url))))?;
+            .map_err(|e| unusable(&e))?;
         if !info.addr().is_supported() {
-            return Err(Error::Config(format!(
-                "cannot use URL {}: `rediss://` needs TLS: enable the `tls` feature of es-redis",
-                redact(&self.url)
-            )));
+            return Err(unusable(&"this build cannot connect to that address"));
         }
         if self.username.is_some() || self.password.is_some() {
             let mut settings = info.redis_settings().clone();
@@ -162,8 +168,7 @@ impl RedisConfig {
             }
             info = info.set_redis_settings(settings);
         }
-        redis::Client::open(info)
-            .map_err(|e| Error::Config(format!("cannot use URL {}: {e}", redact(&self.url))))
+        redis::Client::open(info).map_err(|e| unusable(&e))
     }
 
     /// Opens a [`ConnectionManager`]: one multiplexed connection that reconnects by itself.

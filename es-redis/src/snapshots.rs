@@ -121,9 +121,10 @@ fn decode_field_order(raw: &[u8]) -> Option<Vec<Vec<u8>>> {
     while !rest.is_empty() {
         let colon = rest.iter().position(|&b| b == b':')?;
         let length: usize = std::str::from_utf8(&rest[..colon]).ok()?.parse().ok()?;
-        let name = rest.get(colon + 1..colon + 1 + length)?;
+        let end = (colon + 1).checked_add(length)?;
+        let name = rest.get(colon + 1..end)?;
         names.push(name.to_vec());
-        rest = &rest[colon + 1 + length..];
+        rest = rest.get(end..)?;
     }
     Some(names)
 }
@@ -237,6 +238,7 @@ mod tests {
         assert_eq!(names, expected);
         assert_eq!(decode_field_order(b"5:abc"), None);
         assert_eq!(decode_field_order(b"x:abc"), None);
+        assert_eq!(decode_field_order(b"18446744073709551615:abc"), None);
     }
 
     #[test]
