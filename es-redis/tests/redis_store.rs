@@ -622,6 +622,11 @@ async fn retry_after_a_lost_reply_returns_the_original_result() {
     assert!(matches!(lost, StoreError::Connection { .. }), "{lost:?}");
     assert!(lost.is_retryable());
     tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        store.stream_version(&stream).await.expect("version"),
+        3,
+        "the append whose reply was lost did happen"
+    );
 
     let retried = store
         .append(&stream, ExpectedVersion::Exact(1), numbered(1..3), &options)
