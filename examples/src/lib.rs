@@ -1,1 +1,139 @@
-//! Runnable examples of es-core and es-redis; see `examples/` and the workspace README.
+//! Shared plumbing of the examples: command-line options, choosing the backend, and a
+//! clear message (not a panic) when Redis cannot be reached.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use es_core::{InMemoryStore, SnapshotStore};
+
+/// The options every example takes.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `--redis-url URL` (default: `REDIS_URL`, else `redis://127.0.0.1:6379`).
+    pub redis_url: String,
+    /// `--in-memory`: use the embedded backend instead of Redis.
+    pub in_memory: bool,
+    /// `--namespace NS`: the Redis key namespace (default: a fresh one per run).
+    pub namespace: String,
+}
+
+const USAGE: &str = "options: [--in-memory] [--redis-url URL] [--namespace NS]";
+
+impl Options {
+    /// Parses the process arguments.
+    pub fn from_args() -> Result<Self, String> {
+        Self::parse(std::env::args().skip(1))
+    }
+
+    /// Parses `args` (without the program name).
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let mut options = Options {
+            redis_url: std::env::var("REDIS_URL")
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
+            in_memory: false,
+            namespace: format!("example-{millis}"),
+        };
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--in-memory" => options.in_memory = true,
+                "--redis-url" => {
+                    options.redis_url = args.next().ok_or("--redis-url needs a URL")?;
+                }
+                "--namespace" => {
+                    options.namespace = args.next().ok_or("--namespace needs a name")?;
+                }
+                "-h" | "--help" => return Err(USAGE.to_owned()),
+                other => return Err(format!("unknown argument {other:?}; {USAGE}")),
+            }
+        }
+        Ok(options)
+    }
+
+    /// One line saying where the data goes.
+    pub fn describe(&self) -> String {
+        if self.in_memory {
+            "backend: in memory".to_owned()
+        } else {
+            format!(
+                "backend: Redis at {}, key namespace `{}` (fresh for this run; pass --namespace to choose)",
+                self.redis_url, self.namespace
+            )
+        }
+    }
+}
+
+/// The chosen backend: in memory, or Redis (with the connected store for Redis-only parts).
+#[derive(Clone)]
+pub enum Backend {
+    /// The embedded store.
+    Memory(InMemoryStore),
+    /// A Redis store.
+    Redis(es_redis::RedisEventStore),
+}
+
+impl Backend {
+    /// Opens the backend the options name. For Redis it connects and checks the server
+    /// answers; the error explains how to start one.
+    pub async fn open(options: &Options) -> Result<Self, String> {
+        if options.in_memory {
+            return Ok(Backend::Memory(InMemoryStore::new()));
+        }
+        let config = es_redis::RedisConfig::new(&options.redis_url)
+            .namespace(&options.namespace)
+            .connection_timeout(Some(std::time::Duration::from_secs(2)));
+        match es_redis::RedisEventStore::connect(&config).await {
+            Ok(store) => Ok(Backend::Redis(store)),
+            Err(error) => Err(format!(
+                "cannot reach Redis at {}: {error}\n\
+                 start one with `redis-server --daemonize yes` (Debian: `apt-get install -y redis-server`), \
+                 point to another with `--redis-url redis://host:port`, \
+                 or run without Redis: `cargo run --example <name> -- --in-memory`",
+                options.redis_url
+            )),
+        }
+    }
+
+    /// The store, as the trait object the examples' repositories use.
+    pub fn store(&self) -> Arc<dyn SnapshotStore> {
+        match self {
+            Backend::Memory(store) => Arc::new(store.clone()),
+            Backend::Redis(store) => Arc::new(store.clone()),
+        }
+    }
+}
+
+/// Runs an example body: options, backend, and errors printed as one message with a
+/// non-zero exit code.
+pub async fn run<F, Fut>(body: F) -> ExitCode
+where
+    F: FnOnce(Options, Backend) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>,
+{
+    let options = match Options::from_args() {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    println!("{}", options.describe());
+    let backend = match Backend::open(&options).await {
+        Ok(backend) => backend,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match body(options, backend).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
