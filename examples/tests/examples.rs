@@ -1,0 +1,137 @@
+//! Every example runs against a test-spawned redis-server and in memory, and prints its key
+//! lines; an unreachable Redis is a clear message and a non-zero exit, not a panic.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use es_redis::testing::{unique_namespace, RedisServer};
+
+/// The example binary `cargo test` built next to this test's binary.
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir")
+        .join("examples");
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    if !path.exists() {
+        // Built on demand when the tests run without the examples (e.g. `--test examples`).
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "es-examples", "--example", name])
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building example {name}");
+    }
+    path
+}
+
+fn run(name: &str, args: &[&str]) -> (Output, String) {
+    let output = Command::new(example(name))
+        .args(args)
+        .env_remove("REDIS_URL")
+        .output()
+        .expect("run example");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    (output, stdout)
+}
+
+fn assert_ok(name: &str, args: &[&str], expected_lines: &[&str]) -> String {
+    let (output, stdout) = run(name, args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{name} {args:?} failed:\n{stdout}\n{stderr}"
+    );
+    for line in expected_lines {
+        assert!(
+            stdout.contains(line),
+            "{name} {args:?}: no {line:?} in:\n{stdout}"
+        );
+    }
+    stdout
+}
+
+fn redis_args(label: &str) -> Vec<String> {
+    let server = RedisServer::shared().expect("redis-server for the examples");
+    vec![
+        "--redis-url".into(),
+        server.url(),
+        "--namespace".into(),
+        unique_namespace(label),
+    ]
+}
+
+const BANK_LINES: &[&str] = &[
+    "carol's account is closed: a deposit was refused",
+    "final balances equal the sum of accepted commands",
+    "version conflicts caught up and retried",
+];
+
+const REBUILD_LINES: &[&str] = &[
+    "rebuilt state of user 42 (version 4): {name: Duffy, email: d.duck@looney.test}",
+    "as of version 2: {name: Duffy, email: duffy@acme.test}",
+    "(when v3 was stored): version 3, {name: Duffy, email: duck@acme.test}",
+];
+
+#[test]
+fn bank_in_memory() {
+    assert_ok("bank", &["--in-memory"], BANK_LINES);
+}
+
+#[test]
+fn bank_on_redis() {
+    let args = redis_args("bank");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stdout = assert_ok("bank", &args, BANK_LINES);
+    assert!(
+        stdout.contains("backend: Redis at redis://127.0.0.1:"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn rebuild_state_in_memory() {
+    assert_ok("rebuild_state", &["--in-memory"], REBUILD_LINES);
+}
+
+#[test]
+fn rebuild_state_on_redis() {
+    let args = redis_args("rebuild");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_ok("rebuild_state", &args, REBUILD_LINES);
+}
+
+#[test]
+fn quickstart_runs() {
+    assert_ok(
+        "quickstart",
+        &[],
+        &["user 1 at version 3", "rejected: command rejected"],
+    );
+}
+
+#[test]
+fn unreachable_redis_is_a_clear_error_not_a_panic() {
+    // Port 1 on loopback: nothing listens there.
+    let (output, _) = run("bank", &["--redis-url", "redis://127.0.0.1:1"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach Redis at redis://127.0.0.1:1"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--in-memory"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn bad_arguments_are_reported() {
+    let (output, _) = run("bank", &["--frobnicate"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("unknown argument \"--frobnicate\""),
+        "{stderr}"
+    );
+}
