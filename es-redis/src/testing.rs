@@ -66,68 +66,84 @@ pub struct RedisServer {
     watchdog: Option<Child>,
     port: u16,
     dir: PathBuf,
+    binary: String,
+    extra_args: Vec<String>,
 }
 
 impl RedisServer {
-    /// Starts a server on a free loopback port.
+    /// Starts a server on a free loopback port, with no persistence.
     pub fn start() -> Result<Self, HarnessError> {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server on a free loopback port with more `redis-server` arguments, which
+    /// override the defaults (e.g. `["--appendonly", "yes", "--appendfsync", "always"]`).
+    pub fn start_with(extra_args: &[&str]) -> Result<Self, HarnessError> {
         let binary =
             std::env::var(SERVER_BINARY_VARIABLE).unwrap_or_else(|_| "redis-server".to_owned());
         let dir = temp_dir()?;
+        let extra_args: Vec<String> = extra_args.iter().map(|a| (*a).to_owned()).collect();
         let mut last_failure = String::new();
         // Another process may take the free port before the server binds it: try again.
         for _ in 0..5 {
             let port = free_port()?;
-            let log = dir.join("redis.log");
-            let spawned = Command::new(&binary)
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args([
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--protected-mode",
-                    "yes",
-                ])
-                .arg("--dir")
-                .arg(&dir)
-                .arg("--logfile")
-                .arg(&log)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn();
-            let mut server = match spawned {
-                Ok(server) => server,
-                Err(source) => {
-                    let _ = std::fs::remove_dir_all(&dir);
-                    return Err(HarnessError::NotInstalled { binary, source });
-                }
-            };
-            match wait_until_ready(&mut server, port) {
-                Ok(()) => {
+            match spawn_server(&binary, port, &dir, &extra_args) {
+                Ok(server) => {
                     let watchdog = spawn_watchdog(server.id(), &dir);
                     return Ok(RedisServer {
                         server,
                         watchdog,
                         port,
                         dir,
+                        binary,
+                        extra_args,
                     });
                 }
-                Err(failure) => {
-                    let _ = server.kill();
-                    let _ = server.wait();
-                    let mut stderr = String::new();
-                    if let Some(mut pipe) = server.stderr.take() {
-                        let _ = pipe.read_to_string(&mut stderr);
-                    }
-                    let log = std::fs::read_to_string(&log).unwrap_or_default();
-                    last_failure = format!("{failure}; stderr: {stderr:?}; log: {log}");
+                Err(HarnessError::DidNotStart(failure)) => last_failure = failure,
+                Err(other) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(other);
                 }
             }
         }
         let _ = std::fs::remove_dir_all(&dir);
         Err(HarnessError::DidNotStart(last_failure))
+    }
+
+    /// Kills the server with SIGKILL, as a crash would: no shutdown save, no goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+
+    /// Starts the server again on the same port, in the same directory (so with whatever
+    /// it persisted there), with the same arguments. Kills it first if it still runs.
+    pub fn restart(&mut self) -> Result<(), HarnessError> {
+        self.kill();
+        if let Some(mut watchdog) = self.watchdog.take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match spawn_server(&self.binary, self.port, &self.dir, &self.extra_args) {
+                Ok(server) => {
+                    self.watchdog = spawn_watchdog(server.id(), &self.dir);
+                    self.server = server;
+                    return Ok(());
+                }
+                // The port may linger for a moment after the kill.
+                Err(HarnessError::DidNotStart(_)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(other) => return Err(other),
+            }
+        }
+    }
+
+    /// Its working directory (where it keeps its log and any persistence files).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// One server for the whole test binary, started on first use.
@@ -195,6 +211,54 @@ fn free_port() -> std::io::Result<u16> {
         let port = listener.local_addr()?.port();
         if port != 6379 {
             return Ok(port);
+        }
+    }
+}
+
+/// Spawns `redis-server` on `port` and waits until it answers.
+fn spawn_server(
+    binary: &str,
+    port: u16,
+    dir: &Path,
+    extra_args: &[String],
+) -> Result<Child, HarnessError> {
+    let log = dir.join("redis.log");
+    let spawned = Command::new(binary)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .arg("--logfile")
+        .arg(&log)
+        .args(extra_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut server = spawned.map_err(|source| HarnessError::NotInstalled {
+        binary: binary.to_owned(),
+        source,
+    })?;
+    match wait_until_ready(&mut server, port) {
+        Ok(()) => Ok(server),
+        Err(failure) => {
+            let _ = server.kill();
+            let _ = server.wait();
+            let mut stderr = String::new();
+            if let Some(mut pipe) = server.stderr.take() {
+                let _ = pipe.read_to_string(&mut stderr);
+            }
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            Err(HarnessError::DidNotStart(format!(
+                "{failure}; stderr: {stderr:?}; log: {log}"
+            )))
         }
     }
 }
