@@ -308,6 +308,19 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// A handle over `receiver`, which a runner of projection `projection` feeds with the
+    /// last position it has processed in each category (everything up to and including it
+    /// is processed). Backends with runners of their own use it to offer the same wait.
+    pub fn new(
+        projection: impl Into<String>,
+        receiver: watch::Receiver<HashMap<String, Position>>,
+    ) -> Self {
+        Progress {
+            projection: projection.into(),
+            receiver,
+        }
+    }
+
     /// Waits until the projection has processed `position` of `category`.
     pub async fn wait_for(
         &mut self,
