@@ -118,6 +118,10 @@ impl RedisConfig {
         KeyLayout::new(self.namespace.clone())
     }
 
+    pub(crate) fn response_timeout_value(&self) -> Option<Duration> {
+        self.response_timeout
+    }
+
     pub(crate) fn page_size_value(&self) -> usize {
         self.page_size
     }

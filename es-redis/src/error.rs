@@ -40,6 +40,13 @@ pub enum Error {
         #[source]
         source: RedisError,
     },
+    /// A request the backend refuses before sending it (e.g. a read-model hash name that
+    /// is reserved).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// A projection did not reach a position in time.
+    #[error(transparent)]
+    WaitTimeout(#[from] es_core::projection::WaitTimeout),
     /// Redis replied in a shape the backend does not expect (a corrupt layout, an entry the
     /// index names but the stream no longer holds, …).
     #[error("unexpected reply to {operation}: {detail}")]
@@ -97,6 +104,9 @@ fn is_connection_error(error: &RedisError) -> bool {
 impl From<Error> for StoreError {
     fn from(error: Error) -> Self {
         let message = error.to_string();
+        if let Error::InvalidRequest(why) = error {
+            return StoreError::InvalidRequest(why);
+        }
         if error.is_connection() {
             StoreError::Connection {
                 message,

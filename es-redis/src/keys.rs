@@ -8,9 +8,14 @@
 //! | `es:{user}:events` | stream | every `user` event, in category order (the log of record) |
 //! | `es:{user}:index:42` | list | element 0: recent append ids; element *v*: the entry id of version *v* |
 //! | `es:{user}:snapshot:42` | hash | the snapshot's fields plus `_version`, `_position`, `_schema`, `_fields` |
+//! | `es:{user}:dead:profiles` | stream | events of `user` projection `profiles` could not process |
+//! | `es:{user}:failures:profiles` | hash | the last handler error of each entry `profiles` will retry |
+//! | `es:{rm:profiles}:<name>` | hash | read-model hash `<name>` of projection `profiles` |
+//! | `es:{rm:profiles}:_applied:user` | sorted set | entries of `user` whose read-model update is applied |
 //!
-//! Every key of a category shares the hash tag `{user}`, so one script may touch all of them
-//! on Redis Cluster too.
+//! Every key of a category shares the hash tag `{user}`, and every read-model key of a
+//! projection the tag `{rm:<projection>}`, so one script may touch all of them on Redis
+//! Cluster too.
 
 use es_core::StreamId;
 
@@ -74,6 +79,51 @@ impl KeyLayout {
             "{}:snapshot:{}",
             self.category_prefix(&stream.category),
             encode_key_part(&stream.id)
+        )
+    }
+
+    /// The dead-letter stream of `projection` for `category`: entries it could not process,
+    /// with the error, the original entry id and the original fields. It shares the
+    /// category's hash tag, so one script can move an entry there and acknowledge it.
+    pub fn dead_letters(&self, category: &str, projection: &str) -> String {
+        format!(
+            "{}:dead:{}",
+            self.category_prefix(category),
+            encode_key_part(projection)
+        )
+    }
+
+    /// A hash of the last handler error of each entry of `category` that `projection`
+    /// failed to handle and will retry (entry id → error), copied into the dead letter.
+    pub fn failures(&self, category: &str, projection: &str) -> String {
+        format!(
+            "{}:failures:{}",
+            self.category_prefix(category),
+            encode_key_part(projection)
+        )
+    }
+
+    /// The hash-tagged prefix of every read-model key of `projection`:
+    /// `<namespace>:{rm:<projection>}`. One tag per projection, so one script may update
+    /// any of its hashes together with its record of applied entries.
+    pub fn read_model_prefix(&self, projection: &str) -> String {
+        format!("{}:{{rm:{}}}", self.namespace, encode_key_part(projection))
+    }
+
+    /// The read-model hash `name` of `projection`. Names are used as they are (the hash
+    /// tag comes first, so a brace in a name cannot move it); names starting with `_` are
+    /// reserved for the backend.
+    pub fn read_model_hash(&self, projection: &str, name: &str) -> String {
+        format!("{}:{name}", self.read_model_prefix(projection))
+    }
+
+    /// The sorted set of the entries of `category` whose read-model updates `projection`
+    /// has applied (member: entry id, score: when it was applied, in milliseconds).
+    pub fn applied_entries(&self, projection: &str, category: &str) -> String {
+        format!(
+            "{}:_applied:{}",
+            self.read_model_prefix(projection),
+            encode_key_part(category)
         )
     }
 }

@@ -4,6 +4,8 @@ pub mod config;
 mod entry;
 pub mod error;
 pub mod keys;
+pub mod projection;
+pub mod read_model;
 mod scripts;
 mod snapshots;
 pub mod store;
@@ -13,4 +15,8 @@ pub mod testing;
 pub use config::RedisConfig;
 pub use error::Error;
 pub use keys::KeyLayout;
+pub use projection::{
+    GroupStatus, ProjectionMonitor, ProjectionOptions, ProjectionRunner, RunStats,
+};
+pub use read_model::{Applied, HashReadModel, ReadModelUpdate};
 pub use store::RedisEventStore;

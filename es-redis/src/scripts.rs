@@ -20,6 +20,14 @@ pub(crate) struct Scripts {
     pub load_snapshot_and_tail: Script,
     /// Saves a snapshot unless a newer one is stored.
     pub save_snapshot: Script,
+    /// Applies a read-model update unless its entry was applied, and records it.
+    pub read_model_commit: Script,
+    /// Forgets applied entries that can no longer be delivered.
+    pub prune_applied: Script,
+    /// Copies an entry to a dead-letter stream and acknowledges it.
+    pub dead_letter: Script,
+    /// A consumer group's progress on one stream.
+    pub group_status: Script,
 }
 
 const WRITES: &str = "#!lua\n";
@@ -48,4 +56,10 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
         .concat(),
     ),
     save_snapshot: Script::new(&[WRITES, include_str!("scripts/save_snapshot.lua")].concat()),
+    read_model_commit: Script::new(
+        &[WRITES, include_str!("scripts/read_model_commit.lua")].concat(),
+    ),
+    prune_applied: Script::new(&[WRITES, include_str!("scripts/prune_applied.lua")].concat()),
+    dead_letter: Script::new(&[WRITES, include_str!("scripts/dead_letter.lua")].concat()),
+    group_status: Script::new(&[NO_WRITES, include_str!("scripts/group_status.lua")].concat()),
 });

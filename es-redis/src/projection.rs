@@ -1,0 +1,1046 @@
+//! [`ProjectionRunner`]: runs an [`es_core::projection::Projection`] on Redis consumer
+//! groups, and [`ProjectionMonitor`]: its progress, lag and dead letters, from any process.
+//!
+//! Each projection has one consumer group, named after it, on the category stream of every
+//! category it reads, created at `0` so a projection added later replays all history.
+//! Runners are the group's consumers: several of them (in one process or several, each
+//! with its own consumer name) share the work.
+//!
+//! - **Reading:** `XREADGROUP … COUNT <batch> BLOCK <block> STREAMS <every category> > …`
+//!   on a connection of its own whose reply timeout exceeds the block time.
+//! - **Acknowledging:** an entry is acknowledged (`XACK`) only after the handler succeeded,
+//!   after it was skipped (an event type the projection does not handle), or after it was
+//!   dead-lettered. Delivery is therefore at least once; [`HashReadModel`] makes updates
+//!   idempotent.
+//! - **Retries and crash recovery:** a failed entry stays pending. Every
+//!   [`claim_interval`](ProjectionOptions::claim_interval) (and at start) the runner
+//!   `XAUTOCLAIM`s entries pending longer than [`claim_idle`](ProjectionOptions::claim_idle)
+//!   from any consumer of the group, including dead ones, and processes them again.
+//! - **Dead letters:** an entry that does not decode, or that was delivered more than
+//!   [`max_deliveries`](ProjectionOptions::max_deliveries) times (counts from `XPENDING`), is
+//!   copied with the error, its entry id and its fields to
+//!   `<namespace>:{<category>}:dead:<projection>` and acknowledged, in one script.
+//! - **Progress:** the group's watermark in a category is the last entry id up to which
+//!   every entry is acknowledged (at most the group's last-delivered id, below its oldest
+//!   pending entry). [`ProjectionMonitor::wait_for`] polls it from any process;
+//!   [`ProjectionRunner::progress`] is an in-process [`Progress`] fed after every batch.
+//!
+//! [`HashReadModel`]: crate::HashReadModel
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use es_core::projection::{handles, DeadLetter, Progress, Projection, WaitTimeout};
+use es_core::Position;
+use redis::aio::ConnectionManager;
+use redis::Value;
+use tokio::sync::watch;
+
+use crate::config::RedisConfig;
+use crate::entry::{self, as_u64, into_array, into_bytes, EntrySource, RawEntry};
+use crate::error::Error;
+use crate::read_model::clear_read_model;
+use crate::scripts::SCRIPTS;
+use crate::store::RedisEventStore;
+
+/// How much longer than the block time the reading connection waits for a reply.
+const READ_TIMEOUT_MARGIN: Duration = Duration::from_secs(5);
+/// How long the runner waits before retrying after a lost connection.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
+/// How many applied entry ids one prune looks at per category.
+const PRUNE_LIMIT: usize = 10_000;
+
+/// How a [`ProjectionRunner`] reads, retries and recovers.
+///
+/// ```
+/// use std::time::Duration;
+/// use es_redis::ProjectionOptions;
+///
+/// let options = ProjectionOptions::new("worker-1")
+///     .batch_size(200)
+///     .block(Duration::from_millis(500))
+///     .claim_idle(Duration::from_secs(10))
+///     .max_deliveries(5);
+/// assert_eq!(options.consumer(), "worker-1");
+/// ```
+#[derive(Debug, Clone)]
+pub struct ProjectionOptions {
+    consumer: String,
+    batch_size: usize,
+    block: Duration,
+    claim_idle: Duration,
+    claim_interval: Duration,
+    max_deliveries: u32,
+    prune_grace: Duration,
+}
+
+impl ProjectionOptions {
+    /// Options for the consumer named `consumer`, which must be unique among the runners of
+    /// the projection (say, `<host>-<pid>-<n>`). Defaults: batches of 100 entries per
+    /// stream, reads block up to 1 s, entries pending 30 s are reclaimed, checked every
+    /// 5 s, dead-lettered after 3 deliveries, applied ids pruned after 5 minutes.
+    pub fn new(consumer: impl Into<String>) -> Self {
+        ProjectionOptions {
+            consumer: consumer.into(),
+            batch_size: 100,
+            block: Duration::from_secs(1),
+            claim_idle: Duration::from_secs(30),
+            claim_interval: Duration::from_secs(5),
+            max_deliveries: 3,
+            prune_grace: Duration::from_secs(300),
+        }
+    }
+
+    /// The consumer name.
+    pub fn consumer(&self) -> &str {
+        &self.consumer
+    }
+
+    /// At most this many entries per stream per read (`COUNT`; at least 1).
+    pub fn batch_size(mut self, entries: usize) -> Self {
+        self.batch_size = entries.max(1);
+        self
+    }
+
+    /// How long a read waits for new entries (`BLOCK`; at least 1 ms). Shutdown waits for
+    /// the read in flight, so this bounds how long stopping takes.
+    pub fn block(mut self, block: Duration) -> Self {
+        self.block = block.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Entries pending longer than this (their worker died, or their handler failed) are
+    /// reclaimed. Keep it above the longest a handler may take: a slower handler's entry
+    /// is processed by another worker too.
+    pub fn claim_idle(mut self, idle: Duration) -> Self {
+        self.claim_idle = idle;
+        self
+    }
+
+    /// How often to look for entries to reclaim (and prune the applied-entry record).
+    pub fn claim_interval(mut self, interval: Duration) -> Self {
+        self.claim_interval = interval;
+        self
+    }
+
+    /// An entry delivered more than this many times is dead-lettered instead of handled
+    /// again; a handler failing on its `max_deliveries`-th delivery dead-letters it at
+    /// once (at least 1).
+    pub fn max_deliveries(mut self, deliveries: u32) -> Self {
+        self.max_deliveries = deliveries.max(1);
+        self
+    }
+
+    /// [`HashReadModel`](crate::HashReadModel) keeps the id of every applied entry; the
+    /// runner forgets ids that can no longer be delivered (acknowledged entries at or below
+    /// the group's watermark) once they were applied this long ago. The grace covers a
+    /// stalled worker that resumes after another one reclaimed, applied and acknowledged
+    /// its entry: within `claim_idle + prune_grace` it still finds the record.
+    pub fn prune_grace(mut self, grace: Duration) -> Self {
+        self.prune_grace = grace;
+        self
+    }
+}
+
+/// What a [`ProjectionRunner`] did, returned by [`run`](ProjectionRunner::run).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunStats {
+    /// Entries whose handler succeeded.
+    pub handled: u64,
+    /// Entries of event types the projection does not handle (acknowledged unhandled).
+    pub skipped: u64,
+    /// Handler failures (the entry stays pending and is retried).
+    pub failed: u64,
+    /// Entries moved to the dead-letter stream.
+    pub dead_lettered: u64,
+    /// Entries taken over from other consumers (or from itself) with `XAUTOCLAIM`.
+    pub claimed: u64,
+}
+
+/// One category stream a projection reads.
+#[derive(Debug, Clone)]
+struct CategoryStream {
+    category: Cow<'static, str>,
+    key: Arc<str>,
+    dead_letters: String,
+    failures: String,
+    applied: String,
+}
+
+/// What to do with an entry once processed.
+enum Outcome {
+    /// Acknowledge it.
+    Ack,
+    /// Leave it pending (failed, to be retried) or already acknowledged (dead-lettered).
+    Keep,
+}
+
+/// Runs a [`Projection`] as one consumer of its Redis consumer groups.
+///
+/// ```no_run
+/// # use es_core::projection::Projection;
+/// use std::time::Duration;
+/// use es_redis::{ProjectionOptions, ProjectionRunner, RedisConfig};
+///
+/// # async fn run<P: Projection>(projection: P) -> Result<(), Box<dyn std::error::Error>> {
+/// let config = RedisConfig::new("redis://127.0.0.1:6379");
+/// let runner = ProjectionRunner::connect(&config, projection, ProjectionOptions::new("worker-1")).await?;
+/// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+/// let task = tokio::spawn(async move {
+///     let stats = runner.run(async { let _ = stopped.await; }).await;
+///     (runner, stats)
+/// });
+/// // … later: finish the batch in hand, acknowledge it, and return.
+/// let _ = stop.send(());
+/// let (runner, stats) = task.await?;
+/// println!("{:?}", stats?);
+/// # Ok(())
+/// # }
+/// ```
+pub struct ProjectionRunner<P: Projection> {
+    projection: P,
+    store: RedisEventStore,
+    reader: ConnectionManager,
+    options: ProjectionOptions,
+    group: String,
+    streams: Vec<CategoryStream>,
+    progress: watch::Sender<HashMap<String, Position>>,
+}
+
+impl<P: Projection> std::fmt::Debug for ProjectionRunner<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProjectionRunner")
+            .field("group", &self.group)
+            .field("options", &self.options)
+            .field(
+                "streams",
+                &self.streams.iter().map(|s| &*s.key).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Projection> ProjectionRunner<P> {
+    /// Connects twice with `config`: once for commands and once for blocking reads, whose
+    /// reply timeout is the block time plus 5 s (a read that timed out on the client would
+    /// leave its late reply to confuse the next command).
+    pub async fn connect(
+        config: &RedisConfig,
+        projection: P,
+        options: ProjectionOptions,
+    ) -> Result<Self, Error> {
+        let store = RedisEventStore::connect(config).await?;
+        let read_timeout = options.block + READ_TIMEOUT_MARGIN;
+        // No timeout stays no timeout; a shorter one is raised above the block time.
+        let read_timeout = config
+            .response_timeout_value()
+            .map(|timeout| timeout.max(read_timeout));
+        let reader = config
+            .clone()
+            .response_timeout(read_timeout)
+            .connect()
+            .await?;
+        Ok(Self::with_connections(store, reader, projection, options))
+    }
+
+    /// A runner over `store` (commands) and `reader` (blocking reads: its reply timeout
+    /// must exceed [`ProjectionOptions::block`]).
+    pub fn with_connections(
+        store: RedisEventStore,
+        reader: ConnectionManager,
+        projection: P,
+        options: ProjectionOptions,
+    ) -> Self {
+        let group = projection.name().to_owned();
+        let keys = store.keys();
+        let mut streams: Vec<CategoryStream> = Vec::new();
+        for category in projection.categories() {
+            if streams.iter().any(|s| s.category == category) {
+                continue;
+            }
+            streams.push(CategoryStream {
+                key: Arc::from(keys.category_stream(&category)),
+                dead_letters: keys.dead_letters(&category, &group),
+                failures: keys.failures(&category, &group),
+                applied: keys.applied_entries(&group, &category),
+                category,
+            });
+        }
+        ProjectionRunner {
+            projection,
+            store,
+            reader,
+            options,
+            group,
+            streams,
+            progress: watch::channel(HashMap::new()).0,
+        }
+    }
+
+    /// The projection (e.g. to query an in-memory read model).
+    pub fn projection(&self) -> &P {
+        &self.projection
+    }
+
+    /// The options it runs with.
+    pub fn options(&self) -> &ProjectionOptions {
+        &self.options
+    }
+
+    /// Progress and dead letters of this projection's groups.
+    pub fn monitor(&self) -> ProjectionMonitor {
+        ProjectionMonitor {
+            store: self.store.clone(),
+            group: self.group.clone(),
+            categories: self.streams.iter().map(|s| s.category.clone()).collect(),
+        }
+    }
+
+    /// An in-process handle to wait until the projection has processed a position. It is
+    /// fed with the group's watermark (all consumers' work, not only this runner's) after
+    /// every batch and every idle read, so it lags by at most the block time.
+    pub fn progress(&self) -> Progress {
+        Progress::new(self.group.clone(), self.progress.subscribe())
+    }
+
+    /// Creates the consumer groups that do not exist yet, at `0` (with `MKSTREAM`).
+    /// [`run`](Self::run) does this first.
+    pub async fn create_groups(&self) -> Result<(), Error> {
+        for stream in &self.streams {
+            let operation = format!("XGROUP CREATE {} {}", stream.key, self.group);
+            let created = self
+                .store
+                .query(
+                    redis::cmd("XGROUP")
+                        .arg("CREATE")
+                        .arg(&*stream.key)
+                        .arg(&self.group)
+                        .arg("0")
+                        .arg("MKSTREAM")
+                        .arg("ENTRIESREAD")
+                        .arg(0),
+                    &operation,
+                )
+                .await;
+            match created {
+                Ok(_) => {}
+                Err(Error::Redis { source, .. }) if source.code() == Some("BUSYGROUP") => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
+    /// Replays the projection from the beginning: sets every group back to `0`
+    /// (`XGROUP SETID … 0 ENTRIESREAD 0`), then deletes its
+    /// [`HashReadModel`](crate::HashReadModel) keys, its dead letters and its recorded
+    /// failures. Stop every runner of the projection first, and start them again after.
+    ///
+    /// The groups are reset first: if the rebuild is interrupted in between, the kept
+    /// read model still records every entry as applied and replay changes nothing.
+    pub async fn rebuild(&self) -> Result<(), Error> {
+        self.create_groups().await?;
+        for stream in &self.streams {
+            self.store
+                .query(
+                    redis::cmd("XGROUP")
+                        .arg("SETID")
+                        .arg(&*stream.key)
+                        .arg(&self.group)
+                        .arg("0")
+                        .arg("ENTRIESREAD")
+                        .arg(0),
+                    &format!("XGROUP SETID {} {}", stream.key, self.group),
+                )
+                .await?;
+        }
+        let connection = self.store.connection();
+        clear_read_model(&connection, self.store.keys(), &self.group).await?;
+        for stream in &self.streams {
+            self.store
+                .query(
+                    redis::cmd("DEL")
+                        .arg(&stream.dead_letters)
+                        .arg(&stream.failures),
+                    &format!("DEL of {}", stream.dead_letters),
+                )
+                .await?;
+        }
+        self.progress.send_replace(HashMap::new());
+        Ok(())
+    }
+
+    /// Runs until `shutdown` resolves, then finishes and acknowledges the batch in hand
+    /// and returns what it did. Lost connections are retried; anything else (say, a
+    /// category key of the wrong type) ends the run with the error.
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<RunStats, Error> {
+        let mut shutdown = pin!(shutdown);
+        let mut stopping = false;
+        let mut stats = RunStats::default();
+        let mut next_claim = Instant::now();
+        let mut groups_ready = false;
+        while !stopping {
+            if is_ready(&mut shutdown) {
+                break;
+            }
+            let step = async {
+                if !groups_ready {
+                    self.create_groups().await?;
+                    groups_ready = true;
+                }
+                if Instant::now() >= next_claim {
+                    self.claim_stale(&mut stats).await?;
+                    self.prune_applied().await?;
+                    next_claim = Instant::now() + self.options.claim_interval;
+                }
+                let block = self
+                    .options
+                    .block
+                    .min(next_claim.saturating_duration_since(Instant::now()))
+                    .max(Duration::from_millis(1));
+                let mut read = pin!(self.read_new(block));
+                // A read is never abandoned: its entries would stay pending until reclaimed.
+                let batch = tokio::select! {
+                    batch = &mut read => batch?,
+                    () = shutdown.as_mut() => {
+                        stopping = true;
+                        read.await?
+                    }
+                };
+                self.process_batch(batch, None, &mut stats).await?;
+                self.publish_progress().await
+            };
+            match step.await {
+                Ok(()) => {}
+                Err(error) if error.is_connection() => {
+                    tracing::warn!(projection = %self.group, %error, "lost the connection; retrying");
+                    tokio::time::sleep(RECONNECT_PAUSE).await;
+                }
+                Err(Error::Redis { source, .. }) if source.code() == Some("NOGROUP") => {
+                    // A stream was deleted under the runner: start its group again.
+                    groups_ready = false;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Reads entries never delivered to the group, from every stream at once.
+    async fn read_new(&self, block: Duration) -> Result<Vec<(usize, Vec<RawEntry>)>, Error> {
+        let mut command = redis::cmd("XREADGROUP");
+        command
+            .arg("GROUP")
+            .arg(&self.group)
+            .arg(&self.options.consumer)
+            .arg("COUNT")
+            .arg(self.options.batch_size)
+            .arg("BLOCK")
+            .arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX))
+            .arg("STREAMS");
+        for stream in &self.streams {
+            command.arg(&*stream.key);
+        }
+        for _ in &self.streams {
+            command.arg(">");
+        }
+        let operation = format!("XREADGROUP of group {}", self.group);
+        let mut reader = self.reader.clone();
+        let reply: Value = command
+            .query_async(&mut reader)
+            .await
+            .map_err(|e| Error::redis(&operation, e))?;
+        self.parse_read_reply(reply, &operation)
+    }
+
+    /// Parses `[[key, entries], …]` (RESP2) or `{key: entries, …}` (RESP3); nil when the
+    /// read timed out.
+    fn parse_read_reply(
+        &self,
+        reply: Value,
+        operation: &str,
+    ) -> Result<Vec<(usize, Vec<RawEntry>)>, Error> {
+        let pairs: Vec<(Value, Value)> = match reply {
+            Value::Nil => return Ok(Vec::new()),
+            Value::Map(pairs) => pairs,
+            other => into_array(other, operation)?
+                .into_iter()
+                .map(|item| {
+                    let mut parts = into_array(item, operation)?.into_iter();
+                    match (parts.next(), parts.next()) {
+                        (Some(key), Some(entries)) => Ok((key, entries)),
+                        _ => Err(Error::unexpected(operation, "a stream without entries")),
+                    }
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let mut batch = Vec::with_capacity(pairs.len());
+        for (key, entries) in pairs {
+            let key = into_bytes(key)
+                .ok_or_else(|| Error::unexpected(operation, "a stream key that is not a string"))?;
+            let Some(index) = self.streams.iter().position(|s| s.key.as_bytes() == key) else {
+                return Err(Error::unexpected(
+                    operation,
+                    format!(
+                        "entries of a stream not read: {}",
+                        String::from_utf8_lossy(&key)
+                    ),
+                ));
+            };
+            let entries = into_array(entries, operation)?
+                .into_iter()
+                .map(|item| RawEntry::parse(item, operation))
+                .collect::<Result<Vec<_>, _>>()?;
+            batch.push((index, entries));
+        }
+        Ok(batch)
+    }
+
+    /// Processes a batch and acknowledges what is done, one `XACK` per stream.
+    /// `deliveries` holds delivery counts of reclaimed entries; fresh ones count 1.
+    async fn process_batch(
+        &self,
+        batch: Vec<(usize, Vec<RawEntry>)>,
+        deliveries: Option<&HashMap<String, u32>>,
+        stats: &mut RunStats,
+    ) -> Result<(), Error> {
+        for (index, entries) in batch {
+            let stream = &self.streams[index];
+            let mut done = Vec::with_capacity(entries.len());
+            for raw in entries {
+                let delivered = deliveries
+                    .and_then(|counts| counts.get(&raw.id).copied())
+                    .unwrap_or(1);
+                let id = raw.id.clone();
+                if let Outcome::Ack = self.process_entry(stream, raw, delivered, stats).await? {
+                    done.push(id);
+                }
+            }
+            if !done.is_empty() {
+                self.store
+                    .query(
+                        redis::cmd("XACK")
+                            .arg(&*stream.key)
+                            .arg(&self.group)
+                            .arg(&done),
+                        &format!("XACK of {}", stream.key),
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn process_entry(
+        &self,
+        stream: &CategoryStream,
+        raw: RawEntry,
+        delivered: u32,
+        stats: &mut RunStats,
+    ) -> Result<Outcome, Error> {
+        let Some(pairs) = raw.pairs else {
+            // Deleted from the stream while pending: nothing to process.
+            return Ok(Outcome::Ack);
+        };
+        let source = EntrySource {
+            storage_key: &stream.key,
+            category: &stream.category,
+        };
+        let stored = match entry::decode_entry(&source, &raw.id, pairs) {
+            Ok(stored) => stored,
+            Err(error) => {
+                self.dead_letter(stream, &raw.id, &error.to_string(), delivered, stats)
+                    .await?;
+                return Ok(Outcome::Keep);
+            }
+        };
+        if !handles::<P::Event>(&stored) {
+            stats.skipped += 1;
+            return Ok(Outcome::Ack);
+        }
+        if delivered > self.options.max_deliveries {
+            let why = format!(
+                "delivered {delivered} times, more than the limit of {}",
+                self.options.max_deliveries
+            );
+            self.dead_letter(stream, &raw.id, &why, delivered, stats)
+                .await?;
+            return Ok(Outcome::Keep);
+        }
+        let event = match stored.decode::<P::Event>() {
+            Ok(event) => event,
+            Err(error) => {
+                self.dead_letter(stream, &raw.id, &error.to_string(), delivered, stats)
+                    .await?;
+                return Ok(Outcome::Keep);
+            }
+        };
+        match self.projection.handle(&event).await {
+            Ok(()) => {
+                stats.handled += 1;
+                if delivered > 1 {
+                    self.store
+                        .query(
+                            redis::cmd("HDEL").arg(&stream.failures).arg(&raw.id),
+                            &format!("HDEL of {}", stream.failures),
+                        )
+                        .await?;
+                }
+                Ok(Outcome::Ack)
+            }
+            Err(error) => {
+                stats.failed += 1;
+                let error = error.to_string();
+                if delivered >= self.options.max_deliveries {
+                    let why = format!("the handler failed on delivery {delivered}: {error}");
+                    self.dead_letter(stream, &raw.id, &why, delivered, stats)
+                        .await?;
+                } else {
+                    tracing::debug!(projection = %self.group, entry = %raw.id, %error, delivered, "handler failed; the entry will be retried");
+                    self.store
+                        .query(
+                            redis::cmd("HSET")
+                                .arg(&stream.failures)
+                                .arg(&raw.id)
+                                .arg(&error),
+                            &format!("HSET of {}", stream.failures),
+                        )
+                        .await?;
+                }
+                Ok(Outcome::Keep)
+            }
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        stream: &CategoryStream,
+        id: &str,
+        error: &str,
+        delivered: u32,
+        stats: &mut RunStats,
+    ) -> Result<(), Error> {
+        tracing::warn!(projection = %self.group, stream = %stream.key, entry = %id, %error, "dead-lettering an entry");
+        let mut invocation = SCRIPTS.dead_letter.prepare_invoke();
+        invocation
+            .key(&*stream.key)
+            .key(&stream.dead_letters)
+            .key(&stream.failures)
+            .arg(&self.group)
+            .arg(id)
+            .arg(error)
+            .arg(delivered)
+            .arg(&self.options.consumer);
+        let reply = self.store.run_script("dead_letter", &invocation).await?;
+        if as_u64(&reply) == Some(1) {
+            stats.dead_lettered += 1;
+        }
+        Ok(())
+    }
+
+    /// Claims and processes entries pending longer than `claim_idle`, in every stream.
+    async fn claim_stale(&self, stats: &mut RunStats) -> Result<(), Error> {
+        let idle = u64::try_from(self.options.claim_idle.as_millis()).unwrap_or(u64::MAX);
+        for (index, stream) in self.streams.iter().enumerate() {
+            let operation = format!("XAUTOCLAIM of {}", stream.key);
+            let mut start = "0-0".to_owned();
+            loop {
+                let reply = self
+                    .store
+                    .query(
+                        redis::cmd("XAUTOCLAIM")
+                            .arg(&*stream.key)
+                            .arg(&self.group)
+                            .arg(&self.options.consumer)
+                            .arg(idle)
+                            .arg(&start)
+                            .arg("COUNT")
+                            .arg(self.options.batch_size),
+                        &operation,
+                    )
+                    .await?;
+                let mut parts = into_array(reply, &operation)?.into_iter();
+                let (Some(next), Some(entries)) = (parts.next(), parts.next()) else {
+                    return Err(Error::unexpected(&operation, "a reply without cursor"));
+                };
+                let next = into_bytes(next)
+                    .and_then(|id| String::from_utf8(id).ok())
+                    .ok_or_else(|| Error::unexpected(&operation, "a cursor that is not text"))?;
+                let entries = into_array(entries, &operation)?
+                    .into_iter()
+                    .map(|item| RawEntry::parse(item, &operation))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if !entries.is_empty() {
+                    stats.claimed += entries.len() as u64;
+                    tracing::info!(projection = %self.group, stream = %stream.key, entries = entries.len(), "reclaimed stale entries");
+                    let deliveries = self.delivery_counts(stream, &entries).await?;
+                    self.process_batch(vec![(index, entries)], Some(&deliveries), stats)
+                        .await?;
+                }
+                if next == "0-0" {
+                    break;
+                }
+                start = next;
+            }
+        }
+        Ok(())
+    }
+
+    /// How often each entry was delivered (`XPENDING key group id id 1`, pipelined).
+    async fn delivery_counts(
+        &self,
+        stream: &CategoryStream,
+        entries: &[RawEntry],
+    ) -> Result<HashMap<String, u32>, Error> {
+        let mut pipe = redis::pipe();
+        for entry in entries {
+            pipe.cmd("XPENDING")
+                .arg(&*stream.key)
+                .arg(&self.group)
+                .arg(&entry.id)
+                .arg(&entry.id)
+                .arg(1);
+        }
+        let operation = format!("XPENDING of {}", stream.key);
+        let mut connection = self.store.connection();
+        let replies: Vec<Value> = pipe
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| Error::redis(&operation, e))?;
+        let mut counts = HashMap::with_capacity(entries.len());
+        for reply in replies {
+            // `[[id, consumer, idle, deliveries]]`, or `[]` if acknowledged meanwhile.
+            if let Some(item) = into_array(reply, &operation)?.into_iter().next() {
+                let mut fields = into_array(item, &operation)?.into_iter();
+                let id = fields.next().and_then(into_bytes);
+                let count = fields.nth(2).as_ref().and_then(as_u64);
+                if let (Some(id), Some(count)) = (id, count) {
+                    counts.insert(
+                        String::from_utf8_lossy(&id).into_owned(),
+                        u32::try_from(count).unwrap_or(u32::MAX),
+                    );
+                }
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Forgets applied entry ids at or below the group's watermark (see
+    /// [`ProjectionOptions::prune_grace`]).
+    async fn prune_applied(&self) -> Result<(), Error> {
+        let grace = u64::try_from(self.options.prune_grace.as_millis()).unwrap_or(u64::MAX);
+        for status in self.monitor().status().await? {
+            let Some(stream) = self.streams.iter().find(|s| s.category == status.category) else {
+                continue;
+            };
+            let watermark = status.watermark();
+            if watermark == Position::ZERO {
+                continue;
+            }
+            let mut invocation = SCRIPTS.prune_applied.prepare_invoke();
+            invocation
+                .key(&stream.applied)
+                .arg(watermark.to_string())
+                .arg(grace)
+                .arg(PRUNE_LIMIT);
+            self.store.run_script("prune_applied", &invocation).await?;
+        }
+        Ok(())
+    }
+
+    async fn publish_progress(&self) -> Result<(), Error> {
+        let watermarks: HashMap<String, Position> = self
+            .monitor()
+            .status()
+            .await?
+            .into_iter()
+            .map(|status| (status.category.clone(), status.watermark()))
+            .collect();
+        self.progress.send_if_modified(|current| {
+            let changed = *current != watermarks;
+            *current = watermarks;
+            changed
+        });
+        Ok(())
+    }
+}
+
+/// Whether `future` is already complete (polled once, without waiting).
+fn is_ready<F: Future<Output = ()>>(future: &mut Pin<&mut F>) -> bool {
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    future.as_mut().poll(&mut context).is_ready()
+}
+
+/// A consumer group's progress on one category stream (`XINFO GROUPS` and `XPENDING`,
+/// read atomically).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GroupStatus {
+    /// The category.
+    pub category: String,
+    /// Whether the group exists (it does once a runner started).
+    pub exists: bool,
+    /// How many consumers the group has seen.
+    pub consumers: u64,
+    /// Entries delivered but not acknowledged.
+    pub pending: u64,
+    /// Entries not delivered yet; `None` when Redis cannot tell (after entries were
+    /// deleted from the middle of the stream).
+    pub lag: Option<u64>,
+    /// The last entry delivered to the group.
+    pub last_delivered: Position,
+    /// The oldest entry delivered but not acknowledged.
+    pub oldest_pending: Option<Position>,
+}
+
+impl GroupStatus {
+    /// The last position up to which every entry is processed: handled, skipped or
+    /// dead-lettered, and acknowledged.
+    pub fn watermark(&self) -> Position {
+        match self.oldest_pending {
+            Some(oldest) => self.last_delivered.min(before(oldest)),
+            None => self.last_delivered,
+        }
+    }
+
+    /// Whether every entry up to `position` is processed.
+    pub fn has_processed(&self, position: Position) -> bool {
+        self.watermark() >= position
+    }
+}
+
+/// The greatest position below `position` (no entry lies between the two).
+fn before(position: Position) -> Position {
+    match (position.millis, position.seq) {
+        (0, 0) => Position::ZERO,
+        (millis, 0) => Position::new(millis - 1, u64::MAX),
+        (millis, seq) => Position::new(millis, seq - 1),
+    }
+}
+
+/// A projection's progress, lag and dead letters, readable from any process (it needs no
+/// runner, only the projection's name and categories).
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use es_redis::{ProjectionMonitor, RedisConfig, RedisEventStore};
+///
+/// # async fn run(position: es_core::Position) -> Result<(), Box<dyn std::error::Error>> {
+/// let store = RedisEventStore::connect(&RedisConfig::new("redis://127.0.0.1:6379")).await?;
+/// let monitor = ProjectionMonitor::new(store, "profiles", ["user"]);
+/// for status in monitor.status().await? {
+///     println!("{}: lag {:?}, pending {}", status.category, status.lag, status.pending);
+/// }
+/// // Read-your-writes: wait until the projection has processed an append.
+/// monitor.wait_for("user", position, Duration::from_secs(2)).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ProjectionMonitor {
+    store: RedisEventStore,
+    group: String,
+    categories: Vec<Cow<'static, str>>,
+}
+
+impl ProjectionMonitor {
+    /// The monitor of projection `projection` (its [`Projection::name`]) over `categories`.
+    pub fn new<C: Into<Cow<'static, str>>>(
+        store: RedisEventStore,
+        projection: impl Into<String>,
+        categories: impl IntoIterator<Item = C>,
+    ) -> Self {
+        ProjectionMonitor {
+            store,
+            group: projection.into(),
+            categories: categories.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// The group's progress on each category stream (one round trip per category).
+    pub async fn status(&self) -> Result<Vec<GroupStatus>, Error> {
+        let mut statuses = Vec::with_capacity(self.categories.len());
+        for category in &self.categories {
+            statuses.push(self.category_status(category).await?);
+        }
+        Ok(statuses)
+    }
+
+    /// The group's progress on `category`'s stream.
+    pub async fn category_status(&self, category: &str) -> Result<GroupStatus, Error> {
+        let mut invocation = SCRIPTS.group_status.prepare_invoke();
+        invocation
+            .key(self.store.keys().category_stream(category))
+            .arg(&self.group);
+        let reply = self.store.run_script("group_status", &invocation).await?;
+        parse_status(category, reply)
+    }
+
+    /// Whether every entry of `category` up to `position` is processed.
+    pub async fn has_processed(&self, category: &str, position: Position) -> Result<bool, Error> {
+        Ok(self
+            .category_status(category)
+            .await?
+            .has_processed(position))
+    }
+
+    /// Waits until every entry of `category` up to `position` is processed (say, the
+    /// position an append returned), polling Redis every 10 ms; [`Error::WaitTimeout`]
+    /// after `timeout`.
+    pub async fn wait_for(
+        &self,
+        category: &str,
+        position: Position,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.has_processed(category, position).await? {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(WaitTimeout {
+                    projection: self.group.clone(),
+                    category: category.to_owned(),
+                    position,
+                    timeout,
+                }
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The entries of `category` the projection dead-lettered, oldest first.
+    pub async fn dead_letters(&self, category: &str) -> Result<Vec<DeadLetter>, Error> {
+        let key = self.store.keys().dead_letters(category, &self.group);
+        let operation = format!("XRANGE of {key}");
+        let mut letters = Vec::new();
+        let mut after = "-".to_owned();
+        loop {
+            let reply = self
+                .store
+                .query(
+                    redis::cmd("XRANGE")
+                        .arg(&key)
+                        .arg(&after)
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(1000),
+                    &operation,
+                )
+                .await?;
+            let entries = into_array(reply, &operation)?;
+            let read = entries.len();
+            for item in entries {
+                let raw = RawEntry::parse(item, &operation)?;
+                after = format!("({}", raw.id);
+                letters.push(parse_dead_letter(category, &key, raw)?);
+            }
+            if read < 1000 {
+                return Ok(letters);
+            }
+        }
+    }
+}
+
+fn parse_status(category: &str, reply: Value) -> Result<GroupStatus, Error> {
+    let operation = "group_status";
+    let items = into_array(reply, operation)?;
+    if items.is_empty() {
+        return Ok(GroupStatus {
+            category: category.to_owned(),
+            exists: false,
+            consumers: 0,
+            pending: 0,
+            lag: None,
+            last_delivered: Position::ZERO,
+            oldest_pending: None,
+        });
+    }
+    let malformed = || Error::unexpected(operation, format!("for {category}: a malformed reply"));
+    let number = |value: &Value| match value {
+        Value::Int(n) => Some(*n),
+        other => as_u64(other).and_then(|n| i64::try_from(n).ok()),
+    };
+    let position = |value: Value| {
+        into_bytes(value)
+            .and_then(|raw| String::from_utf8(raw).ok())
+            .map(|text| {
+                if text.is_empty() {
+                    Ok(None)
+                } else {
+                    text.parse::<Position>().map(Some).map_err(|_| malformed())
+                }
+            })
+            .unwrap_or_else(|| Err(malformed()))
+    };
+    let mut items = items.into_iter();
+    let (
+        Some(consumers),
+        Some(pending),
+        Some(last_delivered),
+        Some(_entries_read),
+        Some(lag),
+        Some(oldest),
+    ) = (
+        items.next(),
+        items.next(),
+        items.next(),
+        items.next(),
+        items.next(),
+        items.next(),
+    )
+    else {
+        return Err(malformed());
+    };
+    Ok(GroupStatus {
+        category: category.to_owned(),
+        exists: true,
+        consumers: number(&consumers)
+            .and_then(|n| u64::try_from(n).ok())
+            .ok_or_else(malformed)?,
+        pending: number(&pending)
+            .and_then(|n| u64::try_from(n).ok())
+            .ok_or_else(malformed)?,
+        lag: number(&lag).and_then(|n| u64::try_from(n).ok()),
+        last_delivered: position(last_delivered)?.unwrap_or(Position::ZERO),
+        oldest_pending: position(oldest)?,
+    })
+}
+
+fn parse_dead_letter(category: &str, key: &str, raw: RawEntry) -> Result<DeadLetter, Error> {
+    let operation = format!("reading dead letters of {key}");
+    let pairs = raw
+        .pairs
+        .ok_or_else(|| Error::unexpected(&operation, format!("entry {} has no fields", raw.id)))?;
+    let field = |name: &str| {
+        pairs
+            .iter()
+            .find(|(n, _)| n == name.as_bytes())
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    let position = field("_entry_id")
+        .and_then(|id| id.parse::<Position>().ok())
+        .ok_or_else(|| {
+            Error::unexpected(&operation, format!("entry {} has no `_entry_id`", raw.id))
+        })?;
+    let mut error = field("_error").unwrap_or_default();
+    if let Some(last) = field("_last_failure") {
+        error = format!("{error}; last handler error: {last}");
+    }
+    Ok(DeadLetter {
+        category: category.to_owned(),
+        position,
+        event_type: field("type").unwrap_or_default(),
+        attempts: field("_deliveries")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0),
+        error,
+    })
+}
