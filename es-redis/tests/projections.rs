@@ -1,0 +1,844 @@
+//! Consumer-group projections on a real Redis: work sharing, crash recovery, dead letters,
+//! catch-up, exactly-once read-model updates, shutdown, rebuild, monitoring and waiting.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use es_core::projection::Projection;
+use es_core::{
+    AppendOptions, Event, EventStore, ExpectedVersion, Metadata, NewEvent, Position, RecordedEvent,
+    StreamId,
+};
+use es_redis::testing::{unique_namespace, RedisServer};
+use es_redis::{
+    Applied, Error, HashReadModel, ProjectionOptions, ProjectionRunner, RedisConfig,
+    RedisEventStore, RunStats,
+};
+use redis::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const CATEGORY: &str = "account";
+
+#[derive(Event, Debug, Clone, PartialEq)]
+struct Deposited {
+    amount: i64,
+}
+
+#[derive(Event, Debug, Clone, PartialEq)]
+struct Frozen {
+    reason: String,
+}
+
+/// What the projections read: only deposits (`Frozen` events are skipped).
+#[derive(Event, Debug, Clone, PartialEq)]
+enum AccountEvent {
+    Deposited(Deposited),
+}
+
+fn server() -> &'static RedisServer {
+    RedisServer::shared().unwrap_or_else(|e| panic!("{e}"))
+}
+
+struct Setup {
+    config: RedisConfig,
+    store: RedisEventStore,
+}
+
+async fn setup(label: &str) -> Setup {
+    let config = server().config(&unique_namespace(label));
+    let store = RedisEventStore::connect(&config).await.expect("connect");
+    Setup { config, store }
+}
+
+fn deposit(amount: i64) -> NewEvent {
+    NewEvent::encode(&Deposited { amount }, Metadata::default()).expect("encode")
+}
+
+/// Appends `count` deposits of 1..=count spread over `aggregates` accounts, 100 per append;
+/// returns the last position.
+async fn append_deposits(
+    store: &RedisEventStore,
+    first: i64,
+    count: i64,
+    aggregates: i64,
+) -> Position {
+    let mut last = Position::ZERO;
+    let mut next = first;
+    while next < first + count {
+        let end = (next + 100).min(first + count);
+        let account = StreamId::new(CATEGORY, format!("acc-{}", next / 100 % aggregates));
+        let events = (next..end).map(deposit).collect();
+        let written = store
+            .append(
+                &account,
+                ExpectedVersion::Any,
+                events,
+                &AppendOptions::default(),
+            )
+            .await
+            .expect("append");
+        last = *written.positions.last().expect("positions");
+        next = end;
+    }
+    last
+}
+
+fn options(consumer: &str) -> ProjectionOptions {
+    ProjectionOptions::new(consumer)
+        .batch_size(100)
+        .block(Duration::from_millis(100))
+        .claim_idle(Duration::from_secs(60))
+        .claim_interval(Duration::from_millis(100))
+}
+
+async fn query<T: redis::FromRedisValue>(store: &RedisEventStore, command: &redis::Cmd) -> T {
+    command
+        .query_async(&mut store.connection())
+        .await
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"))
+}
+
+async fn pending_count(store: &RedisEventStore, group: &str) -> u64 {
+    let summary: Vec<Value> = query(
+        store,
+        redis::cmd("XPENDING")
+            .arg(store.keys().category_stream(CATEGORY))
+            .arg(group),
+    )
+    .await;
+    match summary.first() {
+        Some(Value::Int(n)) => *n as u64,
+        other => panic!("XPENDING summary: {other:?}"),
+    }
+}
+
+/// A runner in a task, stopped on request.
+struct Running<P: Projection> {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<(ProjectionRunner<P>, Result<RunStats, Error>)>,
+}
+
+fn spawn<P: Projection>(runner: ProjectionRunner<P>) -> Running<P> {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let stats = runner
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await;
+        (runner, stats)
+    });
+    Running { stop, task }
+}
+
+impl<P: Projection> Running<P> {
+    async fn stop(self) -> (ProjectionRunner<P>, RunStats) {
+        let _ = self.stop.send(());
+        let (runner, stats) = self.task.await.expect("runner task");
+        (runner, stats.expect("run"))
+    }
+}
+
+/// Records which consumer handled which entry; optionally fails on some amounts.
+#[derive(Clone)]
+struct Recorder {
+    name: String,
+    label: &'static str,
+    seen: Arc<Mutex<Vec<(Position, &'static str)>>>,
+    /// Handling an event with this amount fails.
+    fail_on: Option<i64>,
+    /// Handling an event with this amount never finishes.
+    hang_on: Option<i64>,
+    /// Time each event takes.
+    delay: Duration,
+}
+
+impl Recorder {
+    fn new(name: &str, label: &'static str) -> Self {
+        Recorder {
+            name: name.to_owned(),
+            label,
+            seen: Arc::default(),
+            fail_on: None,
+            hang_on: None,
+            delay: Duration::ZERO,
+        }
+    }
+
+    fn sharing(&self, label: &'static str) -> Self {
+        Recorder {
+            label,
+            ..self.clone()
+        }
+    }
+
+    fn positions(&self) -> Vec<Position> {
+        self.seen.lock().unwrap().iter().map(|(p, _)| *p).collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl Projection for Recorder {
+    type Event = AccountEvent;
+    type Error = String;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn categories(&self) -> Vec<Cow<'static, str>> {
+        vec![CATEGORY.into()]
+    }
+
+    async fn handle(&self, event: &RecordedEvent<AccountEvent>) -> Result<(), String> {
+        let AccountEvent::Deposited(deposit) = &event.event;
+        if Some(deposit.amount) == self.hang_on {
+            std::future::pending::<()>().await;
+        }
+        if Some(deposit.amount) == self.fail_on {
+            return Err(format!("cannot deposit {}", deposit.amount));
+        }
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        self.seen.lock().unwrap().push((event.position, self.label));
+        Ok(())
+    }
+}
+
+/// Balances per account in a [`HashReadModel`]: `balance:<account>` holds `balance` and
+/// `deposits`.
+#[derive(Clone)]
+struct Balances {
+    model: HashReadModel,
+    handled: Arc<AtomicU64>,
+    /// Simulates a crash after the read model committed but before the ack, once, on the
+    /// event with this amount.
+    crash_after_commit_on: Option<i64>,
+    crashed: Arc<AtomicBool>,
+}
+
+impl Balances {
+    fn new(store: &RedisEventStore, name: &str) -> Self {
+        Balances {
+            model: HashReadModel::new(store, name),
+            handled: Arc::default(),
+            crash_after_commit_on: None,
+            crashed: Arc::default(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Projection for Balances {
+    type Event = AccountEvent;
+    type Error = Error;
+
+    fn name(&self) -> &str {
+        self.model.projection()
+    }
+
+    fn categories(&self) -> Vec<Cow<'static, str>> {
+        vec![CATEGORY.into()]
+    }
+
+    async fn handle(&self, event: &RecordedEvent<AccountEvent>) -> Result<(), Error> {
+        self.handled.fetch_add(1, Ordering::Relaxed);
+        let AccountEvent::Deposited(deposit) = &event.event;
+        let hash = format!("balance:{}", event.stream.id);
+        let _ = self
+            .model
+            .update(event)
+            .hincrby(&hash, "balance", deposit.amount)
+            .hincrby(&hash, "deposits", 1)
+            .hset(&hash, "last_version", event.version.to_string())
+            .commit()
+            .await?;
+        if Some(deposit.amount) == self.crash_after_commit_on
+            && !self.crashed.swap(true, Ordering::Relaxed)
+        {
+            return Err(Error::InvalidRequest(
+                "simulated crash before the ack".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runners_share_the_work_without_duplicates() {
+    let Setup { config, store } = setup("share").await;
+    let last = append_deposits(&store, 1, 10_000, 50).await;
+    let a = Recorder::new("ledger", "a");
+    let b = a.sharing("b");
+    let runner_a = ProjectionRunner::connect(&config, a.clone(), options("a"))
+        .await
+        .expect("runner a");
+    let runner_b = ProjectionRunner::connect(&config, b, options("b"))
+        .await
+        .expect("runner b");
+    let monitor = runner_a.monitor();
+    let (a_running, b_running) = (spawn(runner_a), spawn(runner_b));
+    monitor
+        .wait_for(CATEGORY, last, Duration::from_secs(30))
+        .await
+        .expect("caught up");
+    let (_, stats_a) = a_running.stop().await;
+    let (_, stats_b) = b_running.stop().await;
+
+    let seen = a.seen.lock().unwrap().clone();
+    let distinct: HashSet<Position> = seen.iter().map(|(p, _)| *p).collect();
+    assert_eq!(seen.len(), 10_000, "every event handled exactly once");
+    assert_eq!(distinct.len(), 10_000);
+    let by_a = seen.iter().filter(|(_, label)| *label == "a").count() as u64;
+    assert_eq!((stats_a.handled, stats_b.handled), (by_a, 10_000 - by_a));
+    assert!(
+        by_a > 0 && by_a < 10_000,
+        "both shared the work: a did {by_a}"
+    );
+    assert_eq!(stats_a.claimed + stats_b.claimed, 0);
+    assert_eq!(pending_count(&store, "ledger").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_held_by_a_vanished_consumer_are_reclaimed() {
+    let Setup { config, store } = setup("reclaim").await;
+    let last = append_deposits(&store, 1, 50, 5).await;
+    let recorder = Recorder::new("ledger", "live");
+    let options = options("live").claim_idle(Duration::from_millis(300));
+    let runner = ProjectionRunner::connect(&config, recorder.clone(), options)
+        .await
+        .expect("runner");
+    runner.create_groups().await.expect("groups");
+    // A consumer reads 20 entries and disappears without acknowledging them.
+    let _: Value = query(
+        &store,
+        redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("ledger")
+            .arg("ghost")
+            .arg("COUNT")
+            .arg(20)
+            .arg("STREAMS")
+            .arg(store.keys().category_stream(CATEGORY))
+            .arg(">"),
+    )
+    .await;
+    assert_eq!(pending_count(&store, "ledger").await, 20);
+
+    let monitor = runner.monitor();
+    let running = spawn(runner);
+    monitor
+        .wait_for(CATEGORY, last, Duration::from_secs(10))
+        .await
+        .expect("caught up");
+    let (_, stats) = running.stop().await;
+    let positions = recorder.positions();
+    let distinct: HashSet<Position> = positions.iter().copied().collect();
+    assert_eq!((positions.len(), distinct.len()), (50, 50));
+    assert_eq!(stats.claimed, 20);
+    assert_eq!(pending_count(&store, "ledger").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_dropped_mid_batch_leaves_its_batch_to_the_others() {
+    let Setup { config, store } = setup("dropped").await;
+    let last = append_deposits(&store, 1, 30, 3).await;
+    let stuck = Recorder {
+        hang_on: Some(1),
+        ..Recorder::new("ledger", "stuck")
+    };
+    let survivor = stuck.sharing("survivor");
+    let stuck_runner = ProjectionRunner::connect(&config, stuck.clone(), options("stuck"))
+        .await
+        .expect("stuck runner");
+    let monitor = stuck_runner.monitor();
+    // The stuck runner takes the whole batch and hangs on its first entry.
+    let stuck_running = spawn(stuck_runner);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pending_count(&store, "ledger").await < 30 {
+        assert!(Instant::now() < deadline, "the stuck runner never read");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stuck_running.task.abort();
+    let _ = stuck_running.task.await;
+
+    let survivor_options = options("survivor").claim_idle(Duration::from_millis(200));
+    let survivor_runner = ProjectionRunner::connect(
+        &config,
+        Recorder {
+            hang_on: None,
+            ..survivor
+        },
+        survivor_options,
+    )
+    .await
+    .expect("survivor");
+    let running = spawn(survivor_runner);
+    monitor
+        .wait_for(CATEGORY, last, Duration::from_secs(10))
+        .await
+        .expect("caught up");
+    let (_, stats) = running.stop().await;
+    assert_eq!(
+        stats.claimed, 30,
+        "the dropped runner's batch was reclaimed"
+    );
+    let seen = stuck.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 30);
+    assert!(seen.iter().all(|(_, label)| *label == "survivor"));
+    assert_eq!(pending_count(&store, "ledger").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_entries_are_dead_lettered_while_later_events_flow() {
+    let Setup { config, store } = setup("poison").await;
+    let key = store.keys().category_stream(CATEGORY);
+    append_deposits(&store, 1, 10, 1).await;
+    // Written by hand: no `version`, so it does not decode.
+    let undecodable: String = query(
+        &store,
+        redis::cmd("XADD")
+            .arg(&key)
+            .arg("*")
+            .arg("type")
+            .arg("Deposited")
+            .arg("aggregate_id")
+            .arg("hand")
+            .arg("amount")
+            .arg("5"),
+    )
+    .await;
+    // Written by hand, decodes, but the handler always fails on it.
+    let failing: String = query(
+        &store,
+        redis::cmd("XADD")
+            .arg(&key)
+            .arg("*")
+            .arg("type")
+            .arg("Deposited")
+            .arg("aggregate_id")
+            .arg("hand")
+            .arg("version")
+            .arg("1")
+            .arg("amount")
+            .arg("-13"),
+    )
+    .await;
+    let last = append_deposits(&store, 11, 10, 1).await;
+
+    let recorder = Recorder {
+        fail_on: Some(-13),
+        ..Recorder::new("ledger", "only")
+    };
+    let options = options("only")
+        .claim_idle(Duration::from_millis(50))
+        .claim_interval(Duration::from_millis(50))
+        .max_deliveries(3);
+    let runner = ProjectionRunner::connect(&config, recorder.clone(), options)
+        .await
+        .expect("runner");
+    let monitor = runner.monitor();
+    let running = spawn(runner);
+    // Later events flow while the failing entry waits for its retries.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while recorder.positions().len() < 20 {
+        assert!(Instant::now() < deadline, "later events did not flow");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    monitor
+        .wait_for(CATEGORY, last, Duration::from_secs(10))
+        .await
+        .expect("caught up past the poison");
+    let (_, stats) = running.stop().await;
+
+    assert_eq!(recorder.positions().len(), 20);
+    assert_eq!(stats.dead_lettered, 2);
+    assert_eq!(
+        stats.failed, 3,
+        "the failing entry was tried max_deliveries times"
+    );
+    let letters = monitor.dead_letters(CATEGORY).await.expect("dead letters");
+    assert_eq!(letters.len(), 2);
+    let undecodable_letter = &letters[0];
+    assert_eq!(undecodable_letter.position.to_string(), undecodable);
+    assert_eq!(undecodable_letter.attempts, 1);
+    assert!(
+        undecodable_letter.error.contains(&key)
+            && undecodable_letter.error.contains(&undecodable)
+            && undecodable_letter.error.contains("version"),
+        "{}",
+        undecodable_letter.error
+    );
+    let failing_letter = &letters[1];
+    assert_eq!(failing_letter.position.to_string(), failing);
+    assert_eq!(failing_letter.attempts, 3);
+    assert_eq!(failing_letter.event_type, "Deposited");
+    assert!(
+        failing_letter.error.contains("cannot deposit -13"),
+        "{}",
+        failing_letter.error
+    );
+    // The dead letter keeps the original fields.
+    let dead_key = store.keys().dead_letters(CATEGORY, "ledger");
+    let raw: Vec<(String, HashMap<String, String>)> = query(
+        &store,
+        redis::cmd("XRANGE").arg(&dead_key).arg("-").arg("+"),
+    )
+    .await;
+    assert_eq!(raw[1].1["_entry_id"], failing);
+    assert_eq!(raw[1].1["amount"], "-13");
+    assert_eq!(raw[1].1["aggregate_id"], "hand");
+    assert_eq!(pending_count(&store, "ledger").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_started_late_catches_up_to_the_same_read_model() {
+    let Setup { config, store } = setup("late").await;
+    let live = Balances::new(&store, "balances-live");
+    let live_runner = ProjectionRunner::connect(&config, live.clone(), options("live"))
+        .await
+        .expect("live runner");
+    let live_monitor = live_runner.monitor();
+    let live_running = spawn(live_runner);
+    let last = append_deposits(&store, 1, 10_000, 40).await;
+    // Events of a type the projections do not handle are skipped.
+    let frozen = NewEvent::encode(
+        &Frozen {
+            reason: "audit".into(),
+        },
+        Metadata::default(),
+    )
+    .expect("encode");
+    let frozen_at = store
+        .append(
+            &StreamId::new(CATEGORY, "acc-0"),
+            ExpectedVersion::Any,
+            vec![frozen],
+            &AppendOptions::default(),
+        )
+        .await
+        .expect("append")
+        .positions[0];
+    assert!(frozen_at > last);
+    live_monitor
+        .wait_for(CATEGORY, frozen_at, Duration::from_secs(30))
+        .await
+        .expect("live caught up");
+    let (_, live_stats) = live_running.stop().await;
+    assert_eq!((live_stats.handled, live_stats.skipped), (10_000, 1));
+
+    let late = Balances::new(&store, "balances-late");
+    let late_runner = ProjectionRunner::connect(&config, late.clone(), options("late"))
+        .await
+        .expect("late runner");
+    let late_monitor = late_runner.monitor();
+    let started = Instant::now();
+    let late_running = spawn(late_runner);
+    late_monitor
+        .wait_for(CATEGORY, frozen_at, Duration::from_secs(30))
+        .await
+        .expect("late caught up");
+    let took = started.elapsed();
+    let (_, late_stats) = late_running.stop().await;
+    eprintln!(
+        "caught up 10,000 events in {took:?}: {:.0} events/s (one read-model script per event)",
+        10_000.0 / took.as_secs_f64()
+    );
+    assert_eq!(late_stats.handled, 10_000);
+
+    let live_model = live.model.hashes().await.expect("live model");
+    let late_model = late.model.hashes().await.expect("late model");
+    assert_eq!(live_model.len(), 40);
+    assert_eq!(live_model, late_model);
+    let total: i64 = live_model
+        .values()
+        .map(|hash| {
+            std::str::from_utf8(&hash["balance"])
+                .unwrap()
+                .parse::<i64>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(total, (1..=10_000).sum::<i64>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_event_is_not_applied_twice() {
+    let Setup { config, store } = setup("redeliver").await;
+    let last = append_deposits(&store, 1, 20, 1).await;
+    let balances = Balances {
+        crash_after_commit_on: Some(7),
+        ..Balances::new(&store, "balances")
+    };
+    let options = options("only")
+        .claim_idle(Duration::from_millis(100))
+        .claim_interval(Duration::from_millis(50));
+    let runner = ProjectionRunner::connect(&config, balances.clone(), options)
+        .await
+        .expect("runner");
+    let monitor = runner.monitor();
+    let running = spawn(runner);
+    monitor
+        .wait_for(CATEGORY, last, Duration::from_secs(10))
+        .await
+        .expect("caught up");
+    let (_, stats) = running.stop().await;
+    assert_eq!(
+        (stats.failed, stats.claimed),
+        (1, 1),
+        "event 7 was delivered again"
+    );
+    assert_eq!(balances.handled.load(Ordering::Relaxed), 21);
+    let hash = balances.model.hash("balance:acc-0").await.expect("hash");
+    assert_eq!(hash["deposits"], b"20", "each event counted once");
+    assert_eq!(
+        hash["balance"],
+        (1..=20).sum::<i64>().to_string().into_bytes()
+    );
+}
+
+#[tokio::test]
+async fn read_model_updates_apply_once_in_any_order() {
+    let Setup { store, .. } = setup("commit").await;
+    let model = HashReadModel::new(&store, "counts");
+    let event = |millis: u64| RecordedEvent {
+        stream: StreamId::new(CATEGORY, "acc-1"),
+        version: 1,
+        position: Position::new(millis, 0),
+        timestamp: millis,
+        event_type: "Deposited".into(),
+        metadata: Metadata::default(),
+        event: (),
+        storage_key: Arc::from("test"),
+    };
+    let (newer, older) = (event(2_000), event(1_000));
+    let bump = |e: &RecordedEvent<()>| model.update(e).hincrby("totals", "n", 1).commit();
+    // Another consumer applied a newer entry first: the older one must still apply.
+    assert_eq!(bump(&newer).await.expect("newer"), Applied::Applied);
+    assert_eq!(bump(&older).await.expect("older"), Applied::Applied);
+    assert_eq!(bump(&newer).await.expect("again"), Applied::AlreadyApplied);
+    assert_eq!(model.hash("totals").await.expect("hash")["n"], b"2");
+    assert_eq!(model.applied_count(CATEGORY).await.expect("count"), 2);
+
+    let refused = model
+        .update(&event(3_000))
+        .hset("_applied", "x", "y")
+        .commit()
+        .await
+        .expect_err("reserved name");
+    assert!(matches!(refused, Error::InvalidRequest(_)), "{refused}");
+    // A failing operation writes nothing, not even the applied record.
+    let _: () = query(
+        &store,
+        redis::cmd("HSET")
+            .arg(model.key("totals"))
+            .arg("text")
+            .arg("x"),
+    )
+    .await;
+    model
+        .update(&event(4_000))
+        .hset("totals", "touched", "yes")
+        .hincrby("totals", "text", 1)
+        .commit()
+        .await
+        .expect_err("not an integer");
+    let totals = model.hash("totals").await.expect("hash");
+    assert!(!totals.contains_key("touched"));
+    assert_eq!(model.applied_count(CATEGORY).await.expect("count"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_and_acknowledges_the_batch_in_hand() {
+    let Setup { config, store } = setup("shutdown").await;
+    append_deposits(&store, 1, 300, 3).await;
+    let recorder = Recorder {
+        delay: Duration::from_millis(1),
+        ..Recorder::new("ledger", "only")
+    };
+    let runner =
+        ProjectionRunner::connect(&config, recorder.clone(), options("only").batch_size(50))
+            .await
+            .expect("runner");
+    let monitor = runner.monitor();
+    let running = spawn(runner);
+    while recorder.positions().len() < 10 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let (_, stats) = running.stop().await;
+    let handled = recorder.positions().len() as u64;
+    assert_eq!(stats.handled, handled);
+    assert!(handled < 300, "stopped early ({handled})");
+    assert_eq!(handled % 50, 0, "whole batches: {handled}");
+    assert_eq!(
+        pending_count(&store, "ledger").await,
+        0,
+        "nothing left pending"
+    );
+    let status = monitor.category_status(CATEGORY).await.expect("status");
+    assert_eq!((status.pending, status.lag), (0, Some(300 - handled)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_replays_into_a_cleared_read_model() {
+    let Setup { config, store } = setup("rebuild").await;
+    let last = append_deposits(&store, 1, 500, 5).await;
+    let balances = Balances::new(&store, "balances");
+    let runner = ProjectionRunner::connect(&config, balances.clone(), options("only"))
+        .await
+        .expect("runner");
+    let monitor = runner.monitor();
+    let running = spawn(runner);
+    monitor
+        .wait_for(CATEGORY, last, Duration::from_secs(10))
+        .await
+        .expect("caught up");
+    let (runner, _) = running.stop().await;
+    let before = balances.model.hashes().await.expect("model");
+    // The read model drifts (say, a bug fixed since), then is rebuilt.
+    let _: () = query(
+        &store,
+        redis::cmd("HSET")
+            .arg(balances.model.key("balance:acc-1"))
+            .arg("balance")
+            .arg(-1),
+    )
+    .await;
+
+    runner.rebuild().await.expect("rebuild");
+    assert!(balances.model.hashes().await.expect("model").is_empty());
+    assert_eq!(
+        balances
+            .model
+            .applied_count(CATEGORY)
+            .await
+            .expect("applied"),
+        0
+    );
+    let status = monitor.category_status(CATEGORY).await.expect("status");
+    assert_eq!(
+        (status.last_delivered, status.lag),
+        (Position::ZERO, Some(500))
+    );
+
+    let running = spawn(runner);
+    monitor
+        .wait_for(CATEGORY, last, Duration::from_secs(10))
+        .await
+        .expect("rebuilt");
+    let (_, stats) = running.stop().await;
+    assert_eq!(stats.handled, 500);
+    assert_eq!(balances.model.hashes().await.expect("model"), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_and_pending_are_reported() {
+    let Setup { config, store } = setup("lag").await;
+    let recorder = Recorder::new("ledger", "only");
+    let runner = ProjectionRunner::connect(&config, recorder, options("only"))
+        .await
+        .expect("runner");
+    let monitor = runner.monitor();
+    let status = monitor.category_status(CATEGORY).await.expect("status");
+    assert!(!status.exists);
+
+    let first = append_deposits(&store, 1, 1, 1).await;
+    append_deposits(&store, 2, 29, 1).await;
+    runner.create_groups().await.expect("groups");
+    let status = monitor.category_status(CATEGORY).await.expect("status");
+    assert!(status.exists);
+    assert_eq!((status.lag, status.pending), (Some(30), 0));
+    let _: Value = query(
+        &store,
+        redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("ledger")
+            .arg("ghost")
+            .arg("COUNT")
+            .arg(10)
+            .arg("STREAMS")
+            .arg(store.keys().category_stream(CATEGORY))
+            .arg(">"),
+    )
+    .await;
+    let status = monitor.category_status(CATEGORY).await.expect("status");
+    assert_eq!((status.lag, status.pending), (Some(20), 10));
+    assert_eq!(status.consumers, 1);
+    assert_eq!(status.oldest_pending, Some(first));
+    assert!(status.watermark() < first, "nothing is processed yet");
+    assert!(!status.has_processed(first));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_a_position_times_out_then_succeeds() {
+    let Setup { config, store } = setup("wait").await;
+    let recorder = Recorder::new("ledger", "only");
+    let runner = ProjectionRunner::connect(&config, recorder, options("only"))
+        .await
+        .expect("runner");
+    let monitor = runner.monitor();
+    let mut progress = runner.progress();
+    let last = append_deposits(&store, 1, 100, 2).await;
+
+    let started = Instant::now();
+    let error = monitor
+        .wait_for(CATEGORY, last, Duration::from_millis(150))
+        .await
+        .expect_err("no runner yet");
+    assert!(matches!(error, Error::WaitTimeout(_)), "{error}");
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    progress
+        .wait_for(CATEGORY, last, Duration::from_millis(50))
+        .await
+        .expect_err("no runner yet");
+
+    let running = spawn(runner);
+    progress
+        .wait_for(CATEGORY, last, Duration::from_secs(10))
+        .await
+        .expect("in-process wait");
+    monitor
+        .wait_for(CATEGORY, last, Duration::from_millis(1))
+        .await
+        .expect("Redis-side wait agrees");
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applied_entries_are_pruned_once_acknowledged() {
+    let Setup { config, store } = setup("prune").await;
+    let last = append_deposits(&store, 1, 200, 2).await;
+    let balances = Balances::new(&store, "balances");
+    let options = options("only").prune_grace(Duration::ZERO);
+    let runner = ProjectionRunner::connect(&config, balances.clone(), options)
+        .await
+        .expect("runner");
+    let monitor = runner.monitor();
+    let running = spawn(runner);
+    monitor
+        .wait_for(CATEGORY, last, Duration::from_secs(10))
+        .await
+        .expect("caught up");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while balances.model.applied_count(CATEGORY).await.expect("count") > 0 {
+        assert!(Instant::now() < deadline, "applied ids were not pruned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.stop().await;
+    let hashes = balances.model.hashes().await.expect("model");
+    let deposits: i64 = hashes
+        .values()
+        .map(|h| {
+            std::str::from_utf8(&h["deposits"])
+                .unwrap()
+                .parse::<i64>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(deposits, 200);
+}
