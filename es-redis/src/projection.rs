@@ -1044,3 +1044,35 @@ fn parse_dead_letter(category: &str, key: &str, raw: RawEntry) -> Result<DeadLet
         error,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(last_delivered: Position, oldest_pending: Option<Position>) -> GroupStatus {
+        GroupStatus {
+            category: "user".into(),
+            exists: true,
+            consumers: 1,
+            pending: u64::from(oldest_pending.is_some()),
+            lag: Some(0),
+            last_delivered,
+            oldest_pending,
+        }
+    }
+
+    #[test]
+    fn the_watermark_stops_just_below_the_oldest_pending_entry() {
+        let delivered = Position::new(50, 3);
+        assert_eq!(status(delivered, None).watermark(), delivered);
+        let pending = status(delivered, Some(Position::new(20, 2)));
+        assert_eq!(pending.watermark(), Position::new(20, 1));
+        assert!(pending.has_processed(Position::new(20, 1)));
+        assert!(!pending.has_processed(Position::new(20, 2)));
+        // Every id of an earlier millisecond is below `20-0`.
+        let at_zero = status(delivered, Some(Position::new(20, 0)));
+        assert!(at_zero.has_processed(Position::new(19, u64::MAX)));
+        assert!(!at_zero.has_processed(Position::new(20, 0)));
+        assert_eq!(before(Position::ZERO), Position::ZERO);
+    }
+}

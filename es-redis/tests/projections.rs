@@ -357,6 +357,7 @@ async fn a_runner_dropped_mid_batch_leaves_its_batch_to_the_others() {
         .await
         .expect("stuck runner");
     let monitor = stuck_runner.monitor();
+    stuck_runner.create_groups().await.expect("groups");
     // The stuck runner takes the whole batch and hangs on its first entry.
     let stuck_running = spawn(stuck_runner);
     let deadline = Instant::now() + Duration::from_secs(5);
