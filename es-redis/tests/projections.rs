@@ -649,9 +649,33 @@ async fn read_model_updates_apply_once_in_any_order() {
         .commit()
         .await
         .expect_err("not an integer");
+    // Also when the text comes from an earlier operation of the same update.
+    model
+        .update(&event(4_000))
+        .hset("totals", "touched", "yes")
+        .hset("totals", "n", "many")
+        .hincrby("totals", "n", 1)
+        .commit()
+        .await
+        .expect_err("not an integer after the hset");
     let totals = model.hash("totals").await.expect("hash");
     assert!(!totals.contains_key("touched"));
+    assert_eq!(totals["n"], b"2");
     assert_eq!(model.applied_count(CATEGORY).await.expect("count"), 2);
+    // A hash deleted first starts over: its old text no longer matters.
+    let applied = model
+        .update(&event(5_000))
+        .del("totals")
+        .hincrby("totals", "text", 5)
+        .commit()
+        .await
+        .expect("del then hincrby");
+    assert_eq!(applied, Applied::Applied);
+    let totals = model.hash("totals").await.expect("hash");
+    assert_eq!(
+        totals.into_iter().collect::<Vec<_>>(),
+        [("text".to_owned(), b"5".to_vec())]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,26 +34,42 @@ for i = 2, #KEYS do
   end
 end
 
--- Parse and check every operation before writing anything.
-local ops, at = {}, 3
+-- Parse and check every operation before writing anything. `written` holds what earlier
+-- operations of this update leave in a field (false: nothing), so an HINCRBY is checked
+-- against the value it will really meet (`deleted`: hashes this update DELs).
+local ops, at, written, deleted = {}, 3, {}, {}
 for _ = 1, tonumber(ARGV[2]) do
   local code, key = ARGV[at], KEYS[tonumber(ARGV[at + 1])]
   if code == 'hset' then
     ops[#ops + 1] = { 'HSET', key, ARGV[at + 2], ARGV[at + 3] }
+    written[key .. '\0' .. ARGV[at + 2]] = ARGV[at + 3]
     at = at + 4
   elseif code == 'hdel' then
     ops[#ops + 1] = { 'HDEL', key, ARGV[at + 2] }
+    written[key .. '\0' .. ARGV[at + 2]] = false
     at = at + 3
   elseif code == 'hincrby' then
-    local current = redis.call('HGET', key, ARGV[at + 2])
+    local current = written[key .. '\0' .. ARGV[at + 2]]
+    if current == nil and not deleted[key] then
+      current = redis.call('HGET', key, ARGV[at + 2])
+    end
     if current and not string.match(current, '^%-?%d+$') then
       return redis.error_reply('ESREADMODEL field ' .. ARGV[at + 2] .. ' of ' .. key ..
         ' holds ' .. current .. ', not an integer')
     end
     ops[#ops + 1] = { 'HINCRBY', key, ARGV[at + 2], ARGV[at + 3] }
+    -- Still an integer afterwards (its exact value does not matter for the checks).
+    written[key .. '\0' .. ARGV[at + 2]] = '0'
     at = at + 4
   elseif code == 'del' then
     ops[#ops + 1] = { 'DEL', key }
+    -- Every field of the hash is gone, whatever was stored or written before.
+    for name in pairs(written) do
+      if string.sub(name, 1, #key + 1) == key .. '\0' then
+        written[name] = false
+      end
+    end
+    deleted[key] = true
     at = at + 2
   else
     return redis.error_reply('ESREADMODEL unknown operation ' .. tostring(code))
