@@ -403,6 +403,9 @@ async fn acknowledged_appends_survive_a_redis_crash_with_appendfsync_always() {
     drop(server);
 }
 
+/// A field and its value, as raw bytes.
+type RawPair<'a> = (&'a [u8], &'a [u8]);
+
 async fn raw_xadd(store: &RedisEventStore, key: &str, pairs: &[(&[u8], &[u8])]) -> String {
     let mut command = redis::cmd("XADD");
     command.arg(key).arg("*");
@@ -430,7 +433,7 @@ async fn foreign_entries_are_typed_errors_and_affect_nothing_else() {
         .expect("good");
     let key = store.keys().category_stream("counter");
     let huge = vec![b'9'; 2 * 1024 * 1024];
-    let cases: Vec<(&str, Vec<(&[u8], &[u8])>, &str)> = vec![
+    let cases: Vec<(&str, Vec<RawPair>, &str)> = vec![
         (
             "no type",
             vec![(b"aggregate_id", b"x"), (b"version", b"1")],
