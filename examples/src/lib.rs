@@ -54,6 +54,13 @@ impl Options {
         Ok(options)
     }
 
+    /// The Redis settings these options name.
+    pub fn redis_config(&self) -> es_redis::RedisConfig {
+        es_redis::RedisConfig::new(&self.redis_url)
+            .namespace(&self.namespace)
+            .connection_timeout(Some(std::time::Duration::from_secs(2)))
+    }
+
     /// One line saying where the data goes.
     pub fn describe(&self) -> String {
         if self.in_memory {
@@ -83,9 +90,7 @@ impl Backend {
         if options.in_memory {
             return Ok(Backend::Memory(InMemoryStore::new()));
         }
-        let config = es_redis::RedisConfig::new(&options.redis_url)
-            .namespace(&options.namespace)
-            .connection_timeout(Some(std::time::Duration::from_secs(2)));
+        let config = options.redis_config();
         match es_redis::RedisEventStore::connect(&config).await {
             Ok(store) => Ok(Backend::Redis(store)),
             Err(error) => Err(format!(

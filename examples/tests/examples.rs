@@ -102,6 +102,36 @@ fn rebuild_state_on_redis() {
     assert_ok("rebuild_state", &args, REBUILD_LINES);
 }
 
+const SOCIAL_LINES: &[&str] = &[
+    "user_updates",
+    "type Registered name Duffy surname Duck",
+    "type Kicked object Bugs",
+    "type FriendRemoved friend_id 2",
+    "rejected: user 1 removes friend 2 again: command rejected: not friends",
+    "user_snapshot_1: dislikes=1 friends=0 kicks=1 name=Daffy surname=Duck",
+    "user_snapshot_2: friends=1 name=Bugs surname=Bunny",
+];
+
+#[test]
+fn social_profile_in_memory() {
+    assert_ok("social_profile", &["--in-memory"], SOCIAL_LINES);
+}
+
+#[test]
+fn social_profile_on_redis() {
+    let args = redis_args("social");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stdout = assert_ok("social_profile", &args, SOCIAL_LINES);
+    for line in [
+        "projection `profiles` (consumer group, worker-1) handled 8 events",
+        "HGETALL",
+        "XINFO GROUPS",
+        ":{rm:profiles}:user_snapshot_1",
+    ] {
+        assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
+    }
+}
+
 #[test]
 fn quickstart_runs() {
     assert_ok(
