@@ -20,14 +20,21 @@
 
 local stream, index = KEYS[1], KEYS[2]
 
-for _, key in ipairs({ { stream, 'stream' }, { index, 'list' } }) do
-  local found = redis.call('TYPE', key[1])['ok']
-  if found ~= 'none' and found ~= key[2] then
-    return redis.error_reply('ESLAYOUT key ' .. key[1] .. ' holds a ' .. found .. ', not a ' .. key[2])
+-- A key of another type is refused before anything is written. Checking it with TYPE on
+-- every append costs two calls; instead the first command on each key runs under pcall
+-- and only a failure asks TYPE what the key holds.
+local function layout_error(key, wanted, failure)
+  local found = redis.call('TYPE', key)['ok']
+  if found ~= 'none' and found ~= wanted then
+    return redis.error_reply('ESLAYOUT key ' .. key .. ' holds a ' .. found .. ', not a ' .. wanted)
   end
+  return failure
 end
 
-local length = redis.call('LLEN', index)
+local length = redis.pcall('LLEN', index)
+if type(length) == 'table' and length['err'] then
+  return layout_error(index, 'list', length)
+end
 local version, header = 0, ''
 if length > 0 then
   version = length - 1
@@ -37,15 +44,16 @@ end
 local digest
 if ARGV[3] == '1' then
   digest = string.sub(redis.sha1hex(ARGV[4]), 1, 12)
-  for record_digest, last, count in string.gmatch(header, '(%x+):(%d+):(%d+)') do
-    if record_digest == digest then
-      last, count = tonumber(last), tonumber(count)
-      local reply = { 'done', last }
-      for _, element in ipairs(redis.call('LRANGE', index, last - count + 1, last)) do
-        reply[#reply + 1] = unpack_entry_id(element)
-      end
-      return reply
+  -- Records start after a ';' (or at the start): a plain find, no pattern matching.
+  local at = string.find(';' .. header, ';' .. digest .. ':', 1, true)
+  if at then
+    local last, count = string.match(header, '^:(%d+):(%d+)', at + 12)
+    last, count = tonumber(last), tonumber(count)
+    local reply = { 'done', last }
+    for _, element in ipairs(redis.call('LRANGE', index, last - count + 1, last)) do
+      reply[#reply + 1] = unpack_entry_id(element)
     end
+    return reply
   end
 end
 
@@ -59,7 +67,7 @@ local count = tonumber(ARGV[6])
 if count == nil or count < 1 then
   return redis.error_reply('ESINVALID an append needs at least one event')
 end
-local events, at = {}, 7
+local at = 7
 for e = 1, count do
   local pairs_count = tonumber(ARGV[at + 1])
   if ARGV[at] == nil or pairs_count == nil or pairs_count < 0 or at + 1 + 2 * pairs_count > #ARGV then
@@ -68,11 +76,6 @@ for e = 1, count do
   if pairs_count > 3000 then
     return redis.error_reply('ESINVALID event ' .. e .. ' has more than 3000 fields')
   end
-  local args = { 'type', ARGV[at], 'aggregate_id', ARGV[1], 'version', string.format('%d', version + e) }
-  for i = 1, 2 * pairs_count do
-    args[6 + i] = ARGV[at + 1 + i]
-  end
-  events[e] = args
   at = at + 2 + 2 * pairs_count
 end
 if at ~= #ARGV + 1 then
@@ -81,22 +84,56 @@ end
 
 local new_version = version + count
 if digest then
-  local records = {}
-  for record in string.gmatch(header, '[^;]+') do
-    records[#records + 1] = record
+  -- Add this append's record and keep the newest `window` ones, dropping from the front.
+  local record = digest .. ':' .. string.format('%d', new_version) .. ':' .. count
+  if header == '' then
+    header = record
+  else
+    header = header .. ';' .. record
   end
-  records[#records + 1] = digest .. ':' .. string.format('%d', new_version) .. ':' .. count
-  local window = tonumber(ARGV[5]) or 0
-  header = table.concat(records, ';', math.max(1, #records - window + 1))
+  local records, at = 1, string.find(header, ';', 1, true)
+  while at do
+    records = records + 1
+    at = string.find(header, ';', at + 1, true)
+  end
+  local start = 1
+  for _ = 1, records - (tonumber(ARGV[5]) or 0) do
+    start = (string.find(header, ';', start, true) or #header) + 1
+  end
+  header = string.sub(header, start)
 end
 
 -- Writes. The first XADD could only fail if the stream's last id were the largest possible
 -- one (set by hand); then nothing has been written yet.
+-- One argument table for every XADD, refilled per event: building a table per event costs
+-- more than the XADD itself.
+local args = { stream, '*', 'type', false, 'aggregate_id', ARGV[1], 'version', false }
+local used = #args
 local reply, elements = { 'ok', new_version }, {}
+at = 7
 for e = 1, count do
-  local id = redis.call('XADD', stream, '*', unpack(events[e]))
-  reply[#reply + 1] = id
-  elements[#elements + 1] = pack_entry_id(id)
+  local fields = 2 * tonumber(ARGV[at + 1])
+  args[4] = ARGV[at]
+  args[8] = string.format('%d', version + e)
+  for i = 1, fields do
+    args[8 + i] = ARGV[at + 1 + i]
+  end
+  for i = 9 + fields, used do
+    args[i] = nil
+  end
+  used = 8 + fields
+  local id
+  if e == 1 then
+    id = redis.pcall('XADD', unpack(args, 1, used))
+    if type(id) == 'table' and id['err'] then
+      return layout_error(stream, 'stream', id)
+    end
+  else
+    id = redis.call('XADD', unpack(args, 1, used))
+  end
+  reply[e + 2] = id
+  elements[e] = pack_entry_id(id)
+  at = at + 2 + fields
 end
 if length == 0 then
   redis.call('RPUSH', index, header)
