@@ -1041,7 +1041,7 @@ async fn p7_memory(sizes: &Sizes) -> Result<Row, BoxError> {
     const EVENTS_PER_AGGREGATE: u64 = 10;
     let server = RedisServer::start()?;
     let store = server.store("es").await?;
-    let mut admin = store.connection();
+    let mut admin = server.config("es").connect().await?;
     let aggregates = sizes.p7_aggregates;
     let events = aggregates as u64 * EVENTS_PER_AGGREGATE;
     // Load the append script, then start from an empty database (FLUSHALL keeps scripts).
