@@ -1,11 +1,4 @@
-//! Derive macros for es-core: `#[derive(Event)]` and
-//! `#[derive(Aggregate)]`. Use them through `es_core`, which re-exports both.
-//!
-//! Every derive goes parse → validate → expand: [`ast`] builds our model of the input
-//! (reading attributes with [`attr`]), [`valid`] checks every rule and reports all mistakes
-//! at once, each spanned at the token to change, and [`expand`] generates code from a
-//! valid model only. On error a stub impl is emitted as well, so one mistake does not
-//! cascade into unrelated errors in the user's code.
+#![doc = include_str!("../README.md")]
 
 use proc_macro::TokenStream;
 use syn::{parse_macro_input, DeriveInput};
