@@ -149,17 +149,20 @@ pub struct Repository<A, S> {
     store: S,
     snapshot_policy: SnapshotPolicy,
     max_attempts: u32,
+    resends: u32,
     append_ids: AppendIds,
     _aggregate: PhantomData<fn() -> A>,
 }
 
 impl<A: Aggregate, S: SnapshotStore> Repository<A, S> {
-    /// A repository over `store`: no snapshots, up to 10 attempts per command.
+    /// A repository over `store`: no snapshots, up to 10 attempts per command, lost append
+    /// replies re-sent twice.
     pub fn new(store: S) -> Self {
         Repository {
             store,
             snapshot_policy: SnapshotPolicy::Never,
             max_attempts: 10,
+            resends: 2,
             append_ids: AppendIds::new(),
             _aggregate: PhantomData,
         }
@@ -174,6 +177,14 @@ impl<A: Aggregate, S: SnapshotStore> Repository<A, S> {
     /// Tries a command at most `attempts` times (at least 1) when writers conflict.
     pub fn with_max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// Re-sends an append whose reply was lost (a [`StoreError::Connection`]) up to `resends`
+    /// times, with the same append id, so it is never written twice (default 2; 0 returns
+    /// the connection error at once).
+    pub fn with_resends_on_lost_replies(mut self, resends: u32) -> Self {
+        self.resends = resends;
         self
     }
 
@@ -289,8 +300,7 @@ impl<A: Aggregate, S: SnapshotStore> Repository<A, S> {
             let options = AppendOptions::with_append_id(self.append_ids.next());
             let expected = ExpectedVersion::Exact(loaded.version);
             match self
-                .store
-                .append(&loaded.stream, expected, new_events, &options)
+                .append_resending_on_lost_replies(&loaded.stream, expected, new_events, &options)
                 .await
             {
                 Ok(written) => {
@@ -330,6 +340,36 @@ impl<A: Aggregate, S: SnapshotStore> Repository<A, S> {
                     loaded = fold(loaded, tail)?;
                 }
                 Err(other) => return Err(RepositoryError::Store(other)),
+            }
+        }
+    }
+
+    /// Appends; when the reply is lost (a connection error), sends the same append again with
+    /// the same append id, so it is written at most once: a store that already wrote it
+    /// returns the first result.
+    async fn append_resending_on_lost_replies(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        options: &AppendOptions,
+    ) -> Result<crate::store::AppendResult, StoreError> {
+        if self.resends == 0 {
+            return self.store.append(stream, expected, events, options).await;
+        }
+        let mut resent = 0;
+        loop {
+            match self
+                .store
+                .append(stream, expected, events.clone(), options)
+                .await
+            {
+                Err(error @ StoreError::Connection { .. }) if resent < self.resends => {
+                    resent += 1;
+                    tracing::debug!(%stream, %error, resent, "append reply lost; resending");
+                    tokio::time::sleep(RESEND_DELAY * resent).await;
+                }
+                other => return other,
             }
         }
     }
@@ -392,6 +432,9 @@ fn fold<A: Aggregate>(
     }
     Ok(loaded)
 }
+
+/// How long to wait before re-sending an append whose reply was lost (times the attempt).
+const RESEND_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Unique append ids: a per-repository random prefix and a counter.
 struct AppendIds {

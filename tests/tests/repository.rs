@@ -396,6 +396,40 @@ fn given_when_then() {
     assert!(state.closed);
 }
 
+#[tokio::test]
+async fn a_lost_append_reply_is_resent_with_the_same_id_and_written_once() {
+    let store = InMemoryStore::new();
+    let lossy = LosingRepliesStore {
+        inner: store.clone(),
+        lose: std::sync::atomic::AtomicU32::new(2),
+    };
+    let repo = Repository::<Account, _>::new(lossy);
+    repo.execute("a", &Open("duffy")).await.unwrap();
+    let done = repo.execute("a", &Deposit(5)).await.unwrap();
+    assert_eq!((done.version, done.state.balance), (2, 5));
+    assert_eq!(
+        store.stream_version(&repo.stream_id("a")).await.unwrap(),
+        2,
+        "written once"
+    );
+
+    let lossy = LosingRepliesStore {
+        inner: store.clone(),
+        lose: std::sync::atomic::AtomicU32::new(5),
+    };
+    let repo = Repository::<Account, _>::new(lossy).with_resends_on_lost_replies(1);
+    match repo.execute("a", &Deposit(1)).await.unwrap_err() {
+        RepositoryError::Store(error) => assert!(error.is_retryable(), "{error}"),
+        other => panic!("expected the connection error, got {other}"),
+    }
+}
+
+/// Performs each append but reports its reply as lost, `lose` times.
+struct LosingRepliesStore {
+    inner: InMemoryStore,
+    lose: std::sync::atomic::AtomicU32,
+}
+
 /// Appends one deposit behind the caller's back before the first append it forwards.
 struct RacingStore {
     inner: InMemoryStore,
@@ -483,5 +517,68 @@ forward_store!(RacingStore, |this, stream| if !this
 {
     race(&this.inner, stream).await
 });
+#[async_trait::async_trait]
+impl EventStore for LosingRepliesStore {
+    async fn append(
+        &self,
+        stream: &es_core::StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        options: &es_core::AppendOptions,
+    ) -> Result<es_core::AppendResult, StoreError> {
+        let written = self.inner.append(stream, expected, events, options).await?;
+        let lost = self
+            .lose
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok();
+        if lost {
+            return Err(StoreError::Connection {
+                message: "reply lost".into(),
+                source: None,
+            });
+        }
+        Ok(written)
+    }
+    async fn read_stream(
+        &self,
+        s: &es_core::StreamId,
+        r: &ReadRange,
+    ) -> Result<Vec<es_core::StoredEvent>, StoreError> {
+        self.inner.read_stream(s, r).await
+    }
+    async fn stream_version(&self, s: &es_core::StreamId) -> Result<u64, StoreError> {
+        self.inner.stream_version(s).await
+    }
+    async fn read_category(
+        &self,
+        c: &str,
+        a: es_core::Position,
+        l: usize,
+    ) -> Result<Vec<es_core::StoredEvent>, StoreError> {
+        self.inner.read_category(c, a, l).await
+    }
+}
+
+#[async_trait::async_trait]
+impl SnapshotStore for LosingRepliesStore {
+    async fn save_snapshot(
+        &self,
+        s: &es_core::StreamId,
+        snap: &es_core::Snapshot,
+    ) -> Result<bool, StoreError> {
+        self.inner.save_snapshot(s, snap).await
+    }
+    async fn load_snapshot(
+        &self,
+        s: &es_core::StreamId,
+    ) -> Result<Option<es_core::Snapshot>, StoreError> {
+        self.inner.load_snapshot(s).await
+    }
+}
+
 forward_store!(AlwaysRacingStore, |this, stream| race(&this.inner, stream)
     .await);
