@@ -1,11 +1,15 @@
-//! Connection settings: the server URL, credentials, key namespace, timeouts and paging.
+//! Connection settings: the server URL (or a cluster's seed nodes), credentials, key
+//! namespace, partitions, timeouts and paging.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::IntoConnectionInfo;
+use redis::cluster::ClusterClientBuilder;
+use redis::{ConnectionInfo, IntoConnectionInfo};
 
+use crate::connection::RedisConnection;
 use crate::error::Error;
 use crate::keys::KeyLayout;
 
@@ -22,10 +26,16 @@ use crate::keys::KeyLayout;
 /// assert_eq!(config.keys().category_stream("cart"), "shop:{cart}:events");
 /// // Debug output never shows the password.
 /// assert!(!format!("{config:?}").contains("s3cret"));
+///
+/// // A Redis Cluster, found through any of its nodes, with `user` in 6 partitions.
+/// let config = RedisConfig::cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"])
+///     .partitions("user", 6);
+/// assert_eq!(config.keys().partition_stream("user", 5), "es:{user:p5}:events");
 /// ```
 #[derive(Clone)]
 pub struct RedisConfig {
-    url: String,
+    servers: Servers,
+    partitions: BTreeMap<String, u32>,
     username: Option<String>,
     password: Option<String>,
     namespace: String,
@@ -34,6 +44,15 @@ pub struct RedisConfig {
     reconnect_retries: usize,
     page_size: usize,
     remembered_append_ids: usize,
+}
+
+/// Where Redis is.
+#[derive(Clone)]
+enum Servers {
+    /// One server.
+    Single(String),
+    /// A Redis Cluster, by some of its nodes.
+    Cluster(Vec<String>),
 }
 
 impl RedisConfig {
@@ -45,8 +64,25 @@ impl RedisConfig {
     /// after 1 s (redis-rs's defaults); 6 reconnection attempts; pages of 1,000 events; the
     /// last 8 append ids of each aggregate remembered for idempotent retries.
     pub fn new(url: impl Into<String>) -> Self {
+        Self::with_servers(Servers::Single(url.into()))
+    }
+
+    /// Settings for a Redis Cluster (7.0 or later), found through its `seeds`: URLs of
+    /// some of its nodes (`redis://host:port`; more than one, so a node that is down at
+    /// start does not matter). The client learns the slot map from them, sends each
+    /// command to the master of its key's slot and follows redirections. Every setting
+    /// works as for a single server (the `/db` part of a URL is ignored: a cluster has
+    /// database 0 only); see also [`partitions`](Self::partitions).
+    pub fn cluster<S: Into<String>>(seeds: impl IntoIterator<Item = S>) -> Self {
+        Self::with_servers(Servers::Cluster(
+            seeds.into_iter().map(Into::into).collect(),
+        ))
+    }
+
+    fn with_servers(servers: Servers) -> Self {
         RedisConfig {
-            url: url.into(),
+            servers,
+            partitions: BTreeMap::new(),
             username: None,
             password: None,
             namespace: "es".to_owned(),
@@ -113,9 +149,31 @@ impl RedisConfig {
         self
     }
 
-    /// The key layout of this namespace.
+    /// Splits `category` into `partitions` partitions (default 1; at least 1), so that
+    /// on a cluster its events spread over several shards. Aggregate `id` belongs to
+    /// partition [`partition_of`](crate::keys::partition_of)`(id, partitions)`; its
+    /// events go to its partition's stream `<namespace>:{<category>:p<n>}:events`, which
+    /// orders them within the partition. With 1 partition the layout is
+    /// `<namespace>:{<category>}:…` as for any category.
+    ///
+    /// The count is fixed once the category holds data: every writer and reader must use
+    /// the same one, or aggregates are looked for in the wrong partition.
+    pub fn partitions(mut self, category: impl Into<String>, partitions: u32) -> Self {
+        self.partitions.insert(category.into(), partitions);
+        self
+    }
+
+    /// Whether this configuration is for a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.servers, Servers::Cluster(_))
+    }
+
+    /// The key layout of this namespace and these partitions.
     pub fn keys(&self) -> KeyLayout {
-        KeyLayout::new(self.namespace.clone())
+        self.partitions.iter().fold(
+            KeyLayout::new(self.namespace.clone()),
+            |keys, (category, partitions)| keys.with_partitions(category.clone(), *partitions),
+        )
     }
 
     pub(crate) fn response_timeout_value(&self) -> Option<Duration> {
@@ -141,26 +199,77 @@ impl RedisConfig {
                 self.namespace
             )));
         }
-        self.client().map(drop)
+        if let Some((category, _)) = self.partitions.iter().find(|(_, p)| **p == 0) {
+            return Err(Error::Config(format!(
+                "category {category:?} has 0 partitions; it needs at least 1"
+            )));
+        }
+        match &self.servers {
+            Servers::Single(_) => self.client().map(drop),
+            Servers::Cluster(seeds) => {
+                if seeds.is_empty() {
+                    return Err(Error::Config(
+                        "a cluster configuration needs at least one seed node".to_owned(),
+                    ));
+                }
+                self.cluster_client().map(drop)
+            }
+        }
+    }
+
+    /// The URL (or the seed URLs) without passwords, for messages.
+    fn shown_servers(&self) -> String {
+        match &self.servers {
+            Servers::Single(url) => redact(url),
+            Servers::Cluster(seeds) => format!(
+                "the cluster at {}",
+                seeds
+                    .iter()
+                    .map(|s| redact(s))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
     }
 
     fn client(&self) -> Result<redis::Client, Error> {
-        let tls = self.url.starts_with("rediss://") || self.url.starts_with("valkeys://");
-        let unusable = |why: &dyn fmt::Display| {
-            let hint = if tls {
-                " (`rediss://` needs TLS: enable the `tls` feature of es-redis)"
-            } else {
-                ""
-            };
-            Error::Config(format!("cannot use URL {}: {why}{hint}", redact(&self.url)))
+        let Servers::Single(url) = &self.servers else {
+            return Err(Error::Config(format!(
+                "{} is a cluster: open it with `RedisConfig::open` (or `RedisEventStore::connect`), \
+                 which gives a cluster connection",
+                self.shown_servers()
+            )));
         };
-        let mut info = self
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| unusable(&e))?;
+        let info = self.connection_info(url)?;
+        redis::Client::open(info).map_err(|e| unusable(url, &e))
+    }
+
+    fn cluster_client(&self) -> Result<redis::cluster::ClusterClient, Error> {
+        let Servers::Cluster(seeds) = &self.servers else {
+            return Err(Error::Config("not a cluster configuration".to_owned()));
+        };
+        let infos = seeds
+            .iter()
+            .map(|seed| self.connection_info(seed))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut builder = ClusterClientBuilder::new(infos)
+            .retries(u32::try_from(self.reconnect_retries).unwrap_or(u32::MAX));
+        if let Some(timeout) = self.connection_timeout {
+            builder = builder.connection_timeout(timeout);
+        }
+        if let Some(timeout) = self.response_timeout {
+            builder = builder.response_timeout(timeout);
+        }
+        builder
+            .build()
+            .map_err(|e| Error::Config(format!("cannot use {}: {e}", self.shown_servers())))
+    }
+
+    /// `url` parsed, with the configured credentials.
+    fn connection_info(&self, url: &str) -> Result<ConnectionInfo, Error> {
+        let mut info = url.into_connection_info().map_err(|e| unusable(url, &e))?;
         if !info.addr().is_supported() {
-            return Err(unusable(&"this build cannot connect to that address"));
+            return Err(unusable(url, &"this build cannot connect to that address"));
         }
         if self.username.is_some() || self.password.is_some() {
             let mut settings = info.redis_settings().clone();
@@ -172,12 +281,28 @@ impl RedisConfig {
             }
             info = info.set_redis_settings(settings);
         }
-        redis::Client::open(info).map_err(|e| unusable(&e))
+        Ok(info)
     }
 
-    /// Opens a [`ConnectionManager`]: one multiplexed connection that reconnects by itself.
-    /// A command sent while the connection is down fails (and is not resent); the next one
-    /// uses the new connection.
+    /// Opens the connection this configuration describes: a [`ConnectionManager`] to the
+    /// single server, or a cluster connection to the cluster. Both reconnect by
+    /// themselves; a command sent while the connection is down fails (and is not resent).
+    pub async fn open(&self) -> Result<RedisConnection, Error> {
+        if !self.is_cluster() {
+            return Ok(self.connect().await?.into());
+        }
+        self.validate()?;
+        self.cluster_client()?
+            .get_async_connection()
+            .await
+            .map(RedisConnection::from)
+            .map_err(|e| Error::redis(format!("connecting to {}", self.shown_servers()), e))
+    }
+
+    /// Opens a [`ConnectionManager`] to the single server: one multiplexed connection
+    /// that reconnects by itself. A command sent while the connection is down fails (and
+    /// is not resent); the next one uses the new connection. A cluster configuration is
+    /// refused with [`Error::Config`]: use [`open`](Self::open).
     pub async fn connect(&self) -> Result<ConnectionManager, Error> {
         self.validate()?;
         let settings = ConnectionManagerConfig::new()
@@ -186,14 +311,26 @@ impl RedisConfig {
             .set_number_of_retries(self.reconnect_retries);
         ConnectionManager::new_with_config(self.client()?, settings)
             .await
-            .map_err(|e| Error::redis(format!("connecting to {}", redact(&self.url)), e))
+            .map_err(|e| Error::redis(format!("connecting to {}", self.shown_servers()), e))
     }
+}
+
+/// A URL that cannot be used, and why.
+fn unusable(url: &str, why: &dyn fmt::Display) -> Error {
+    let tls = url.starts_with("rediss://") || url.starts_with("valkeys://");
+    let hint = if tls {
+        " (`rediss://` needs TLS: enable the `tls` feature of es-redis)"
+    } else {
+        ""
+    };
+    Error::Config(format!("cannot use URL {}: {why}{hint}", redact(url)))
 }
 
 impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConfig")
-            .field("url", &redact(&self.url))
+            .field("servers", &self.shown_servers())
+            .field("partitions", &self.partitions)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("namespace", &self.namespace)
@@ -265,6 +402,32 @@ mod tests {
             let error = result.expect_err("rediss:// without the tls feature");
             assert!(error.to_string().contains("`tls` feature"), "{error}");
         }
+    }
+
+    #[test]
+    fn cluster_configs_need_seeds_and_partitions_need_one_at_least() {
+        let config = RedisConfig::cluster(["redis://127.0.0.1:7000", "redis://:pw@127.0.0.1:7001"])
+            .partitions("user", 6);
+        config.validate().expect("a cluster of two seeds");
+        assert!(config.is_cluster());
+        assert_eq!(config.keys().partitions("user"), 6);
+        assert_eq!(config.keys().partitions("order"), 1);
+        assert!(!format!("{config:?}").contains("pw"));
+        let none = RedisConfig::cluster(Vec::<String>::new()).validate();
+        assert!(matches!(none, Err(Error::Config(_))), "{none:?}");
+        let zero = RedisConfig::new("redis://127.0.0.1:1")
+            .partitions("user", 0)
+            .validate();
+        assert!(matches!(zero, Err(Error::Config(_))), "{zero:?}");
+    }
+
+    #[tokio::test]
+    async fn a_cluster_config_gives_no_single_server_connection() {
+        let error = RedisConfig::cluster(["redis://127.0.0.1:1"])
+            .connect()
+            .await
+            .expect_err("connect() is for one server");
+        assert!(error.to_string().contains("RedisConfig::open"), "{error}");
     }
 
     #[test]

@@ -16,6 +16,26 @@
 //! Every key of a category shares the hash tag `{user}`, and every read-model key of a
 //! projection the tag `{rm:<projection>}`, so one script may touch all of them on Redis
 //! Cluster too.
+//!
+//! # Partitions
+//!
+//! A category may be split into *P* partitions ([`RedisConfig::partitions`]; default 1).
+//! Aggregate `id` belongs to partition [`partition_of`]`(id, P)`: the FNV-1a 64-bit hash of
+//! the id's UTF-8 bytes, modulo *P*. With *P* = 1 the layout is the one above. With *P* > 1
+//! every key of partition *q* carries the hash tag `{<category>:p<q>}` instead of
+//! `{<category>}`: `es:{user:p3}:events` is partition 3's stream, and aggregate `42` of
+//! partition 3 has `es:{user:p3}:index:42` and `es:{user:p3}:snapshot:42`. So the
+//! partitions spread over the cluster's shards, while each aggregate's keys and its
+//! partition's stream share one slot. A projection's dead letters and failures are kept
+//! per partition too, and its record of applied entries gets a `:p<q>` suffix.
+//!
+//! *P* is fixed for a category once it holds data: with another *P*, aggregates would be
+//! looked up in other partitions and appear empty.
+//!
+//! [`RedisConfig::partitions`]: crate::RedisConfig::partitions
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use es_core::StreamId;
 
@@ -34,18 +54,36 @@ use es_core::StreamId;
 /// assert_eq!(keys.category_stream("user"), "es:{user}:events");
 /// assert_eq!(keys.index(&stream), "es:{user}:index:%7Ba%3Ab%7D");
 /// assert_eq!(keys.snapshot(&stream), "es:{user}:snapshot:%7Ba%3Ab%7D");
+///
+/// // `order` in 4 partitions: aggregate `o-2` lives in partition 1.
+/// let keys = keys.with_partitions("order", 4);
+/// let order = StreamId::new("order", "o-2");
+/// assert_eq!(keys.partition_of(&order), 1);
+/// assert_eq!(keys.aggregate_stream(&order), "es:{order:p1}:events");
+/// assert_eq!(keys.index(&order), "es:{order:p1}:index:o-2");
+/// assert_eq!(keys.category_streams("order").len(), 4);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyLayout {
     namespace: String,
+    /// Partition counts of the partitioned categories (absent: 1).
+    partitions: Arc<BTreeMap<String, u32>>,
 }
 
 impl KeyLayout {
-    /// The layout under `namespace` (validated by [`RedisConfig`](crate::RedisConfig)).
+    /// The layout under `namespace` (validated by [`RedisConfig`](crate::RedisConfig)),
+    /// every category in one partition.
     pub fn new(namespace: impl Into<String>) -> Self {
         KeyLayout {
             namespace: namespace.into(),
+            partitions: Arc::default(),
         }
+    }
+
+    /// This layout with `category` split into `partitions` partitions (0 counts as 1).
+    pub fn with_partitions(mut self, category: impl Into<String>, partitions: u32) -> Self {
+        Arc::make_mut(&mut self.partitions).insert(category.into(), partitions.max(1));
+        self
     }
 
     /// The namespace every key starts with.
@@ -53,14 +91,57 @@ impl KeyLayout {
         &self.namespace
     }
 
-    /// The hash-tagged prefix of every key of `category`: `<namespace>:{<category>}`.
-    pub fn category_prefix(&self, category: &str) -> String {
-        format!("{}:{{{}}}", self.namespace, encode_key_part(category))
+    /// How many partitions `category` has (1 unless configured).
+    pub fn partitions(&self, category: &str) -> u32 {
+        self.partitions.get(category).copied().unwrap_or(1)
     }
 
-    /// The category stream: the log of record of every event of `category`.
+    /// The partition the aggregate belongs to: [`partition_of`] its id.
+    pub fn partition_of(&self, stream: &StreamId) -> u32 {
+        partition_of(&stream.id, self.partitions(&stream.category))
+    }
+
+    /// The hash-tagged prefix of every key of `partition` of `category`:
+    /// `<namespace>:{<category>}` when the category has one partition, else
+    /// `<namespace>:{<category>:p<partition>}`.
+    pub fn partition_prefix(&self, category: &str, partition: u32) -> String {
+        if self.partitions(category) == 1 {
+            format!("{}:{{{}}}", self.namespace, encode_key_part(category))
+        } else {
+            format!(
+                "{}:{{{}:p{partition}}}",
+                self.namespace,
+                encode_key_part(category)
+            )
+        }
+    }
+
+    /// The category stream of `partition` of `category`: the log of record of its events.
+    pub fn partition_stream(&self, category: &str, partition: u32) -> String {
+        format!("{}:events", self.partition_prefix(category, partition))
+    }
+
+    /// The category stream of an unpartitioned category (of partition 0 of a partitioned
+    /// one; see [`category_streams`](Self::category_streams)).
     pub fn category_stream(&self, category: &str) -> String {
-        format!("{}:events", self.category_prefix(category))
+        self.partition_stream(category, 0)
+    }
+
+    /// The streams of every partition of `category`, partition 0 first.
+    pub fn category_streams(&self, category: &str) -> Vec<String> {
+        (0..self.partitions(category))
+            .map(|partition| self.partition_stream(category, partition))
+            .collect()
+    }
+
+    /// The stream of the aggregate's partition, where its events are appended.
+    pub fn aggregate_stream(&self, stream: &StreamId) -> String {
+        self.partition_stream(&stream.category, self.partition_of(stream))
+    }
+
+    /// The hash-tagged prefix of the aggregate's keys (its partition's prefix).
+    fn aggregate_prefix(&self, stream: &StreamId) -> String {
+        self.partition_prefix(&stream.category, self.partition_of(stream))
     }
 
     /// The aggregate's index: a list whose element 0 holds its recent append ids and whose
@@ -68,7 +149,7 @@ impl KeyLayout {
     pub fn index(&self, stream: &StreamId) -> String {
         format!(
             "{}:index:{}",
-            self.category_prefix(&stream.category),
+            self.aggregate_prefix(stream),
             encode_key_part(&stream.id)
         )
     }
@@ -77,28 +158,30 @@ impl KeyLayout {
     pub fn snapshot(&self, stream: &StreamId) -> String {
         format!(
             "{}:snapshot:{}",
-            self.category_prefix(&stream.category),
+            self.aggregate_prefix(stream),
             encode_key_part(&stream.id)
         )
     }
 
-    /// The dead-letter stream of `projection` for `category`: entries it could not process,
-    /// with the error, the original entry id and the original fields. It shares the
-    /// category's hash tag, so one script can move an entry there and acknowledge it.
-    pub fn dead_letters(&self, category: &str, projection: &str) -> String {
+    /// The dead-letter stream of `projection` for `partition` of `category` (0 if it is
+    /// not partitioned): entries it could not process, with the error, the original entry
+    /// id and the original fields. It shares the partition stream's hash tag, so one
+    /// script can move an entry there and acknowledge it.
+    pub fn dead_letters(&self, category: &str, partition: u32, projection: &str) -> String {
         format!(
             "{}:dead:{}",
-            self.category_prefix(category),
+            self.partition_prefix(category, partition),
             encode_key_part(projection)
         )
     }
 
-    /// A hash of the last handler error of each entry of `category` that `projection`
-    /// failed to handle and will retry (entry id → error), copied into the dead letter.
-    pub fn failures(&self, category: &str, projection: &str) -> String {
+    /// A hash of the last handler error of each entry of `partition` of `category` that
+    /// `projection` failed to handle and will retry (entry id → error), copied into the
+    /// dead letter.
+    pub fn failures(&self, category: &str, partition: u32, projection: &str) -> String {
         format!(
             "{}:failures:{}",
-            self.category_prefix(category),
+            self.partition_prefix(category, partition),
             encode_key_part(projection)
         )
     }
@@ -117,15 +200,43 @@ impl KeyLayout {
         format!("{}:{name}", self.read_model_prefix(projection))
     }
 
-    /// The sorted set of the entries of `category` whose read-model updates `projection`
-    /// has applied (member: entry id, score: when it was applied, in milliseconds).
-    pub fn applied_entries(&self, projection: &str, category: &str) -> String {
-        format!(
+    /// The sorted set of the entries of `partition` of `category` whose read-model
+    /// updates `projection` has applied (member: entry id, score: when it was applied, in
+    /// milliseconds): `…:_applied:<category>`, with `:p<partition>` appended when the
+    /// category is partitioned (entry ids repeat across partitions).
+    pub fn applied_entries(&self, projection: &str, category: &str, partition: u32) -> String {
+        let base = format!(
             "{}:_applied:{}",
             self.read_model_prefix(projection),
             encode_key_part(category)
-        )
+        );
+        if self.partitions(category) == 1 {
+            base
+        } else {
+            format!("{base}:p{partition}")
+        }
     }
+}
+
+/// The partition of the aggregate with id `id` in a category of `partitions` partitions:
+/// the 64-bit FNV-1a hash of the id's UTF-8 bytes (offset basis `0xcbf29ce484222325`,
+/// prime `0x100000001b3`), modulo `partitions` (0 counts as 1). It is fixed: the same on
+/// every platform and in every version of this crate.
+///
+/// ```
+/// use es_redis::keys::partition_of;
+/// assert_eq!(partition_of("anything", 1), 0);
+/// assert_eq!(partition_of("o-2", 4), 1);
+/// assert!(partition_of("user-42", 6) < 6);
+/// ```
+pub fn partition_of(id: &str, partitions: u32) -> u32 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0100_0000_01b3;
+    let hash = id.bytes().fold(OFFSET_BASIS, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+    });
+    // The remainder is below `partitions`, so it fits.
+    (hash % u64::from(partitions.max(1))) as u32
 }
 
 /// Writes a category or an aggregate id into a key name.
@@ -232,6 +343,42 @@ mod tests {
         for bad in ["%4", "%zz", "%41", "a:b", "{", "%%"] {
             assert_eq!(decode_key_part(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn partitions_follow_fnv1a_of_the_id() {
+        // FNV-1a 64 of "" is the offset basis; of "a" a published test vector.
+        assert_eq!(
+            partition_of("", 1 << 31),
+            (0xcbf2_9ce4_8422_2325u64 % (1 << 31)) as u32
+        );
+        assert_eq!(
+            u64::from(partition_of("a", u32::MAX)),
+            0xaf63_dc4c_8601_ec8c % u64::from(u32::MAX)
+        );
+        assert_eq!(partition_of("x", 0), 0);
+        let keys = KeyLayout::new("es").with_partitions("user", 6);
+        let mut seen = [false; 6];
+        for n in 0..100 {
+            let stream = StreamId::new("user", format!("u-{n}"));
+            let partition = keys.partition_of(&stream);
+            seen[partition as usize] = true;
+            let tag = format!("{{user:p{partition}}}");
+            assert!(keys.index(&stream).contains(&tag));
+            assert!(keys.snapshot(&stream).contains(&tag));
+            assert!(keys.aggregate_stream(&stream).contains(&tag));
+        }
+        assert!(seen.iter().all(|s| *s), "100 ids reach all 6 partitions");
+        // Other categories keep the unpartitioned layout.
+        assert_eq!(keys.category_streams("order"), ["es:{order}:events"]);
+        assert_eq!(
+            keys.applied_entries("rm", "order", 0),
+            "es:{rm:rm}:_applied:order"
+        );
+        assert_eq!(
+            keys.applied_entries("rm", "user", 2),
+            "es:{rm:rm}:_applied:user:p2"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod config;
+pub mod connection;
 mod entry;
 pub mod error;
 pub mod keys;
@@ -13,6 +14,7 @@ pub mod store;
 pub mod testing;
 
 pub use config::RedisConfig;
+pub use connection::RedisConnection;
 pub use error::Error;
 pub use keys::KeyLayout;
 pub use projection::{

@@ -36,11 +36,12 @@ use std::time::{Duration, Instant};
 
 use es_core::projection::{handles, DeadLetter, Progress, Projection, WaitTimeout};
 use es_core::Position;
-use redis::aio::ConnectionManager;
+use redis::cluster_routing::Slot;
 use redis::Value;
 use tokio::sync::watch;
 
 use crate::config::RedisConfig;
+use crate::connection::RedisConnection;
 use crate::entry::{self, as_u64, into_array, into_bytes, EntrySource, RawEntry};
 use crate::error::Error;
 use crate::read_model::clear_read_model;
@@ -162,10 +163,11 @@ pub struct RunStats {
     pub claimed: u64,
 }
 
-/// One category stream a projection reads.
+/// One category stream (of one partition) a projection reads.
 #[derive(Debug, Clone)]
 struct CategoryStream {
     category: Cow<'static, str>,
+    partition: u32,
     key: Arc<str>,
     dead_letters: String,
     failures: String,
@@ -205,10 +207,13 @@ enum Outcome {
 pub struct ProjectionRunner<P: Projection> {
     projection: P,
     store: RedisEventStore,
-    reader: ConnectionManager,
+    reader: RedisConnection,
     options: ProjectionOptions,
     group: String,
     streams: Vec<CategoryStream>,
+    /// The indices in `streams` read by one `XREADGROUP` each: all of them on a single
+    /// server, the streams of one slot on a cluster (a command may not span slots).
+    read_groups: Vec<Vec<usize>>,
     progress: watch::Sender<HashMap<String, Position>>,
 }
 
@@ -240,22 +245,24 @@ impl<P: Projection> ProjectionRunner<P> {
         let read_timeout = config
             .response_timeout_value()
             .map(|timeout| timeout.max(read_timeout));
-        let reader = config
-            .clone()
-            .response_timeout(read_timeout)
-            .connect()
-            .await?;
+        let reader = config.clone().response_timeout(read_timeout).open().await?;
         Ok(Self::with_connections(store, reader, projection, options))
     }
 
     /// A runner over `store` (commands) and `reader` (blocking reads: its reply timeout
-    /// must exceed [`ProjectionOptions::block`]).
+    /// must exceed [`ProjectionOptions::block`]; a cluster connection if `store` is on a
+    /// cluster).
+    ///
+    /// It reads every partition stream of every category of the projection. On a cluster
+    /// it reads the streams of each slot with an `XREADGROUP` of its own (one command may
+    /// not name keys of several slots), all at once.
     pub fn with_connections(
         store: RedisEventStore,
-        reader: ConnectionManager,
+        reader: impl Into<RedisConnection>,
         projection: P,
         options: ProjectionOptions,
     ) -> Self {
+        let reader = reader.into();
         let group = projection.name().to_owned();
         let keys = store.keys();
         let mut streams: Vec<CategoryStream> = Vec::new();
@@ -263,14 +270,30 @@ impl<P: Projection> ProjectionRunner<P> {
             if streams.iter().any(|s| s.category == category) {
                 continue;
             }
-            streams.push(CategoryStream {
-                key: Arc::from(keys.category_stream(&category)),
-                dead_letters: keys.dead_letters(&category, &group),
-                failures: keys.failures(&category, &group),
-                applied: keys.applied_entries(&group, &category),
-                category,
-            });
+            for partition in 0..keys.partitions(&category) {
+                streams.push(CategoryStream {
+                    key: Arc::from(keys.partition_stream(&category, partition)),
+                    dead_letters: keys.dead_letters(&category, partition, &group),
+                    failures: keys.failures(&category, partition, &group),
+                    applied: keys.applied_entries(&group, &category, partition),
+                    partition,
+                    category: category.clone(),
+                });
+            }
         }
+        let read_groups = if reader.is_cluster() || store.connection().is_cluster() {
+            let mut by_slot: Vec<(Slot, Vec<usize>)> = Vec::new();
+            for (index, stream) in streams.iter().enumerate() {
+                let slot = Slot::for_key(stream.key.as_bytes());
+                match by_slot.iter_mut().find(|(s, _)| *s == slot) {
+                    Some((_, indices)) => indices.push(index),
+                    None => by_slot.push((slot, vec![index])),
+                }
+            }
+            by_slot.into_iter().map(|(_, indices)| indices).collect()
+        } else {
+            vec![(0..streams.len()).collect()]
+        };
         ProjectionRunner {
             projection,
             store,
@@ -278,6 +301,7 @@ impl<P: Projection> ProjectionRunner<P> {
             options,
             group,
             streams,
+            read_groups,
             progress: watch::channel(HashMap::new()).0,
         }
     }
@@ -297,7 +321,13 @@ impl<P: Projection> ProjectionRunner<P> {
         ProjectionMonitor {
             store: self.store.clone(),
             group: self.group.clone(),
-            categories: self.streams.iter().map(|s| s.category.clone()).collect(),
+            // One stream per partition: each category once.
+            categories: self
+                .streams
+                .iter()
+                .filter(|s| s.partition == 0)
+                .map(|s| s.category.clone())
+                .collect(),
         }
     }
 
@@ -431,31 +461,72 @@ impl<P: Projection> ProjectionRunner<P> {
         Ok(stats)
     }
 
-    /// Reads entries never delivered to the group, from every stream at once.
+    /// Reads entries never delivered to the group, from every stream at once: one
+    /// `XREADGROUP` per read group, all sent together.
     async fn read_new(&self, block: Duration) -> Result<Vec<(usize, Vec<RawEntry>)>, Error> {
-        let mut command = redis::cmd("XREADGROUP");
-        command
-            .arg("GROUP")
-            .arg(&self.group)
-            .arg(&self.options.consumer)
-            .arg("COUNT")
-            .arg(self.options.batch_size)
-            .arg("BLOCK")
-            .arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX))
-            .arg("STREAMS");
-        for stream in &self.streams {
-            command.arg(&*stream.key);
-        }
-        for _ in &self.streams {
-            command.arg(">");
-        }
         let operation = format!("XREADGROUP of group {}", self.group);
-        let mut reader = self.reader.clone();
-        let reply: Value = command
-            .query_async(&mut reader)
-            .await
-            .map_err(|e| Error::redis(&operation, e))?;
-        self.parse_read_reply(reply, &operation)
+        let command = |indices: &[usize]| {
+            let mut command = redis::cmd("XREADGROUP");
+            command
+                .arg("GROUP")
+                .arg(&self.group)
+                .arg(&self.options.consumer)
+                .arg("COUNT")
+                .arg(self.options.batch_size)
+                .arg("BLOCK")
+                .arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX))
+                .arg("STREAMS");
+            for index in indices {
+                command.arg(&*self.streams[*index].key);
+            }
+            for _ in indices {
+                command.arg(">");
+            }
+            command
+        };
+        if let [indices] = self.read_groups.as_slice() {
+            let mut reader = self.reader.clone();
+            let reply: Value = command(indices)
+                .query_async(&mut reader)
+                .await
+                .map_err(|e| Error::redis(&operation, e))?;
+            return self.parse_read_reply(reply, &operation);
+        }
+        let mut reads = tokio::task::JoinSet::new();
+        for indices in &self.read_groups {
+            let command = command(indices);
+            let mut reader = self.reader.clone();
+            reads.spawn(async move { command.query_async::<Value>(&mut reader).await });
+        }
+        // Entries of the reads that succeeded are delivered to this consumer: process
+        // them even if another read failed (that one is retried by the next read).
+        let mut batch = Vec::new();
+        let mut failure = None;
+        while let Some(joined) = reads.join_next().await {
+            let reply = match joined {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(error)) => {
+                    failure = Some(Error::redis(&operation, error));
+                    continue;
+                }
+                Err(panicked) => {
+                    failure = Some(Error::unexpected(&operation, panicked.to_string()));
+                    continue;
+                }
+            };
+            match self.parse_read_reply(reply, &operation) {
+                Ok(entries) => batch.extend(entries),
+                Err(error) => failure = Some(error),
+            }
+        }
+        match failure {
+            Some(error) if batch.is_empty() => Err(error),
+            Some(error) => {
+                tracing::warn!(projection = %self.group, %error, "a read failed; the others are processed");
+                Ok(batch)
+            }
+            None => Ok(batch),
+        }
     }
 
     /// Parses `[[key, entries], …]` (RESP2) or `{key: entries, …}` (RESP3); nil when the
@@ -735,7 +806,11 @@ impl<P: Projection> ProjectionRunner<P> {
     async fn prune_applied(&self) -> Result<(), Error> {
         let grace = u64::try_from(self.options.prune_grace.as_millis()).unwrap_or(u64::MAX);
         for status in self.monitor().status().await? {
-            let Some(stream) = self.streams.iter().find(|s| s.category == status.category) else {
+            let Some(stream) = self
+                .streams
+                .iter()
+                .find(|s| s.category == status.category && s.partition == status.partition)
+            else {
                 continue;
             };
             let watermark = status.watermark();
@@ -754,13 +829,19 @@ impl<P: Projection> ProjectionRunner<P> {
     }
 
     async fn publish_progress(&self) -> Result<(), Error> {
-        let watermarks: HashMap<String, Position> = self
-            .monitor()
-            .status()
-            .await?
-            .into_iter()
-            .map(|status| (status.category.clone(), status.watermark()))
-            .collect();
+        let statuses = self.monitor().status().await?;
+        let mut watermarks: HashMap<String, Position> = HashMap::new();
+        for status in &statuses {
+            if !watermarks.contains_key(&status.category) {
+                let partitions: Vec<GroupStatus> = statuses
+                    .iter()
+                    .filter(|s| s.category == status.category)
+                    .cloned()
+                    .collect();
+                let watermark = combine(&status.category, partitions).watermark();
+                watermarks.insert(status.category.clone(), watermark);
+            }
+        }
         self.progress.send_if_modified(|current| {
             let changed = *current != watermarks;
             *current = watermarks;
@@ -777,12 +858,16 @@ fn is_ready<F: Future<Output = ()>>(future: &mut Pin<&mut F>) -> bool {
 }
 
 /// A consumer group's progress on one category stream (`XINFO GROUPS` and `XPENDING`,
-/// read atomically).
+/// read atomically), or on every partition of a category
+/// ([`ProjectionMonitor::category_status`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct GroupStatus {
     /// The category.
     pub category: String,
+    /// The partition (0 for an unpartitioned category, and for a summary of all
+    /// partitions).
+    pub partition: u32,
     /// Whether the group exists (it does once a runner started).
     pub exists: bool,
     /// How many consumers the group has seen.
@@ -862,23 +947,50 @@ impl ProjectionMonitor {
         }
     }
 
-    /// The group's progress on each category stream (one round trip per category).
+    /// The group's progress on each category stream, one per partition (one round trip
+    /// per stream).
     pub async fn status(&self) -> Result<Vec<GroupStatus>, Error> {
         let mut statuses = Vec::with_capacity(self.categories.len());
         for category in &self.categories {
-            statuses.push(self.category_status(category).await?);
+            for partition in 0..self.store.keys().partitions(category) {
+                statuses.push(self.partition_status(category, partition).await?);
+            }
         }
         Ok(statuses)
     }
 
-    /// The group's progress on `category`'s stream.
-    pub async fn category_status(&self, category: &str) -> Result<GroupStatus, Error> {
+    /// The group's progress on the stream of `partition` of `category` (0 for an
+    /// unpartitioned one).
+    pub async fn partition_status(
+        &self,
+        category: &str,
+        partition: u32,
+    ) -> Result<GroupStatus, Error> {
         let mut invocation = SCRIPTS.group_status.prepare_invoke();
         invocation
-            .key(self.store.keys().category_stream(category))
+            .key(self.store.keys().partition_stream(category, partition))
             .arg(&self.group);
         let reply = self.store.run_script("group_status", &invocation).await?;
-        parse_status(category, reply)
+        let mut status = parse_status(category, reply)?;
+        status.partition = partition;
+        Ok(status)
+    }
+
+    /// The group's progress on `category`: its stream's status, or for a partitioned
+    /// category a summary of its partitions' (one round trip per partition). The summary
+    /// exists if every partition's group does; it adds up `pending` and `lag` (`None` if
+    /// any is unknown), counts the most `consumers` of a partition, gives the oldest
+    /// pending entry of any partition, and as `last_delivered` the category's watermark:
+    /// the position up to which every partition has processed every entry (a partition
+    /// with nothing pending and nothing left to deliver counts as done, whatever its
+    /// positions). So [`GroupStatus::watermark`] and [`GroupStatus::has_processed`] of the
+    /// summary answer for the whole category.
+    pub async fn category_status(&self, category: &str) -> Result<GroupStatus, Error> {
+        let mut partitions = Vec::new();
+        for partition in 0..self.store.keys().partitions(category) {
+            partitions.push(self.partition_status(category, partition).await?);
+        }
+        Ok(combine(category, partitions))
     }
 
     /// Whether every entry of `category` up to `position` is processed.
@@ -916,9 +1028,27 @@ impl ProjectionMonitor {
         }
     }
 
-    /// The entries of `category` the projection dead-lettered, oldest first.
+    /// The entries of `category` (of all its partitions) the projection dead-lettered,
+    /// by original position.
     pub async fn dead_letters(&self, category: &str) -> Result<Vec<DeadLetter>, Error> {
-        let key = self.store.keys().dead_letters(category, &self.group);
+        let mut letters = Vec::new();
+        for partition in 0..self.store.keys().partitions(category) {
+            letters.extend(self.partition_dead_letters(category, partition).await?);
+        }
+        letters.sort_by_key(|letter| letter.position);
+        Ok(letters)
+    }
+
+    /// The entries of `partition` of `category` the projection dead-lettered, oldest first.
+    async fn partition_dead_letters(
+        &self,
+        category: &str,
+        partition: u32,
+    ) -> Result<Vec<DeadLetter>, Error> {
+        let key = self
+            .store
+            .keys()
+            .dead_letters(category, partition, &self.group);
         let operation = format!("XRANGE of {key}");
         let mut letters = Vec::new();
         let mut after = "-".to_owned();
@@ -949,12 +1079,46 @@ impl ProjectionMonitor {
     }
 }
 
+/// The summary of the statuses of every partition of `category` (see
+/// [`ProjectionMonitor::category_status`]); a single partition's status as it is.
+fn combine(category: &str, mut partitions: Vec<GroupStatus>) -> GroupStatus {
+    if partitions.len() == 1 {
+        if let Some(only) = partitions.pop() {
+            return only;
+        }
+    }
+    let done = |s: &GroupStatus| s.exists && s.pending == 0 && s.lag == Some(0);
+    let behind = partitions
+        .iter()
+        .filter(|s| !done(s))
+        .map(GroupStatus::watermark)
+        .min();
+    let watermark = behind.unwrap_or_else(|| {
+        partitions
+            .iter()
+            .map(|s| s.last_delivered)
+            .max()
+            .unwrap_or(Position::ZERO)
+    });
+    GroupStatus {
+        category: category.to_owned(),
+        partition: 0,
+        exists: !partitions.is_empty() && partitions.iter().all(|s| s.exists),
+        consumers: partitions.iter().map(|s| s.consumers).max().unwrap_or(0),
+        pending: partitions.iter().map(|s| s.pending).sum(),
+        lag: partitions.iter().map(|s| s.lag).sum(),
+        last_delivered: watermark,
+        oldest_pending: partitions.iter().filter_map(|s| s.oldest_pending).min(),
+    }
+}
+
 fn parse_status(category: &str, reply: Value) -> Result<GroupStatus, Error> {
     let operation = "group_status";
     let items = into_array(reply, operation)?;
     if items.is_empty() {
         return Ok(GroupStatus {
             category: category.to_owned(),
+            partition: 0,
             exists: false,
             consumers: 0,
             pending: 0,
@@ -1001,6 +1165,7 @@ fn parse_status(category: &str, reply: Value) -> Result<GroupStatus, Error> {
     };
     Ok(GroupStatus {
         category: category.to_owned(),
+        partition: 0,
         exists: true,
         consumers: number(&consumers)
             .and_then(|n| u64::try_from(n).ok())
@@ -1052,6 +1217,7 @@ mod tests {
     fn status(last_delivered: Position, oldest_pending: Option<Position>) -> GroupStatus {
         GroupStatus {
             category: "user".into(),
+            partition: 0,
             exists: true,
             consumers: 1,
             pending: u64::from(oldest_pending.is_some()),

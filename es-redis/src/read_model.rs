@@ -18,9 +18,9 @@
 use std::collections::BTreeMap;
 
 use es_core::RecordedEvent;
-use redis::aio::ConnectionManager;
 use redis::Value;
 
+use crate::connection::RedisConnection;
 use crate::entry::{as_u64, into_array, into_bytes};
 use crate::error::Error;
 use crate::keys::KeyLayout;
@@ -55,7 +55,7 @@ use crate::store::RedisEventStore;
 /// [`Projection::name`]: es_core::projection::Projection::name
 #[derive(Clone)]
 pub struct HashReadModel {
-    connection: ConnectionManager,
+    connection: RedisConnection,
     keys: KeyLayout,
     projection: String,
 }
@@ -103,9 +103,11 @@ impl HashReadModel {
     pub fn update<E>(&self, event: &RecordedEvent<E>) -> ReadModelUpdate<'_> {
         ReadModelUpdate {
             model: self,
-            applied_key: self
-                .keys
-                .applied_entries(&self.projection, &event.stream.category),
+            applied_key: self.keys.applied_entries(
+                &self.projection,
+                &event.stream.category,
+                self.keys.partition_of(&event.stream),
+            ),
             entry_id: event.position.to_string(),
             hashes: Vec::new(),
             args: Vec::new(),
@@ -152,12 +154,20 @@ impl HashReadModel {
         Ok(all)
     }
 
-    /// How many entries of `category` are recorded as applied (pruned ones are not).
+    /// How many entries of `category` (of all its partitions) are recorded as applied
+    /// (pruned ones are not).
     pub async fn applied_count(&self, category: &str) -> Result<u64, Error> {
-        let key = self.keys.applied_entries(&self.projection, category);
-        let operation = format!("ZCARD of {key}");
-        let reply = query(&self.connection, redis::cmd("ZCARD").arg(&key), &operation).await?;
-        as_u64(&reply).ok_or_else(|| Error::unexpected(operation, format!("{reply:?}")))
+        let mut count = 0;
+        for partition in 0..self.keys.partitions(category) {
+            let key = self
+                .keys
+                .applied_entries(&self.projection, category, partition);
+            let operation = format!("ZCARD of {key}");
+            let reply = query(&self.connection, redis::cmd("ZCARD").arg(&key), &operation).await?;
+            count +=
+                as_u64(&reply).ok_or_else(|| Error::unexpected(operation, format!("{reply:?}")))?;
+        }
+        Ok(count)
     }
 
     /// Deletes every key of the read model, including its record of applied entries;
@@ -255,7 +265,7 @@ impl ReadModelUpdate<'_> {
 
 /// Deletes every key under `projection`'s read-model prefix.
 pub(crate) async fn clear_read_model(
-    connection: &ConnectionManager,
+    connection: &RedisConnection,
     keys: &KeyLayout,
     projection: &str,
 ) -> Result<u64, Error> {
@@ -274,8 +284,10 @@ pub(crate) async fn clear_read_model(
     Ok(deleted)
 }
 
-/// Every key starting with `prefix` (SCAN with the prefix glob-escaped).
-async fn scan_prefix(connection: &ConnectionManager, prefix: &str) -> Result<Vec<String>, Error> {
+/// Every key starting with `prefix` (SCAN with the prefix glob-escaped). The prefix holds
+/// a hash tag, so on a cluster every such key is on the master of that tag's slot, which
+/// is the node scanned.
+async fn scan_prefix(connection: &RedisConnection, prefix: &str) -> Result<Vec<String>, Error> {
     let mut pattern = String::with_capacity(prefix.len() + 1);
     for c in prefix.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\') {
@@ -288,17 +300,18 @@ async fn scan_prefix(connection: &ConnectionManager, prefix: &str) -> Result<Vec
     let mut cursor = 0u64;
     let mut keys = Vec::new();
     loop {
-        let reply = query(
-            connection,
-            redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000),
-            &operation,
-        )
-        .await?;
+        let reply = connection
+            .query_on_node_of(
+                prefix,
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000),
+                &operation,
+            )
+            .await?;
         let mut parts = into_array(reply, &operation)?.into_iter();
         let (Some(next), Some(found)) = (parts.next(), parts.next()) else {
             return Err(Error::unexpected(
@@ -324,7 +337,7 @@ async fn scan_prefix(connection: &ConnectionManager, prefix: &str) -> Result<Vec
 }
 
 pub(crate) async fn query(
-    connection: &ConnectionManager,
+    connection: &RedisConnection,
     command: &redis::Cmd,
     operation: &str,
 ) -> Result<Value, Error> {

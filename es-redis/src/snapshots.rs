@@ -77,7 +77,7 @@ impl SnapshotStore for RedisEventStore {
         let snapshot_key = self.keys().snapshot(stream);
         let mut invocation = SCRIPTS.load_snapshot_and_tail.prepare_invoke();
         invocation
-            .key(self.keys().category_stream(&stream.category))
+            .key(self.keys().aggregate_stream(stream))
             .key(self.keys().index(stream))
             .key(&snapshot_key)
             .arg(schema)

@@ -9,10 +9,10 @@ use es_core::{
     AppendOptions, AppendResult, ConflictError, DecodeError, EventStore, ExpectedVersion, NewEvent,
     Position, ReadRange, StoreError, StoredEvent, StreamId,
 };
-use redis::aio::ConnectionManager;
 use redis::{Cmd, ScriptInvocation, Value};
 
 use crate::config::RedisConfig;
+use crate::connection::RedisConnection;
 use crate::entry::{self, as_u64, into_array, into_bytes, EntrySource, RawEntry};
 use crate::error::Error;
 use crate::keys::KeyLayout;
@@ -21,7 +21,21 @@ use crate::scripts::SCRIPTS;
 /// An [`EventStore`] and [`SnapshotStore`](es_core::SnapshotStore) on Redis (7.0 or later).
 ///
 /// Cloning it is cheap and shares the connection. See the [crate docs](crate) for the key
-/// layout and the guarantees.
+/// layout and the guarantees. It works the same on a single server and on a Redis Cluster
+/// ([`RedisConfig::cluster`]); on a cluster every script touches the keys of one slot.
+///
+/// # Partitioned categories
+///
+/// A category split into *P* partitions ([`RedisConfig::partitions`]) has one category
+/// stream per partition, each with its own positions. [`read_partition`](Self::read_partition)
+/// reads one partition in its exact order. [`EventStore::read_category`] merges the
+/// partitions by position (ties, which happen because each partition's stream numbers its
+/// entries on its own, in partition order): events of one aggregate, and of one partition,
+/// come in append order, while events of different partitions are ordered only by their
+/// timestamps (the clock of the node that stored them). Each page is read from every
+/// partition, so its `limit` must be at least *P* (or the page could end inside a group of
+/// equal positions); a page never ends between two events of equal position, so paging with
+/// the last position read loses nothing.
 ///
 /// ```no_run
 /// use es_core::{AppendOptions, EventStore, ExpectedVersion, NewEvent, ReadRange, StreamId};
@@ -43,7 +57,7 @@ use crate::scripts::SCRIPTS;
 /// ```
 #[derive(Clone)]
 pub struct RedisEventStore {
-    connection: ConnectionManager,
+    connection: RedisConnection,
     keys: KeyLayout,
     page_size: usize,
     remembered_append_ids: usize,
@@ -90,21 +104,22 @@ impl Page {
 }
 
 impl RedisEventStore {
-    /// Connects with `config`.
+    /// Connects with `config`: to the single server, or to the cluster.
     pub async fn connect(config: &RedisConfig) -> Result<Self, Error> {
-        let connection = config.connect().await?;
+        let connection = config.open().await?;
         Self::with_connection(connection, config)
     }
 
-    /// A store over an existing connection, with `config`'s namespace and paging (its URL
-    /// and timeouts are not used).
+    /// A store over an existing connection (a [`redis::aio::ConnectionManager`], a
+    /// cluster connection or a [`RedisConnection`]), with `config`'s namespace,
+    /// partitions and paging (its servers and timeouts are not used).
     pub fn with_connection(
-        connection: ConnectionManager,
+        connection: impl Into<RedisConnection>,
         config: &RedisConfig,
     ) -> Result<Self, Error> {
         config.validate()?;
         Ok(RedisEventStore {
-            connection,
+            connection: connection.into(),
             keys: config.keys(),
             page_size: config.page_size_value(),
             remembered_append_ids: config.remembered_append_ids_value(),
@@ -118,7 +133,7 @@ impl RedisEventStore {
 
     /// The connection, for commands of your own (e.g. reading the category stream with a
     /// consumer group).
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConnection {
         self.connection.clone()
     }
 
@@ -155,7 +170,7 @@ impl RedisEventStore {
     ) -> Result<Page, Error> {
         let mut invocation = SCRIPTS.read_stream.prepare_invoke();
         invocation
-            .key(self.keys.category_stream(&stream.category))
+            .key(self.keys.aggregate_stream(stream))
             .key(self.keys.index(stream))
             .arg(from)
             .arg(to.map(|v| v.to_string()).unwrap_or_default())
@@ -176,7 +191,7 @@ impl RedisEventStore {
         until_millis: Option<u64>,
         first: Option<Page>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let storage_key: Arc<str> = Arc::from(self.keys.category_stream(&stream.category));
+        let storage_key: Arc<str> = Arc::from(self.keys.aggregate_stream(stream));
         let source = EntrySource {
             storage_key: &storage_key,
             category: &stream.category,
@@ -289,7 +304,7 @@ impl EventStore for RedisEventStore {
         }
         let mut invocation = SCRIPTS.append.prepare_invoke();
         invocation
-            .key(self.keys.category_stream(&stream.category))
+            .key(self.keys.aggregate_stream(stream))
             .key(self.keys.index(stream));
         for arg in &args {
             invocation.arg(arg.as_slice());
@@ -325,13 +340,65 @@ impl EventStore for RedisEventStore {
         Ok(length.saturating_sub(1))
     }
 
+    /// For a partitioned category, the partitions merged by position: see
+    /// [Partitioned categories](RedisEventStore#partitioned-categories).
     async fn read_category(
         &self,
         category: &str,
         after: Position,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let storage_key: Arc<str> = Arc::from(self.keys.category_stream(category));
+        let partitions = self.keys.partitions(category);
+        if partitions == 1 {
+            return self.read_partition(category, 0, after, limit).await;
+        }
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        if limit < partitions as usize {
+            return Err(StoreError::InvalidRequest(format!(
+                "category {category:?} has {partitions} partitions, so a page read across \
+                 them needs a limit of at least {partitions} (got {limit})"
+            )));
+        }
+        let mut merged = Vec::new();
+        for partition in 0..partitions {
+            let events = self
+                .read_partition(category, partition, after, limit)
+                .await?;
+            merged.extend(events.into_iter().map(|event| (partition, event)));
+        }
+        // Each partition gave at most `limit`, so the first `limit` merged are the page.
+        merged.sort_by_key(|(partition, event)| (event.position, *partition));
+        if merged.len() > limit {
+            // Do not end between equal positions: the next page starts after this one.
+            let boundary = merged[limit].1.position;
+            merged.truncate(limit);
+            while merged.last().is_some_and(|(_, e)| e.position == boundary) {
+                merged.pop();
+            }
+        }
+        Ok(merged.into_iter().map(|(_, event)| event).collect())
+    }
+}
+
+impl RedisEventStore {
+    /// Up to `limit` events of `partition` of `category` (0 for an unpartitioned one)
+    /// stored after `after`, in the partition stream's exact order.
+    pub async fn read_partition(
+        &self,
+        category: &str,
+        partition: u32,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let partitions = self.keys.partitions(category);
+        if partition >= partitions {
+            return Err(StoreError::InvalidRequest(format!(
+                "category {category:?} has {partitions} partitions; there is no partition {partition}"
+            )));
+        }
+        let storage_key: Arc<str> = Arc::from(self.keys.partition_stream(category, partition));
         let category = Cow::Owned(category.to_owned());
         let source = EntrySource {
             storage_key: &storage_key,

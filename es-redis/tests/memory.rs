@@ -10,7 +10,7 @@ use std::sync::Arc;
 use es_core::codec::Fields;
 use es_core::{AppendOptions, EventStore, ExpectedVersion, Metadata, NewEvent, StreamId};
 use es_redis::testing::RedisServer;
-use redis::aio::ConnectionManager;
+use es_redis::RedisConnection;
 
 const AGGREGATES: usize = 10_000;
 const EVENTS_PER_AGGREGATE: u64 = 10;
@@ -25,7 +25,7 @@ fn item_added(aggregate: usize, version: u64) -> Vec<(&'static str, String)> {
     ]
 }
 
-async fn used_memory(connection: &mut ConnectionManager) -> u64 {
+async fn used_memory(connection: &mut RedisConnection) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("memory")
         .query_async(connection)
@@ -38,7 +38,7 @@ async fn used_memory(connection: &mut ConnectionManager) -> u64 {
 }
 
 /// `MEMORY USAGE key SAMPLES 0`: every node counted, not an estimate from a sample.
-async fn memory_usage(connection: &mut ConnectionManager, key: &str) -> u64 {
+async fn memory_usage(connection: &mut RedisConnection, key: &str) -> u64 {
     redis::cmd("MEMORY")
         .arg("USAGE")
         .arg(key)

@@ -485,7 +485,7 @@ async fn poison_entries_are_dead_lettered_while_later_events_flow() {
         failing_letter.error
     );
     // The dead letter keeps the original fields.
-    let dead_key = store.keys().dead_letters(CATEGORY, "ledger");
+    let dead_key = store.keys().dead_letters(CATEGORY, 0, "ledger");
     let raw: Vec<(String, HashMap<String, String>)> = query(
         &store,
         redis::cmd("XRANGE").arg(&dead_key).arg("-").arg("+"),

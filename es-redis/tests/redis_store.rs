@@ -8,8 +8,8 @@ use es_core::{
     SnapshotStore, StoreError, StreamId,
 };
 use es_redis::testing::{unique_namespace, RedisServer};
+use es_redis::RedisConnection;
 use es_redis::{RedisConfig, RedisEventStore};
-use redis::aio::ConnectionManager;
 use redis::Value;
 
 fn server() -> &'static RedisServer {
@@ -47,7 +47,7 @@ fn numbered(range: std::ops::Range<usize>) -> Vec<NewEvent> {
 }
 
 async fn run<T: redis::FromRedisValue>(
-    connection: &mut ConnectionManager,
+    connection: &mut RedisConnection,
     command: &redis::Cmd,
 ) -> T {
     command
@@ -169,7 +169,7 @@ async fn aggregate_of_10_000_events_loads_in_pages_of_1000() {
     );
 
     let mut connection = store.connection();
-    let script_calls = |connection: &mut ConnectionManager| {
+    let script_calls = |connection: &mut RedisConnection| {
         let mut connection = connection.clone();
         async move {
             let stats: String = run(&mut connection, redis::cmd("INFO").arg("commandstats")).await;
@@ -608,7 +608,7 @@ async fn retry_after_a_lost_reply_returns_the_original_result() {
 
     // Pause writes for longer than the reply timeout: the append is queued on the server,
     // the client gives up waiting, and the append runs once the pause ends.
-    let mut admin = server().config("admin").connect().await.expect("connect");
+    let mut admin = server().config("admin").open().await.expect("connect");
     let _: () = run(
         &mut admin,
         redis::cmd("CLIENT").arg("PAUSE").arg(400).arg("WRITE"),
@@ -694,7 +694,7 @@ async fn conflicting_append_writes_nothing() {
     let connection = store.connection();
     let category_key = store.keys().category_stream("user");
     let index_key = store.keys().index(&stream);
-    let snapshot_of_keys = |mut connection: ConnectionManager| {
+    let snapshot_of_keys = |mut connection: RedisConnection| {
         let (category_key, index_key) = (category_key.clone(), index_key.clone());
         async move {
             let entries: Value = run(
