@@ -9,6 +9,10 @@
 //! A server in a `static` is never dropped, so every server also has a watchdog: a small
 //! shell loop that stops it (and removes its directory) once the test process has exited.
 //!
+//! [`RedisCluster::start`] does the same for a Redis Cluster of three masters (no
+//! replicas): three such servers with `--cluster-enabled yes`, joined with
+//! `redis-cli --cluster create`; [`RedisCluster::shared`] gives one per test binary.
+//!
 //! ```no_run
 //! use es_redis::testing::{unique_namespace, RedisServer};
 //!
@@ -31,6 +35,10 @@ use crate::{RedisConfig, RedisEventStore};
 
 /// The `redis-server` binary: `$REDIS_SERVER` if set, else `redis-server` on the `PATH`.
 pub const SERVER_BINARY_VARIABLE: &str = "REDIS_SERVER";
+
+/// The `redis-cli` binary ([`RedisCluster`] creates the cluster with it): `$REDIS_CLI` if
+/// set, else `redis-cli` on the `PATH`.
+pub const CLI_BINARY_VARIABLE: &str = "REDIS_CLI";
 
 /// Why a test server could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -186,6 +194,174 @@ impl Drop for RedisServer {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A throwaway Redis Cluster: three masters without replicas on free loopback ports,
+/// stopped on drop (each node also has its watchdog).
+///
+/// ```no_run
+/// use es_redis::testing::{unique_namespace, RedisCluster};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let cluster = RedisCluster::shared()?;
+/// let config = cluster.config(&unique_namespace("my-test")).partitions("user", 6);
+/// let store = es_redis::RedisEventStore::connect(&config).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// How many masters [`start`](Self::start) runs.
+    pub const MASTERS: usize = 3;
+
+    /// Starts three cluster-enabled servers (no persistence, each with its own free
+    /// cluster bus port), creates the cluster with `redis-cli --cluster create …
+    /// --cluster-replicas 0 --cluster-yes`, and waits until every node reports
+    /// `cluster_state:ok` and knows all three.
+    pub fn start() -> Result<Self, HarnessError> {
+        let mut nodes = Vec::with_capacity(Self::MASTERS);
+        for _ in 0..Self::MASTERS {
+            nodes.push(start_cluster_node()?);
+        }
+        let cli = std::env::var(CLI_BINARY_VARIABLE).unwrap_or_else(|_| "redis-cli".to_owned());
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port()))
+            .collect();
+        let created = Command::new(&cli)
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| HarnessError::NotInstalled {
+                binary: cli.clone(),
+                source,
+            })?;
+        if !created.status.success() {
+            return Err(HarnessError::DidNotStart(format!(
+                "`{cli} --cluster create {}` exited with {}: {}{}",
+                addresses.join(" "),
+                created.status,
+                String::from_utf8_lossy(&created.stdout),
+                String::from_utf8_lossy(&created.stderr)
+            )));
+        }
+        let cluster = RedisCluster { nodes };
+        cluster.wait_until_ok()?;
+        Ok(cluster)
+    }
+
+    /// One cluster for the whole test binary, started on first use.
+    pub fn shared() -> Result<&'static RedisCluster, String> {
+        static SHARED: OnceLock<Result<RedisCluster, String>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| RedisCluster::start().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    fn wait_until_ok(&self) -> Result<(), HarnessError> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut last = String::new();
+            let mut all_ok = true;
+            for node in &self.nodes {
+                let info = command(node.port(), "CLUSTER INFO").unwrap_or_default();
+                let ok = info.contains("cluster_state:ok")
+                    && info.contains(&format!("cluster_known_nodes:{}", self.nodes.len()))
+                    && info.contains("cluster_slots_ok:16384");
+                if !ok {
+                    all_ok = false;
+                    last = format!("node {}: {info}", node.port());
+                }
+            }
+            if all_ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(HarnessError::DidNotStart(format!(
+                    "the cluster is not ok after 20 s; {last}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The nodes' ports on 127.0.0.1.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(RedisServer::port).collect()
+    }
+
+    /// `redis://127.0.0.1:<port>` of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// Settings for this cluster under `namespace` (every node as a seed).
+    pub fn config(&self, namespace: &str) -> RedisConfig {
+        RedisConfig::cluster(self.urls()).namespace(namespace)
+    }
+
+    /// A store on this cluster under `namespace`.
+    pub async fn store(&self, namespace: &str) -> Result<RedisEventStore, HarnessError> {
+        Ok(RedisEventStore::connect(&self.config(namespace)).await?)
+    }
+}
+
+/// Starts one cluster-enabled server; its cluster bus port is a free port of its own
+/// (the default, port + 10000, may be taken or past 65535).
+fn start_cluster_node() -> Result<RedisServer, HarnessError> {
+    let mut last = None;
+    for _ in 0..5 {
+        let bus = free_port()?.to_string();
+        match RedisServer::start_with(&[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-port",
+            &bus,
+            "--cluster-node-timeout",
+            "5000",
+        ]) {
+            Ok(node) => return Ok(node),
+            Err(HarnessError::DidNotStart(why)) => last = Some(HarnessError::DidNotStart(why)),
+            Err(other) => return Err(other),
+        }
+    }
+    Err(last.unwrap_or_else(|| HarnessError::DidNotStart("no attempt".to_owned())))
+}
+
+/// Sends an inline command to the server on `port` and returns its bulk-string reply.
+fn command(port: u16, inline: &str) -> std::io::Result<String> {
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut connection = TcpStream::connect_timeout(&address, Duration::from_millis(200))?;
+    connection.set_read_timeout(Some(Duration::from_millis(500)))?;
+    connection.write_all(format!("{inline}\r\n").as_bytes())?;
+    // `$<length>\r\n<payload>\r\n`: read until the whole payload is in.
+    let mut reply = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let read = connection.read(&mut buffer)?;
+        if read == 0 {
+            break;
+        }
+        reply.extend_from_slice(&buffer[..read]);
+        let text = String::from_utf8_lossy(&reply);
+        if let Some((header, body)) = text.split_once("\r\n") {
+            let length: usize = header.trim_start_matches('$').parse().unwrap_or(0);
+            if body.len() >= length + 2 || !header.starts_with('$') {
+                return Ok(body.get(..length).unwrap_or(body).to_owned());
+            }
+        }
+    }
+    Ok(String::from_utf8_lossy(&reply).into_owned())
 }
 
 /// A namespace no other test of this process uses: `<label>-<n>`.
