@@ -1,0 +1,543 @@
+//! The Redis backend on a real local Redis Cluster (three masters, started by the test):
+//! the conformance suite with one partition per category and with partitioned categories,
+//! partitioned category reads, consumer-group projections over every partition, and the
+//! partitions of a category spread over every master.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use es_core::projection::Projection;
+use es_core::{
+    AppendOptions, Event, EventStore, ExpectedVersion, Metadata, NewEvent, Position, RecordedEvent,
+    StoreError, StreamId,
+};
+use es_redis::testing::{unique_namespace, RedisCluster};
+use es_redis::{
+    Error, HashReadModel, ProjectionOptions, ProjectionRunner, RedisConfig, RedisEventStore,
+    RunStats,
+};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+fn cluster() -> &'static RedisCluster {
+    RedisCluster::shared().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The conformance categories in partitions: `user` in 6, `account` in 3, `counter` (the
+/// repository case) in 4.
+fn partitioned(namespace: &str) -> RedisConfig {
+    cluster()
+        .config(namespace)
+        .partitions("user", 6)
+        .partitions("account", 3)
+        .partitions("counter", 4)
+}
+
+async fn connect(config: &RedisConfig) -> RedisEventStore {
+    RedisEventStore::connect(config)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to the test cluster: {e}"))
+}
+
+/// Every conformance case, each category in one slot (the single-node layout).
+mod unpartitioned {
+    use super::*;
+
+    es_core::conformance_tests!(|| async {
+        connect(&cluster().config(&unique_namespace("conformance"))).await
+    });
+}
+
+/// The conformance cases that hold whatever the partitioning. The two left out expect
+/// `read_category` to return every aggregate's events in global append order, which
+/// partitions only give per partition (see `partitioned_category_reads_…` below).
+mod partitioned {
+    use super::*;
+
+    es_core::conformance_tests!(@cases || async {
+        connect(&partitioned(&unique_namespace("conformance-p"))).await
+    };
+        append_and_read_round_trip_with_metadata,
+        no_stream_expectation,
+        exact_expectation_conflicts_and_writes_nothing,
+        any_expectation_always_appends,
+        concurrent_appenders_with_same_expected_version_have_one_winner,
+        idempotent_retry_returns_original_result,
+        read_from_version,
+        read_as_of_version_and_timestamp,
+        snapshot_save_load_never_older,
+        snapshot_of_another_schema_is_ignored_on_load,
+        unknown_event_type_gives_typed_decode_error,
+        empty_append_is_rejected,
+        repository_retries_conflicts_and_snapshots,
+    );
+}
+
+const CATEGORY: &str = "user";
+const PARTITIONS: u32 = 6;
+
+#[derive(Event, Debug, Clone, PartialEq)]
+struct Deposited {
+    amount: i64,
+}
+
+#[derive(Event, Debug, Clone, PartialEq)]
+enum UserEvent {
+    Deposited(Deposited),
+}
+
+fn deposit(amount: i64) -> NewEvent {
+    NewEvent::encode(&Deposited { amount }, Metadata::default()).expect("encode")
+}
+
+/// Appends deposits 1..=`count`, deposit `n` to user `u-<n % users>`, in appends of up
+/// to 5 events per user; returns each user's deposits and every append's last position.
+async fn append_deposits(
+    store: &RedisEventStore,
+    count: i64,
+    users: i64,
+) -> (BTreeMap<String, Vec<i64>>, Vec<(StreamId, Position)>) {
+    let mut by_user: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for n in 1..=count {
+        by_user
+            .entry(format!("u-{}", n % users))
+            .or_default()
+            .push(n);
+    }
+    let mut appended = Vec::new();
+    for (user, amounts) in &by_user {
+        let stream = StreamId::new(CATEGORY, user.clone());
+        for chunk in amounts.chunks(5) {
+            let written = store
+                .append(
+                    &stream,
+                    ExpectedVersion::Any,
+                    chunk.iter().copied().map(deposit).collect(),
+                    &AppendOptions::default(),
+                )
+                .await
+                .expect("append");
+            appended.push((
+                stream.clone(),
+                *written.positions.last().expect("positions"),
+            ));
+        }
+    }
+    (by_user, appended)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_category_reads_every_event_once_in_partition_order() {
+    let config = partitioned(&unique_namespace("read-category"));
+    let store = connect(&config).await;
+    let (by_user, _) = append_deposits(&store, 300, 40).await;
+
+    // Paged across partitions with the smallest allowed page: every event exactly once,
+    // each user's in version order, positions never decreasing.
+    let mut read = Vec::new();
+    let mut after = Position::ZERO;
+    loop {
+        let page = store
+            .read_category(CATEGORY, after, PARTITIONS as usize)
+            .await
+            .expect("read");
+        assert!(page.len() <= PARTITIONS as usize);
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        read.extend(page);
+    }
+    assert_eq!(read.len(), 300);
+    assert!(read.windows(2).all(|w| w[0].position <= w[1].position));
+    let mut read_by_user: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for event in &read {
+        let UserEvent::Deposited(Deposited { amount }) =
+            event.clone().decode::<UserEvent>().expect("decode").event;
+        let amounts = read_by_user.entry(event.stream.id.clone()).or_default();
+        assert_eq!(event.version, amounts.len() as u64 + 1, "{}", event.stream);
+        amounts.push(amount);
+    }
+    assert_eq!(read_by_user, by_user);
+
+    // One partition: exactly its users' events, in strictly increasing positions.
+    let keys = store.keys();
+    let mut total = 0;
+    for partition in 0..PARTITIONS {
+        let events = store
+            .read_partition(CATEGORY, partition, Position::ZERO, 1_000)
+            .await
+            .expect("read partition");
+        assert!(events.windows(2).all(|w| w[0].position < w[1].position));
+        assert!(events
+            .iter()
+            .all(|e| keys.partition_of(&e.stream) == partition));
+        total += events.len();
+    }
+    assert_eq!(total, 300);
+
+    let error = store
+        .read_category(CATEGORY, Position::ZERO, 5)
+        .await
+        .expect_err("a page smaller than the partition count");
+    assert!(matches!(error, StoreError::InvalidRequest(_)), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_partitions_land_on_all_three_masters() {
+    let namespace = unique_namespace("spread");
+    let config = cluster()
+        .config(&namespace)
+        .partitions(CATEGORY, PARTITIONS);
+    let store = connect(&config).await;
+    append_deposits(&store, 120, 60).await;
+
+    // Ask each master which of the category's streams it holds.
+    let mut streams_by_node: Vec<Vec<String>> = Vec::new();
+    for url in cluster().urls() {
+        let client = redis::Client::open(url.as_str()).expect("client");
+        let mut node = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to a node");
+        let mut held = Vec::new();
+        for key in store.keys().category_streams(CATEGORY) {
+            let slot: u16 = redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(&key)
+                .query_async(&mut node)
+                .await
+                .expect("CLUSTER KEYSLOT");
+            let here: u64 = redis::cmd("CLUSTER")
+                .arg("COUNTKEYSINSLOT")
+                .arg(slot)
+                .query_async(&mut node)
+                .await
+                .expect("CLUSTER COUNTKEYSINSLOT");
+            let owned: Vec<String> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(here.max(1))
+                .query_async(&mut node)
+                .await
+                .expect("CLUSTER GETKEYSINSLOT");
+            if owned.contains(&key) {
+                held.push(key);
+            }
+        }
+        streams_by_node.push(held);
+    }
+    assert_eq!(streams_by_node.len(), RedisCluster::MASTERS);
+    assert!(
+        streams_by_node.iter().all(|held| !held.is_empty()),
+        "every master holds a partition: {streams_by_node:?}"
+    );
+    let all: HashSet<&String> = streams_by_node.iter().flatten().collect();
+    assert_eq!(all.len(), PARTITIONS as usize, "{streams_by_node:?}");
+
+    // Each user's index and snapshot live in the slot of its partition's stream.
+    let mut connection = store.connection();
+    for n in 0..60 {
+        let stream = StreamId::new(CATEGORY, format!("u-{n}"));
+        let mut slots = HashSet::new();
+        for key in [
+            store.keys().aggregate_stream(&stream),
+            store.keys().index(&stream),
+            store.keys().snapshot(&stream),
+        ] {
+            let slot: u16 = redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(&key)
+                .query_async(&mut connection)
+                .await
+                .expect("CLUSTER KEYSLOT");
+            slots.insert(slot);
+        }
+        assert_eq!(slots.len(), 1, "{stream}: {slots:?}");
+    }
+}
+
+/// Balances per user in a [`HashReadModel`]; records every position it handled.
+#[derive(Clone)]
+struct Balances {
+    model: HashReadModel,
+    handled: Arc<Mutex<Vec<(StreamId, Position)>>>,
+}
+
+#[async_trait::async_trait]
+impl Projection for Balances {
+    type Event = UserEvent;
+    type Error = Error;
+
+    fn name(&self) -> &str {
+        self.model.projection()
+    }
+
+    fn categories(&self) -> Vec<Cow<'static, str>> {
+        vec![CATEGORY.into()]
+    }
+
+    async fn handle(&self, event: &RecordedEvent<UserEvent>) -> Result<(), Error> {
+        let UserEvent::Deposited(deposit) = &event.event;
+        let hash = format!("balance:{}", event.stream.id);
+        let _ = self
+            .model
+            .update(event)
+            .hincrby(&hash, "balance", deposit.amount)
+            .hincrby(&hash, "deposits", 1)
+            .commit()
+            .await?;
+        self.handled
+            .lock()
+            .unwrap()
+            .push((event.stream.clone(), event.position));
+        Ok(())
+    }
+}
+
+struct Running<P: Projection> {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<(ProjectionRunner<P>, Result<RunStats, Error>)>,
+}
+
+fn spawn<P: Projection>(runner: ProjectionRunner<P>) -> Running<P> {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let stats = runner
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await;
+        (runner, stats)
+    });
+    Running { stop, task }
+}
+
+impl<P: Projection> Running<P> {
+    async fn stop(self) -> (ProjectionRunner<P>, RunStats) {
+        let _ = self.stop.send(());
+        let (runner, stats) = self.task.await.expect("runner task");
+        (runner, stats.expect("run"))
+    }
+}
+
+fn options(consumer: &str) -> ProjectionOptions {
+    ProjectionOptions::new(consumer)
+        .batch_size(50)
+        .block(Duration::from_millis(100))
+        .claim_idle(Duration::from_secs(60))
+        .claim_interval(Duration::from_millis(200))
+}
+
+/// Every user's expected `balance` and `deposits`.
+fn expected_balances(by_user: &BTreeMap<String, Vec<i64>>) -> BTreeMap<String, (i64, i64)> {
+    by_user
+        .iter()
+        .map(|(user, amounts)| {
+            (
+                format!("balance:{user}"),
+                (amounts.iter().sum(), amounts.len() as i64),
+            )
+        })
+        .collect()
+}
+
+async fn read_balances(model: &HashReadModel) -> BTreeMap<String, (i64, i64)> {
+    let number = |fields: &BTreeMap<String, Vec<u8>>, name: &str| -> i64 {
+        String::from_utf8_lossy(&fields[name]).parse().expect(name)
+    };
+    model
+        .hashes()
+        .await
+        .expect("read model")
+        .into_iter()
+        .map(|(name, fields)| {
+            let values = (number(&fields, "balance"), number(&fields, "deposits"));
+            (name, values)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runners_handle_every_event_of_every_partition_once() {
+    let config = cluster()
+        .config(&unique_namespace("project"))
+        .partitions(CATEGORY, PARTITIONS);
+    let store = connect(&config).await;
+    let (by_user, appended) = append_deposits(&store, 1_200, 48).await;
+    let projection = Balances {
+        model: HashReadModel::new(&store, "balances"),
+        handled: Arc::default(),
+    };
+    let runner_a = ProjectionRunner::connect(&config, projection.clone(), options("a"))
+        .await
+        .expect("runner a");
+    let runner_b = ProjectionRunner::connect(&config, projection.clone(), options("b"))
+        .await
+        .expect("runner b");
+    let monitor = runner_a.monitor();
+    let (a, b) = (spawn(runner_a), spawn(runner_b));
+    // Wait for the last append of every partition's last user.
+    let mut last_of_partition: HashMap<u32, Position> = HashMap::new();
+    for (stream, position) in &appended {
+        let partition = store.keys().partition_of(stream);
+        let last = last_of_partition.entry(partition).or_insert(*position);
+        *last = (*last).max(*position);
+    }
+    assert_eq!(last_of_partition.len(), PARTITIONS as usize);
+    let newest = *last_of_partition.values().max().expect("positions");
+    monitor
+        .wait_for(CATEGORY, newest, Duration::from_secs(30))
+        .await
+        .expect("every partition caught up");
+    let (_, stats_a) = a.stop().await;
+    let (_, stats_b) = b.stop().await;
+
+    let handled = projection.handled.lock().unwrap().clone();
+    let distinct: HashSet<(String, Position)> = handled
+        .iter()
+        .map(|(stream, position)| (stream.id.clone(), *position))
+        .collect();
+    assert_eq!(handled.len(), 1_200, "every event handled");
+    assert_eq!(distinct.len(), 1_200, "and only once");
+    assert_eq!(stats_a.handled + stats_b.handled, 1_200);
+    assert_eq!(
+        read_balances(&projection.model).await,
+        expected_balances(&by_user)
+    );
+    assert_eq!(
+        projection
+            .model
+            .applied_count(CATEGORY)
+            .await
+            .expect("applied"),
+        1_200
+    );
+
+    let statuses = monitor.status().await.expect("status");
+    assert_eq!(statuses.len(), PARTITIONS as usize);
+    for status in &statuses {
+        assert!(status.exists, "{status:?}");
+        assert_eq!((status.pending, status.lag), (0, Some(0)), "{status:?}");
+        assert_eq!(
+            status.last_delivered, last_of_partition[&status.partition],
+            "{status:?}"
+        );
+    }
+    let summary = monitor.category_status(CATEGORY).await.expect("summary");
+    assert!(summary.has_processed(newest), "{summary:?}");
+    assert_eq!((summary.pending, summary.lag), (0, Some(0)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_a_position_covers_every_partition() {
+    let config = cluster()
+        .config(&unique_namespace("wait"))
+        .partitions(CATEGORY, PARTITIONS);
+    let store = connect(&config).await;
+    let projection = Balances {
+        model: HashReadModel::new(&store, "balances"),
+        handled: Arc::default(),
+    };
+    let runner = ProjectionRunner::connect(&config, projection.clone(), options("w"))
+        .await
+        .expect("runner");
+    let monitor = runner.monitor();
+    let (by_user, appended) = append_deposits(&store, 60, 12).await;
+    let newest = appended.iter().map(|(_, p)| *p).max().expect("appended");
+
+    // Nothing runs yet: the wait times out, naming the projection.
+    let error = monitor
+        .wait_for(CATEGORY, newest, Duration::from_millis(200))
+        .await
+        .expect_err("no runner yet");
+    assert!(matches!(error, Error::WaitTimeout(_)), "{error}");
+
+    let running = spawn(runner);
+    // Read-your-writes: once the wait returns, every user's deposits are in the model.
+    monitor
+        .wait_for(CATEGORY, newest, Duration::from_secs(20))
+        .await
+        .expect("caught up");
+    assert_eq!(
+        read_balances(&projection.model).await,
+        expected_balances(&by_user)
+    );
+
+    // A later append to one user: waiting for its position sees it applied.
+    let stream = StreamId::new(CATEGORY, "u-late");
+    let written = store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![deposit(7)],
+            &AppendOptions::default(),
+        )
+        .await
+        .expect("append");
+    monitor
+        .wait_for(CATEGORY, written.positions[0], Duration::from_secs(20))
+        .await
+        .expect("caught up with the late append");
+    let late = projection.model.hash("balance:u-late").await.expect("hash");
+    assert_eq!(late.get("balance").map(Vec::as_slice), Some(&b"7"[..]));
+    let (_, stats) = running.stop().await;
+    assert_eq!(stats.handled, 61);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_replays_every_partition_into_a_cleared_read_model() {
+    let config = cluster()
+        .config(&unique_namespace("rebuild"))
+        .partitions(CATEGORY, PARTITIONS);
+    let store = connect(&config).await;
+    let (by_user, appended) = append_deposits(&store, 90, 18).await;
+    let newest = appended.iter().map(|(_, p)| *p).max().expect("appended");
+    let projection = Balances {
+        model: HashReadModel::new(&store, "balances"),
+        handled: Arc::default(),
+    };
+    let runner = ProjectionRunner::connect(&config, projection.clone(), options("r"))
+        .await
+        .expect("runner");
+    let monitor = runner.monitor();
+    let running = spawn(runner);
+    monitor
+        .wait_for(CATEGORY, newest, Duration::from_secs(20))
+        .await
+        .expect("first run");
+    let (runner, _) = running.stop().await;
+    assert_eq!(
+        read_balances(&projection.model).await,
+        expected_balances(&by_user)
+    );
+
+    // The read-model keys live on one master; rebuild finds and deletes them there.
+    runner.rebuild().await.expect("rebuild");
+    assert!(projection.model.hashes().await.expect("hashes").is_empty());
+    assert_eq!(
+        projection
+            .model
+            .applied_count(CATEGORY)
+            .await
+            .expect("applied"),
+        0
+    );
+    assert!(!monitor
+        .category_status(CATEGORY)
+        .await
+        .expect("status")
+        .has_processed(newest));
+
+    let running = spawn(runner);
+    monitor
+        .wait_for(CATEGORY, newest, Duration::from_secs(20))
+        .await
+        .expect("replay");
+    let (_, stats) = running.stop().await;
+    assert_eq!(stats.handled, 90);
+    assert_eq!(
+        read_balances(&projection.model).await,
+        expected_balances(&by_user)
+    );
+}
