@@ -2,12 +2,16 @@
 //! groups, and [`ProjectionMonitor`]: its progress, lag and dead letters, from any process.
 //!
 //! Each projection has one consumer group, named after it, on the category stream of every
-//! category it reads, created at `0` so a projection added later replays all history.
-//! Runners are the group's consumers: several of them (in one process or several, each
-//! with its own consumer name) share the work.
+//! category it reads (on every partition stream of a partitioned category), created at `0`
+//! so a projection added later replays all history. Runners are the group's consumers:
+//! several of them (in one process or several, each with its own consumer name) share the
+//! work.
 //!
-//! - **Reading:** `XREADGROUP … COUNT <batch> BLOCK <block> STREAMS <every category> > …`
-//!   on a connection of its own whose reply timeout exceeds the block time.
+//! - **Reading:** `XREADGROUP … COUNT <batch> BLOCK <block> STREAMS <every stream> > …`
+//!   on a connection of its own whose reply timeout exceeds the block time. On a Redis
+//!   Cluster a command may only name keys of one slot, so the runner sends one
+//!   `XREADGROUP` per slot, all at once, each blocking for the block time divided by their
+//!   number (reads on one node wait on each other, and together stay within the block time).
 //! - **Acknowledging:** an entry is acknowledged (`XACK`) only after the handler succeeded,
 //!   after it was skipped (an event type the projection does not handle), or after it was
 //!   dead-lettered. Delivery is therefore at least once; [`HashReadModel`] makes updates
@@ -19,10 +23,12 @@
 //! - **Dead letters:** an entry that does not decode, or that was delivered more than
 //!   [`max_deliveries`](ProjectionOptions::max_deliveries) times (counts from `XPENDING`), is
 //!   copied with the error, its entry id and its fields to
-//!   `<namespace>:{<category>}:dead:<projection>` and acknowledged, in one script.
-//! - **Progress:** the group's watermark in a category is the last entry id up to which
+//!   `<namespace>:{<category>}:dead:<projection>` (of its partition) and acknowledged, in
+//!   one script.
+//! - **Progress:** the group's watermark in a stream is the last entry id up to which
 //!   every entry is acknowledged (at most the group's last-delivered id, below its oldest
-//!   pending entry). [`ProjectionMonitor::wait_for`] polls it from any process;
+//!   pending entry); a partitioned category's is the least of its partitions' (see
+//!   [`ProjectionMonitor::category_status`]). [`ProjectionMonitor::wait_for`] polls it from any process;
 //!   [`ProjectionRunner::progress`] is an in-process [`Progress`] fed after every batch.
 //!
 //! [`HashReadModel`]: crate::HashReadModel
@@ -465,7 +471,7 @@ impl<P: Projection> ProjectionRunner<P> {
     /// `XREADGROUP` per read group, all sent together.
     async fn read_new(&self, block: Duration) -> Result<Vec<(usize, Vec<RawEntry>)>, Error> {
         let operation = format!("XREADGROUP of group {}", self.group);
-        let command = |indices: &[usize]| {
+        let command = |indices: &[usize], block: Duration| {
             let mut command = redis::cmd("XREADGROUP");
             command
                 .arg("GROUP")
@@ -486,15 +492,18 @@ impl<P: Projection> ProjectionRunner<P> {
         };
         if let [indices] = self.read_groups.as_slice() {
             let mut reader = self.reader.clone();
-            let reply: Value = command(indices)
+            let reply: Value = command(indices, block)
                 .query_async(&mut reader)
                 .await
                 .map_err(|e| Error::redis(&operation, e))?;
             return self.parse_read_reply(reply, &operation);
         }
+        // Reads on one node run one after the other: together they block at most `block`.
+        let groups = u32::try_from(self.read_groups.len()).unwrap_or(u32::MAX);
+        let block = (block / groups.max(1)).max(Duration::from_millis(1));
         let mut reads = tokio::task::JoinSet::new();
         for indices in &self.read_groups {
-            let command = command(indices);
+            let command = command(indices, block);
             let mut reader = self.reader.clone();
             reads.spawn(async move { command.query_async::<Value>(&mut reader).await });
         }
