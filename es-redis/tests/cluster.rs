@@ -1,7 +1,8 @@
 //! The Redis backend on a real local Redis Cluster (three masters, started by the test):
 //! the conformance suite with one partition per category and with partitioned categories,
-//! partitioned category reads, consumer-group projections over every partition, and the
-//! partitions of a category spread over every master.
+//! partitioned category reads, consumer-group projections over every partition and over
+//! categories in several slots (with a dead letter), and the partitions of a category
+//! spread over every master.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -540,4 +541,120 @@ async fn rebuild_replays_every_partition_into_a_cleared_read_model() {
         read_balances(&projection.model).await,
         expected_balances(&by_user)
     );
+}
+
+/// Sums deposits of `user` and `account` into one hash per category; fails on one amount.
+#[derive(Clone)]
+struct Totals {
+    model: HashReadModel,
+    fail_on: i64,
+}
+
+#[async_trait::async_trait]
+impl Projection for Totals {
+    type Event = UserEvent;
+    type Error = Error;
+
+    fn name(&self) -> &str {
+        self.model.projection()
+    }
+
+    fn categories(&self) -> Vec<Cow<'static, str>> {
+        vec![CATEGORY.into(), "account".into()]
+    }
+
+    async fn handle(&self, event: &RecordedEvent<UserEvent>) -> Result<(), Error> {
+        let UserEvent::Deposited(deposit) = &event.event;
+        if deposit.amount == self.fail_on {
+            return Err(Error::InvalidRequest(format!(
+                "cannot take {}",
+                deposit.amount
+            )));
+        }
+        let _ = self
+            .model
+            .update(event)
+            .hincrby(
+                &format!("total:{}", event.stream.category),
+                "sum",
+                deposit.amount,
+            )
+            .commit()
+            .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_over_categories_in_many_slots_dead_letters_in_the_partition() {
+    let config = cluster()
+        .config(&unique_namespace("slots"))
+        .partitions(CATEGORY, PARTITIONS);
+    let store = connect(&config).await;
+    let (by_user, _) = append_deposits(&store, 60, 12).await;
+    let mut newest_account = Position::ZERO;
+    for n in 1..=10 {
+        let written = store
+            .append(
+                &StreamId::new("account", format!("a-{}", n % 3)),
+                ExpectedVersion::Any,
+                vec![deposit(n * 1_000)],
+                &AppendOptions::default(),
+            )
+            .await
+            .expect("append");
+        newest_account = written.positions[0];
+    }
+    // Deposit 13 went to user `u-1`: its handler always fails.
+    let poison = store
+        .read_stream(&StreamId::new(CATEGORY, "u-1"), &es_core::ReadRange::all())
+        .await
+        .expect("read")
+        .into_iter()
+        .find(|e| e.event.get("amount") == Some(&b"13"[..]))
+        .expect("deposit 13");
+    let projection = Totals {
+        model: HashReadModel::new(&store, "totals"),
+        fail_on: 13,
+    };
+    let runner =
+        ProjectionRunner::connect(&config, projection.clone(), options("s").max_deliveries(1))
+            .await
+            .expect("runner");
+    let monitor = runner.monitor();
+    let running = spawn(runner);
+    let newest_user = store
+        .read_category(CATEGORY, Position::ZERO, 1_000)
+        .await
+        .expect("read")
+        .last()
+        .expect("events")
+        .position;
+    for (category, newest) in [(CATEGORY, newest_user), ("account", newest_account)] {
+        monitor
+            .wait_for(category, newest, Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("{category}: {e}"));
+    }
+    let (_, stats) = running.stop().await;
+    assert_eq!((stats.handled, stats.dead_lettered), (69, 1), "{stats:?}");
+
+    let letters = monitor.dead_letters(CATEGORY).await.expect("dead letters");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].position, poison.position);
+    assert!(letters[0].error.contains("cannot take 13"), "{letters:?}");
+    // The dead letter sits in the poison entry's partition, beside its stream.
+    let partition = store.keys().partition_of(&poison.stream);
+    let length: u64 = redis::cmd("XLEN")
+        .arg(store.keys().dead_letters(CATEGORY, partition, "totals"))
+        .query_async(&mut store.connection())
+        .await
+        .expect("XLEN");
+    assert_eq!(length, 1);
+
+    let user_sum: i64 = by_user.values().flatten().sum::<i64>() - 13;
+    let totals = projection.model.hashes().await.expect("read model");
+    let sum = |name: &str| String::from_utf8_lossy(&totals[name]["sum"]).parse::<i64>();
+    assert_eq!(sum("total:user"), Ok(user_sum));
+    assert_eq!(sum("total:account"), Ok((1..=10).map(|n| n * 1_000).sum()));
 }
