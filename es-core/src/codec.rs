@@ -298,7 +298,8 @@ impl<T: FieldValue> FieldValue for Box<T> {
     }
 }
 
-/// Milliseconds since the Unix epoch, as decimal text.
+/// Milliseconds since the Unix epoch, as decimal text (negative before it). Sub-millisecond
+/// precision is not stored.
 impl FieldValue for std::time::SystemTime {
     fn encode_value(&self) -> Option<Vec<u8>> {
         let millis = match self.duration_since(std::time::UNIX_EPOCH) {
@@ -309,24 +310,29 @@ impl FieldValue for std::time::SystemTime {
     }
     fn decode_value(raw: Option<&[u8]>) -> Result<Self, FieldError> {
         let millis = i128::decode_value(raw)?;
-        let magnitude = std::time::Duration::from_millis(millis.unsigned_abs() as u64);
+        let out_of_range = || FieldError::Invalid(format!("timestamp {millis} ms is out of range"));
+        let magnitude = u64::try_from(millis.unsigned_abs()).map_err(|_| out_of_range())?;
+        let magnitude = std::time::Duration::from_millis(magnitude);
         let time = if millis >= 0 {
             std::time::UNIX_EPOCH.checked_add(magnitude)
         } else {
             std::time::UNIX_EPOCH.checked_sub(magnitude)
         };
-        time.ok_or_else(|| FieldError::Invalid(format!("timestamp {millis} ms is out of range")))
+        time.ok_or_else(out_of_range)
     }
 }
 
-/// Milliseconds, as decimal text.
+/// Milliseconds, as decimal text. Sub-millisecond precision is not stored.
 impl FieldValue for std::time::Duration {
     fn encode_value(&self) -> Option<Vec<u8>> {
         self.as_millis().encode_value()
     }
     fn decode_value(raw: Option<&[u8]>) -> Result<Self, FieldError> {
-        let millis = u64::decode_value(raw)?;
-        Ok(std::time::Duration::from_millis(millis))
+        let millis = u128::decode_value(raw)?;
+        let seconds = u64::try_from(millis / 1000)
+            .map_err(|_| FieldError::Invalid(format!("duration {millis} ms is out of range")))?;
+        Ok(std::time::Duration::from_secs(seconds)
+            + std::time::Duration::from_millis((millis % 1000) as u64))
     }
 }
 
@@ -449,6 +455,10 @@ mod tests {
     fn small_std_types_round_trip() {
         round_trip('🦆');
         round_trip(std::time::Duration::from_millis(1500));
+        let longest =
+            std::time::Duration::from_secs(u64::MAX) + std::time::Duration::from_millis(999);
+        round_trip(longest);
+        assert!(std::time::SystemTime::decode_value(Some(b"99999999999999999999999")).is_err());
         round_trip(std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123));
         round_trip("127.0.0.1".parse::<std::net::IpAddr>().unwrap());
         round_trip(Box::<str>::from("boxed"));

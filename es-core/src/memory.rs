@@ -1,6 +1,6 @@
 //! The in-memory backend: thread-safe, for tests and for examples' `--in-memory` mode.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -11,6 +11,10 @@ use crate::store::{
     millis_since_epoch, AppendOptions, AppendResult, EventStore, ExpectedVersion, NewEvent,
     Position, ReadRange, Snapshot, SnapshotStore, StoredEvent, StreamId,
 };
+
+/// How many appends with an id each stream remembers, as the Redis backend does by default:
+/// a retry of an older one is no longer recognised.
+pub const REMEMBERED_APPEND_IDS: usize = 8;
 
 /// An [`EventStore`] and [`SnapshotStore`] in process memory.
 ///
@@ -42,8 +46,9 @@ struct State {
     /// Each stream's events: indexes into its category's log, in version order.
     streams: HashMap<StreamId, Vec<usize>>,
     snapshots: HashMap<StreamId, Snapshot>,
-    /// Results of appends that carried an id, for idempotent retries.
-    appends: HashMap<(StreamId, String), AppendResult>,
+    /// Per stream, the last appends that carried an id (at most
+    /// [`REMEMBERED_APPEND_IDS`]), for idempotent retries.
+    appends: HashMap<StreamId, VecDeque<(String, AppendResult)>>,
 }
 
 struct Category {
@@ -113,12 +118,10 @@ impl EventStore for InMemoryStore {
         }
         let mut guard = self.lock();
         let state = &mut *guard;
-        let append_key = options
-            .append_id
-            .as_ref()
-            .map(|id| (stream.clone(), id.clone()));
-        if let Some(done) = append_key.as_ref().and_then(|k| state.appends.get(k)) {
-            return Ok(done.clone());
+        if let (Some(id), Some(done)) = (&options.append_id, state.appends.get(stream)) {
+            if let Some((_, result)) = done.iter().find(|(done_id, _)| done_id == id) {
+                return Ok(result.clone());
+            }
         }
         let actual = state.streams.get(stream).map_or(0, Vec::len) as u64;
         if !expected.matches(actual) {
@@ -155,8 +158,12 @@ impl EventStore for InMemoryStore {
             version: indexes.len() as u64,
             positions,
         };
-        if let Some(key) = append_key {
-            state.appends.insert(key, result.clone());
+        if let Some(id) = &options.append_id {
+            let done = state.appends.entry(stream.clone()).or_default();
+            if done.len() == REMEMBERED_APPEND_IDS {
+                done.pop_front();
+            }
+            done.push_back((id.clone(), result.clone()));
         }
         Ok(result)
     }

@@ -197,39 +197,47 @@ impl<S: EventStore, P: Projection> CatchUpRunner<S, P> {
     /// Processes everything stored now; returns how many events were read.
     pub async fn run_once(&mut self) -> Result<usize, StoreError> {
         let mut total = 0;
-        for category in self.projection.categories() {
-            loop {
-                let after = self.checkpoint(&category);
-                let batch = self
-                    .store
-                    .read_category(&category, after, self.batch_size)
-                    .await?;
-                let read = batch.len();
-                for stored in batch {
-                    let position = stored.position;
-                    self.process(&category, stored).await;
-                    self.checkpoints.insert(category.to_string(), position);
-                }
-                total += read;
-                if read > 0 {
-                    let checkpoints = self.checkpoints.clone();
-                    self.progress.send_replace(checkpoints);
-                }
-                if read < self.batch_size {
-                    break;
-                }
+        loop {
+            let (read, more) = self.run_batches().await?;
+            total += read;
+            if !more {
+                return Ok(total);
             }
         }
-        Ok(total)
     }
 
-    /// Runs until `shutdown` resolves, finishing the batch in hand. Store errors are
-    /// logged and retried after the poll interval.
+    /// Reads and processes one batch of each category; returns how many events were read
+    /// and whether any category may have more.
+    async fn run_batches(&mut self) -> Result<(usize, bool), StoreError> {
+        let (mut total, mut more) = (0, false);
+        for category in self.projection.categories() {
+            let after = self.checkpoint(&category);
+            let batch = self
+                .store
+                .read_category(&category, after, self.batch_size)
+                .await?;
+            let read = batch.len();
+            for stored in batch {
+                let position = stored.position;
+                self.process(&category, stored).await;
+                self.checkpoints.insert(category.to_string(), position);
+            }
+            if read > 0 {
+                self.progress.send_replace(self.checkpoints.clone());
+            }
+            total += read;
+            more |= read == self.batch_size;
+        }
+        Ok((total, more))
+    }
+
+    /// Runs until `shutdown` resolves, finishing the batches in hand (shutdown is checked
+    /// between batches). Store errors are logged and retried after the poll interval.
     pub async fn run(&mut self, shutdown: impl std::future::Future<Output = ()>) {
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
-            let idle = match self.run_once().await {
-                Ok(read) => read == 0,
+            let idle = match self.run_batches().await {
+                Ok((read, _)) => read == 0,
                 Err(error) => {
                     tracing::warn!(projection = self.projection.name(), %error, "reading failed; retrying");
                     true

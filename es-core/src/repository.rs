@@ -345,8 +345,9 @@ impl<A: Aggregate, S: SnapshotStore> Repository<A, S> {
     }
 
     /// Appends; when the reply is lost (a connection error), sends the same append again with
-    /// the same append id, so it is written at most once: a store that already wrote it
-    /// returns the first result.
+    /// the same append id: a store that already wrote it returns the first result. A conflict
+    /// on a re-send is reported as a connection error (the outcome is unknown), never caught
+    /// up on and retried, so the command is never written twice.
     async fn append_resending_on_lost_replies(
         &self,
         stream: &StreamId,
@@ -368,6 +369,19 @@ impl<A: Aggregate, S: SnapshotStore> Repository<A, S> {
                     resent += 1;
                     tracing::debug!(%stream, %error, resent, "append reply lost; resending");
                     tokio::time::sleep(RESEND_DELAY * resent).await;
+                }
+                // A conflict after a lost reply may be our own first append, which the store
+                // no longer recognises by its id: catching up and handling the command again
+                // could write it twice. Whether it was written is unknown; say so.
+                Err(StoreError::Conflict(conflict)) if resent > 0 => {
+                    return Err(StoreError::Connection {
+                        message: format!(
+                            "the reply to an append to {stream} was lost, and re-sending it met \
+                             a conflict ({conflict}): it may or may not have been written; \
+                             reload the aggregate before deciding again"
+                        ),
+                        source: None,
+                    });
                 }
                 other => return other,
             }

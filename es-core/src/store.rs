@@ -102,7 +102,7 @@ impl Position {
     /// The smallest position after this one.
     pub const fn next(self) -> Self {
         if self.seq == u64::MAX {
-            Position::new(self.millis + 1, 0)
+            Position::new(self.millis.saturating_add(1), 0)
         } else {
             Position::new(self.millis, self.seq + 1)
         }
@@ -263,7 +263,9 @@ impl<E> RecordedEvent<E> {
 
     /// When it was stored.
     pub fn recorded_at(&self) -> SystemTime {
-        UNIX_EPOCH + std::time::Duration::from_millis(self.timestamp)
+        UNIX_EPOCH
+            .checked_add(std::time::Duration::from_millis(self.timestamp))
+            .unwrap_or(UNIX_EPOCH)
     }
 }
 
@@ -297,7 +299,7 @@ pub struct AppendResult {
 impl AppendResult {
     /// The version of the first event written.
     pub fn first_version(&self) -> u64 {
-        self.version + 1 - self.positions.len() as u64
+        (self.version + 1).saturating_sub(self.positions.len() as u64)
     }
 }
 

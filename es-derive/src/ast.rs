@@ -2,6 +2,7 @@
 //! rules about names are in `valid`.
 
 use proc_macro2::Span;
+use syn::ext::IdentExt as _;
 use syn::spanned::Spanned;
 use syn::{Data, DeriveInput, Fields, Ident, Type};
 
@@ -113,7 +114,7 @@ impl<'a> EventInput<'a> {
                 let event_type = attrs
                     .rename
                     .as_ref()
-                    .map_or_else(|| input.ident.to_string(), |t| t.value.clone());
+                    .map_or_else(|| input.ident.unraw().to_string(), |t| t.value.clone());
                 Some(EventInput::Struct(EventStruct {
                     ident: &input.ident,
                     event_type,

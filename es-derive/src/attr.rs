@@ -187,7 +187,12 @@ fn text(cx: &Ctxt, meta: &ParseNestedMeta, key: &str) -> syn::Result<Option<Text
 }
 
 fn event_path(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<syn::Path>> {
-    match meta.value()?.parse::<Expr>()? {
+    let mut expr = meta.value()?.parse::<Expr>()?;
+    // A path passed through a `macro_rules!` fragment arrives in an invisible group.
+    while let Expr::Group(group) = expr {
+        expr = *group.expr;
+    }
+    match expr {
         Expr::Path(path) if path.qself.is_none() => Ok(Some(path.path)),
         other => {
             cx.error_spanned_by(

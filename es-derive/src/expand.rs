@@ -66,18 +66,21 @@ fn encode_fields(fields: &[Field], what: &TokenStream) -> TokenStream {
         let member = &field.member;
         let name = &field.stored_name;
         let ty = &field.ty;
+        // Only the path is spanned at the field's type (a type without a codec is reported
+        // there); the arguments keep the derive's hygiene, so `self` and the locals resolve
+        // even when the type comes from a user's `macro_rules!`.
         if field.json {
-            quote_spanned! {field.ty_span()=>
-                ::es_core::__private::encode_json_field::<#ty>(out, #what, #name, &self.#member)?;
-            }
+            let encode = quote_spanned! {field.ty_span()=>
+                ::es_core::__private::encode_json_field::<#ty>
+            };
+            quote! { #encode(__es_out, #what, #name, &self.#member)?; }
         } else {
-            // Spanned at the field's type: a type without a codec is reported there.
-            let value = quote_spanned! {field.ty_span()=>
-                <#ty as ::es_core::__private::FieldValue>::encode_value(&self.#member)
+            let encode = quote_spanned! {field.ty_span()=>
+                <#ty as ::es_core::__private::FieldValue>::encode_value
             };
             quote! {
-                if let ::core::option::Option::Some(raw) = #value {
-                    out.push(#name, raw);
+                if let ::core::option::Option::Some(__es_raw) = #encode(&self.#member) {
+                    __es_out.push(#name, __es_raw);
                 }
             }
         }
@@ -95,19 +98,23 @@ fn decode_body(body: &Body, what: &TokenStream) -> TokenStream {
                 let name = &field.stored_name;
                 let ty = &field.ty;
                 let value = if field.skip {
-                    quote_spanned! {field.ty_span()=> <#ty as ::core::default::Default>::default() }
+                    let default = quote_spanned! {field.ty_span()=>
+                        <#ty as ::core::default::Default>::default
+                    };
+                    quote!(#default())
                 } else if field.json {
-                    quote_spanned! {field.ty_span()=>
-                        ::es_core::__private::decode_json_field::<#ty>(#what, fields, #name)?
-                    }
+                    let decode = quote_spanned! {field.ty_span()=>
+                        ::es_core::__private::decode_json_field::<#ty>
+                    };
+                    quote!(#decode(#what, __es_fields, #name)?)
                 } else {
                     // The same path as in `encode_fields`, so a missing codec is one error.
                     let decode = quote_spanned! {field.ty_span()=>
                         <#ty as ::es_core::__private::FieldValue>::decode_value
                     };
                     quote! {
-                        #decode(fields.get(#name)).map_err(|e| {
-                            ::es_core::__private::DecodeError::field(#what, #name, e)
+                        #decode(__es_fields.get(#name)).map_err(|__es_error| {
+                            ::es_core::__private::DecodeError::field(#what, #name, __es_error)
                         })?
                     }
                 };
@@ -124,16 +131,6 @@ fn event_struct(input: &EventStruct) -> TokenStream {
     let what = quote!(#event_type);
     let encode = encode_fields(input.body.fields(), &what);
     let decode = decode_body(&input.body, &what);
-    let out = if input.body.fields().is_empty() {
-        quote!(_out)
-    } else {
-        quote!(out)
-    };
-    let fields_arg = if input.body.fields().iter().all(|f| f.skip) {
-        quote!(_fields)
-    } else {
-        quote!(fields)
-    };
     quote! {
         impl ::es_core::Event for #ident {
             const EVENT_TYPES: &'static [&'static str] = &[#event_type];
@@ -144,19 +141,19 @@ fn event_struct(input: &EventStruct) -> TokenStream {
 
             fn encode(
                 &self,
-                #out: &mut ::es_core::__private::Fields,
+                __es_out: &mut ::es_core::__private::Fields,
             ) -> ::core::result::Result<(), ::es_core::__private::EncodeError> {
                 #encode
                 ::core::result::Result::Ok(())
             }
 
             fn decode(
-                event_type: &str,
-                #fields_arg: &::es_core::__private::Fields,
+                __es_event_type: &str,
+                __es_fields: &::es_core::__private::Fields,
             ) -> ::core::result::Result<Self, ::es_core::__private::DecodeError> {
-                if event_type != #event_type {
+                if __es_event_type != #event_type {
                     return ::core::result::Result::Err(
-                        ::es_core::__private::unknown_event_type(event_type, &[#event_type]),
+                        ::es_core::__private::unknown_event_type(__es_event_type, &[#event_type]),
                     );
                 }
                 ::core::result::Result::Ok(#decode)
@@ -171,8 +168,8 @@ fn event_struct(input: &EventStruct) -> TokenStream {
         where
             __EsAggregate: ?::core::marker::Sized + ::es_core::Apply<#ident>,
         {
-            fn apply_to(&self, aggregate: &mut __EsAggregate) {
-                ::es_core::Apply::<#ident>::apply(aggregate, self)
+            fn apply_to(&self, __es_aggregate: &mut __EsAggregate) {
+                ::es_core::Apply::<#ident>::apply(__es_aggregate, self)
             }
         }
     }
@@ -238,24 +235,24 @@ fn event_enum(input: &EventEnum) -> TokenStream {
 
             fn encode(
                 &self,
-                out: &mut ::es_core::__private::Fields,
+                __es_out: &mut ::es_core::__private::Fields,
             ) -> ::core::result::Result<(), ::es_core::__private::EncodeError> {
                 match self {
-                    #(Self::#idents(event) => #encodes(event, out),)*
+                    #(Self::#idents(__es_event) => #encodes(__es_event, __es_out),)*
                 }
             }
 
             fn decode(
-                event_type: &str,
-                fields: &::es_core::__private::Fields,
+                __es_event_type: &str,
+                __es_fields: &::es_core::__private::Fields,
             ) -> ::core::result::Result<Self, ::es_core::__private::DecodeError> {
                 #(
-                    if event_type == #names {
-                        return #decodes(event_type, fields).map(Self::#idents);
+                    if __es_event_type == #names {
+                        return #decodes(__es_event_type, __es_fields).map(Self::#idents);
                     }
                 )*
                 ::core::result::Result::Err(::es_core::__private::unknown_event_type(
-                    event_type,
+                    __es_event_type,
                     <Self as ::es_core::Event>::EVENT_TYPES,
                 ))
             }
@@ -263,8 +260,8 @@ fn event_enum(input: &EventEnum) -> TokenStream {
 
         #(
             impl ::core::convert::From<#tys> for #ident {
-                fn from(event: #tys) -> Self {
-                    Self::#idents(event)
+                fn from(__es_event: #tys) -> Self {
+                    Self::#idents(__es_event)
                 }
             }
         )*
@@ -273,9 +270,9 @@ fn event_enum(input: &EventEnum) -> TokenStream {
         where
             #(#apply_bounds,)*
         {
-            fn apply_to(&self, aggregate: &mut #generic) {
+            fn apply_to(&self, __es_aggregate: &mut #generic) {
                 match self {
-                    #(Self::#idents(event) => ::es_core::Apply::<#tys>::apply(aggregate, event),)*
+                    #(Self::#idents(__es_event) => ::es_core::Apply::<#tys>::apply(__es_aggregate, __es_event),)*
                 }
             }
         }
@@ -296,19 +293,9 @@ fn aggregate_impl(input: &AggregateInput) -> TokenStream {
     let encode = encode_fields(fields, &what);
     let decode = decode_body(&input.body, &what);
     let schema = snapshot_schema(fields);
-    let out = if fields.iter().all(|f| f.skip) {
-        quote!(_out)
-    } else {
-        quote!(out)
-    };
-    let fields_arg = if fields.iter().all(|f| f.skip) {
-        quote!(_fields)
-    } else {
-        quote!(fields)
-    };
     // Spanned at the `event = ...` path: an event the aggregate does not `Apply` is reported there.
     let dispatch = quote_spanned! {syn::spanned::Spanned::span(event)=>
-        <#event as ::es_core::ApplyTo<Self>>::apply_to(event, self)
+        <#event as ::es_core::ApplyTo<Self>>::apply_to
     };
     quote! {
         impl ::es_core::Aggregate for #ident {
@@ -318,20 +305,20 @@ fn aggregate_impl(input: &AggregateInput) -> TokenStream {
 
             const SNAPSHOT_SCHEMA: u64 = #schema;
 
-            fn apply_event(&mut self, event: &Self::Event) {
-                #dispatch
+            fn apply_event(&mut self, __es_event: &Self::Event) {
+                #dispatch(__es_event, self)
             }
 
             fn encode_snapshot(
                 &self,
-                #out: &mut ::es_core::__private::Fields,
+                __es_out: &mut ::es_core::__private::Fields,
             ) -> ::core::result::Result<(), ::es_core::__private::EncodeError> {
                 #encode
                 ::core::result::Result::Ok(())
             }
 
             fn decode_snapshot(
-                #fields_arg: &::es_core::__private::Fields,
+                __es_fields: &::es_core::__private::Fields,
             ) -> ::core::result::Result<Self, ::es_core::__private::DecodeError> {
                 ::core::result::Result::Ok(#decode)
             }

@@ -165,7 +165,7 @@ enum Friendship {
 #[derive(Aggregate, Default, Debug, Clone)]
 #[aggregate(event = Friendship, name = "user_friends")]
 struct UserFriends {
-    #[aggregate(skip)]
+    #[aggregate(json)]
     friends: Vec<String>,
 }
 

@@ -402,6 +402,7 @@ async fn a_lost_append_reply_is_resent_with_the_same_id_and_written_once() {
     let lossy = LosingRepliesStore {
         inner: store.clone(),
         lose: std::sync::atomic::AtomicU32::new(2),
+        forget: false,
     };
     let repo = Repository::<Account, _>::new(lossy);
     repo.execute("a", &Open("duffy")).await.unwrap();
@@ -416,6 +417,7 @@ async fn a_lost_append_reply_is_resent_with_the_same_id_and_written_once() {
     let lossy = LosingRepliesStore {
         inner: store.clone(),
         lose: std::sync::atomic::AtomicU32::new(5),
+        forget: false,
     };
     let repo = Repository::<Account, _>::new(lossy).with_resends_on_lost_replies(1);
     match repo.execute("a", &Deposit(1)).await.unwrap_err() {
@@ -424,10 +426,43 @@ async fn a_lost_append_reply_is_resent_with_the_same_id_and_written_once() {
     }
 }
 
+#[tokio::test]
+async fn a_resend_the_store_no_longer_recognises_is_reported_not_written_twice() {
+    let store = InMemoryStore::new();
+    accounts(store.clone())
+        .execute("a", &Open("duffy"))
+        .await
+        .unwrap();
+    let lossy = LosingRepliesStore {
+        inner: store.clone(),
+        lose: std::sync::atomic::AtomicU32::new(1),
+        forget: true,
+    };
+    let repo = Repository::<Account, _>::new(lossy);
+    match repo.execute("a", &Deposit(5)).await.unwrap_err() {
+        RepositoryError::Store(error @ StoreError::Connection { .. }) => {
+            assert!(
+                error
+                    .to_string()
+                    .contains("may or may not have been written"),
+                "{error}"
+            )
+        }
+        other => panic!("expected an outcome-unknown connection error, got {other}"),
+    }
+    assert_eq!(
+        store.stream_version(&repo.stream_id("a")).await.unwrap(),
+        2,
+        "the deposit is written once"
+    );
+}
+
 /// Performs each append but reports its reply as lost, `lose` times.
 struct LosingRepliesStore {
     inner: InMemoryStore,
     lose: std::sync::atomic::AtomicU32,
+    /// Write the lost appends without their id, as a store whose id window moved on.
+    forget: bool,
 }
 
 /// Appends one deposit behind the caller's back before the first append it forwards.
@@ -526,7 +561,6 @@ impl EventStore for LosingRepliesStore {
         events: Vec<NewEvent>,
         options: &es_core::AppendOptions,
     ) -> Result<es_core::AppendResult, StoreError> {
-        let written = self.inner.append(stream, expected, events, options).await?;
         let lost = self
             .lose
             .fetch_update(
@@ -535,6 +569,14 @@ impl EventStore for LosingRepliesStore {
                 |n| n.checked_sub(1),
             )
             .is_ok();
+        let written = if lost && self.forget {
+            let without_id = es_core::AppendOptions::default();
+            self.inner
+                .append(stream, expected, events, &without_id)
+                .await?
+        } else {
+            self.inner.append(stream, expected, events, options).await?
+        };
         if lost {
             return Err(StoreError::Connection {
                 message: "reply lost".into(),
