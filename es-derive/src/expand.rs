@@ -38,7 +38,11 @@ pub(crate) fn aggregate(input: &DeriveInput) -> TokenStream {
     match (cx.check(), model) {
         (Ok(()), Some(model)) => aggregate_impl(&model),
         (Ok(()), None) => TokenStream::new(),
-        (Err(error), _) => error.to_compile_error(),
+        (Err(error), model) => {
+            let mut out = error.to_compile_error();
+            out.extend(model.map(|m| aggregate_fallback(input, &m)));
+            out
+        }
     }
 }
 
@@ -56,6 +60,25 @@ fn event_fallback(input: &DeriveInput) -> TokenStream {
         }
     } else {
         TokenStream::new()
+    }
+}
+
+/// A stub `Aggregate` impl after an error (when the event type is known), so `Handle`
+/// impls and repositories of the type do not add errors of their own.
+fn aggregate_fallback(input: &DeriveInput, model: &AggregateInput) -> TokenStream {
+    let (Some(event), true) = (&model.event, input.generics.params.is_empty()) else {
+        return TokenStream::new();
+    };
+    let ident = model.ident;
+    quote! {
+        impl ::es_core::Aggregate for #ident {
+            type Event = #event;
+            const NAME: &'static str = "";
+            const SNAPSHOT_SCHEMA: u64 = 0;
+            fn apply_event(&mut self, _: &Self::Event) { ::core::unreachable!() }
+            fn encode_snapshot(&self, _: &mut ::es_core::__private::Fields) -> ::core::result::Result<(), ::es_core::__private::EncodeError> { ::core::unreachable!() }
+            fn decode_snapshot(_: &::es_core::__private::Fields) -> ::core::result::Result<Self, ::es_core::__private::DecodeError> { ::core::unreachable!() }
+        }
     }
 }
 
