@@ -1002,7 +1002,8 @@ impl ProjectionMonitor {
         Ok(combine(category, partitions))
     }
 
-    /// Whether every entry of `category` up to `position` is processed.
+    /// Whether every entry of `category` (of every partition) up to `position` is
+    /// processed.
     pub async fn has_processed(&self, category: &str, position: Position) -> Result<bool, Error> {
         Ok(self
             .category_status(category)
@@ -1012,7 +1013,8 @@ impl ProjectionMonitor {
 
     /// Waits until every entry of `category` up to `position` is processed (say, the
     /// position an append returned), polling Redis every 10 ms; [`Error::WaitTimeout`]
-    /// after `timeout`.
+    /// after `timeout`. For a partitioned category, in every partition: see
+    /// [`category_status`](Self::category_status).
     pub async fn wait_for(
         &self,
         category: &str,
