@@ -495,6 +495,13 @@ async fn race(inner: &InMemoryStore, stream: &es_core::StreamId) {
 
 macro_rules! forward_store {
     ($ty:ty, |$this:ident, $stream:ident| $before_append:expr) => {
+        forward_store!($ty, |this, stream, expected, events, options| {
+            let ($this, $stream) = (this, stream);
+            $before_append;
+            this.inner.append(stream, expected, events, options).await
+        });
+    };
+    ($ty:ty, |$this:ident, $stream:ident, $expected:ident, $events:ident, $options:ident| $append:expr) => {
         #[async_trait::async_trait]
         impl EventStore for $ty {
             async fn append(
@@ -504,9 +511,9 @@ macro_rules! forward_store {
                 events: Vec<NewEvent>,
                 options: &es_core::AppendOptions,
             ) -> Result<es_core::AppendResult, StoreError> {
-                let ($this, $stream) = (self, stream);
-                $before_append;
-                self.inner.append(stream, expected, events, options).await
+                let ($this, $stream, $expected, $events, $options) =
+                    (self, stream, expected, events, options);
+                $append
             }
             async fn read_stream(
                 &self,
@@ -552,16 +559,10 @@ forward_store!(RacingStore, |this, stream| if !this
 {
     race(&this.inner, stream).await
 });
-#[async_trait::async_trait]
-impl EventStore for LosingRepliesStore {
-    async fn append(
-        &self,
-        stream: &es_core::StreamId,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-        options: &es_core::AppendOptions,
-    ) -> Result<es_core::AppendResult, StoreError> {
-        let lost = self
+forward_store!(
+    LosingRepliesStore,
+    |this, stream, expected, events, options| {
+        let lost = this
             .lose
             .fetch_update(
                 std::sync::atomic::Ordering::SeqCst,
@@ -569,13 +570,13 @@ impl EventStore for LosingRepliesStore {
                 |n| n.checked_sub(1),
             )
             .is_ok();
-        let written = if lost && self.forget {
+        let written = if lost && this.forget {
             let without_id = es_core::AppendOptions::default();
-            self.inner
+            this.inner
                 .append(stream, expected, events, &without_id)
                 .await?
         } else {
-            self.inner.append(stream, expected, events, options).await?
+            this.inner.append(stream, expected, events, options).await?
         };
         if lost {
             return Err(StoreError::Connection {
@@ -585,42 +586,7 @@ impl EventStore for LosingRepliesStore {
         }
         Ok(written)
     }
-    async fn read_stream(
-        &self,
-        s: &es_core::StreamId,
-        r: &ReadRange,
-    ) -> Result<Vec<es_core::StoredEvent>, StoreError> {
-        self.inner.read_stream(s, r).await
-    }
-    async fn stream_version(&self, s: &es_core::StreamId) -> Result<u64, StoreError> {
-        self.inner.stream_version(s).await
-    }
-    async fn read_category(
-        &self,
-        c: &str,
-        a: es_core::Position,
-        l: usize,
-    ) -> Result<Vec<es_core::StoredEvent>, StoreError> {
-        self.inner.read_category(c, a, l).await
-    }
-}
-
-#[async_trait::async_trait]
-impl SnapshotStore for LosingRepliesStore {
-    async fn save_snapshot(
-        &self,
-        s: &es_core::StreamId,
-        snap: &es_core::Snapshot,
-    ) -> Result<bool, StoreError> {
-        self.inner.save_snapshot(s, snap).await
-    }
-    async fn load_snapshot(
-        &self,
-        s: &es_core::StreamId,
-    ) -> Result<Option<es_core::Snapshot>, StoreError> {
-        self.inner.load_snapshot(s).await
-    }
-}
+);
 
 forward_store!(AlwaysRacingStore, |this, stream| race(&this.inner, stream)
     .await);
