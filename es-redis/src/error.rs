@@ -94,11 +94,18 @@ impl Error {
     }
 }
 
+/// Whether the error is transient: the connection, or a server that is failing over,
+/// loading or resharding (`TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN`, `LOADING`, …). Such errors
+/// are retryable [`StoreError::Connection`]s.
 fn is_connection_error(error: &RedisError) -> bool {
     error.is_io_error()
         || error.is_timeout()
         || error.is_connection_refusal()
         || error.is_connection_dropped()
+        || matches!(
+            error.retry_method(),
+            redis::RetryMethod::WaitAndRetry | redis::RetryMethod::ReconnectFromInitialConnections
+        )
 }
 
 impl From<Error> for StoreError {

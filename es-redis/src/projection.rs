@@ -415,6 +415,12 @@ impl<P: Projection> ProjectionRunner<P> {
     /// and returns what it did. Lost connections are retried; anything else (say, a
     /// category key of the wrong type) ends the run with the error.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<RunStats, Error> {
+        if self.streams.is_empty() {
+            return Err(Error::Config(format!(
+                "projection `{}` reads no categories: `Projection::categories` must name at least one",
+                self.group
+            )));
+        }
         let mut shutdown = pin!(shutdown);
         let mut stopping = false;
         let mut stats = RunStats::default();
@@ -453,7 +459,8 @@ impl<P: Projection> ProjectionRunner<P> {
             };
             match step.await {
                 Ok(()) => {}
-                Err(error) if error.is_connection() => {
+                // While stopping, the error is returned: the batch in hand may not be acked.
+                Err(error) if error.is_connection() && !stopping => {
                     tracing::warn!(projection = %self.group, %error, "lost the connection; retrying");
                     tokio::time::sleep(RECONNECT_PAUSE).await;
                 }
@@ -592,17 +599,26 @@ impl<P: Projection> ProjectionRunner<P> {
         for (index, entries) in batch {
             let stream = &self.streams[index];
             let mut done = Vec::with_capacity(entries.len());
+            let mut failure = None;
             for raw in entries {
                 let delivered = deliveries
                     .and_then(|counts| counts.get(&raw.id).copied())
                     .unwrap_or(1);
                 let id = raw.id.clone();
-                if let Outcome::Ack = self.process_entry(stream, raw, delivered, stats).await? {
-                    done.push(id);
+                match self.process_entry(stream, raw, delivered, stats).await {
+                    Ok(Outcome::Ack) => done.push(id),
+                    Ok(Outcome::Keep) => {}
+                    Err(error) => {
+                        failure = Some(error);
+                        break;
+                    }
                 }
             }
+            // Entries already handled are acknowledged even when a later one failed, so
+            // their handlers are not run again after a reclaim.
             if !done.is_empty() {
-                self.store
+                let acked = self
+                    .store
                     .query(
                         redis::cmd("XACK")
                             .arg(&*stream.key)
@@ -610,7 +626,13 @@ impl<P: Projection> ProjectionRunner<P> {
                             .arg(&done),
                         &format!("XACK of {}", stream.key),
                     )
-                    .await?;
+                    .await;
+                if let Err(error) = acked {
+                    return Err(failure.unwrap_or(error));
+                }
+            }
+            if let Some(error) = failure {
+                return Err(error);
             }
         }
         Ok(())

@@ -203,7 +203,9 @@ impl ReadModelUpdate<'_> {
     }
 
     /// Adds `increment` to the integer in `field` of hash `name` (`HINCRBY`; a missing
-    /// field counts as 0). A field holding something else fails the whole commit.
+    /// field counts as 0). A field holding something else, or a value or sum of 2^53 or more
+    /// in magnitude (the range the commit script checks exactly before writing), fails the
+    /// whole commit and writes nothing.
     pub fn hincrby(self, name: &str, field: &str, increment: i64) -> Self {
         let increment = increment.to_string();
         self.push("hincrby", name, &[field.as_bytes(), increment.as_bytes()])

@@ -91,11 +91,21 @@ impl SnapshotStore for RedisEventStore {
         };
         let from = as_u64(&from)
             .ok_or_else(|| Error::unexpected(operation, format!("first version {from:?}")))?;
-        let snapshot = decode_snapshot(
+        let snapshot = match decode_snapshot(
             &snapshot_key,
             &stream.category,
             into_array(snapshot, operation)?,
-        )?;
+        ) {
+            Ok(snapshot) => snapshot,
+            // A snapshot is a cache of the events: a corrupt one must not make its aggregate
+            // unloadable. Replay every event instead; the next snapshot replaces it.
+            Err(error @ StoreError::Decode { .. }) => {
+                tracing::warn!(%stream, %error, "ignoring a snapshot that does not decode; replaying");
+                let events = self.read_pages(stream, 1, None, None, None).await?;
+                return Ok((None, events));
+            }
+            Err(other) => return Err(other),
+        };
         let page = Page::parse(page, operation)?;
         let tail = self
             .read_pages(stream, from, None, None, Some(page))

@@ -34,8 +34,12 @@ use crate::scripts::SCRIPTS;
 /// come in append order, while events of different partitions are ordered only by their
 /// timestamps (the clock of the node that stored them). Each page is read from every
 /// partition, so its `limit` must be at least *P* (or the page could end inside a group of
-/// equal positions); a page never ends between two events of equal position, so paging with
-/// the last position read loses nothing.
+/// equal positions); a page never ends between two events of equal position. Paging with
+/// the last position read is exact over events already stored; while appends continue, an
+/// event stored in one partition with a position below the cursor (another partition's
+/// later read, or a node whose clock is behind) is not returned. To follow a partitioned
+/// category live, use a projection (one consumer group per partition stream) or
+/// [`read_partition`](Self::read_partition) with one cursor per partition.
 ///
 /// ```no_run
 /// use es_core::{AppendOptions, EventStore, ExpectedVersion, NewEvent, ReadRange, StreamId};
@@ -291,12 +295,19 @@ impl EventStore for RedisEventStore {
         let mut args = Vec::with_capacity(6 + events.len() * 8);
         args.push(stream.id.as_bytes().to_vec());
         args.push(expected_arg.into_bytes());
-        args.push(if options.append_id.is_some() {
+        // The cluster client re-sends a command by itself after a timeout or a dropped
+        // connection; without an id that re-send would write the events twice.
+        let append_id = match &options.append_id {
+            Some(id) => Some(id.clone()),
+            None if self.connection.is_cluster() => Some(automatic_append_id()),
+            None => None,
+        };
+        args.push(if append_id.is_some() {
             b"1".to_vec()
         } else {
             b"0".to_vec()
         });
-        args.push(options.append_id.clone().unwrap_or_default().into_bytes());
+        args.push(append_id.unwrap_or_default().into_bytes());
         args.push(self.remembered_append_ids.to_string().into_bytes());
         args.push(events.len().to_string().into_bytes());
         for event in events {
@@ -481,4 +492,23 @@ fn parse_append_reply(
             String::from_utf8_lossy(other)
         ))),
     }
+}
+
+/// A unique append id for appends sent without one (on a cluster): process-random prefix,
+/// counter.
+fn automatic_append_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        hasher.finish()
+    });
+    format!(
+        "auto-{prefix:016x}-{:x}",
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }

@@ -676,6 +676,35 @@ async fn read_model_updates_apply_once_in_any_order() {
         totals.into_iter().collect::<Vec<_>>(),
         [("text".to_owned(), b"5".to_vec())]
     );
+    // Integers HINCRBY itself refuses (leading zeros, overflow) are refused before any
+    // write, not half-way through the update.
+    for (value, increment) in [
+        ("007", 1),
+        ("9223372036854775807", 1),
+        ("9007199254740990", 5),
+    ] {
+        let _: () = query(
+            &store,
+            redis::cmd("HSET")
+                .arg(model.key("limits"))
+                .arg("v")
+                .arg(value),
+        )
+        .await;
+        let refused = model
+            .update(&event(6_000))
+            .hincrby("limits", "before", 1)
+            .hincrby("limits", "v", increment)
+            .commit()
+            .await
+            .expect_err(value);
+        assert!(refused.to_string().contains("refused"), "{refused}");
+        let limits = model.hash("limits").await.expect("hash");
+        assert!(
+            !limits.contains_key("before"),
+            "{value}: nothing was written"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -866,4 +895,35 @@ async fn applied_entries_are_pruned_once_acknowledged() {
         })
         .sum();
     assert_eq!(deposits, 200);
+}
+
+struct ReadsNothing;
+
+#[async_trait::async_trait]
+impl Projection for ReadsNothing {
+    type Event = AccountEvent;
+    type Error = String;
+    fn name(&self) -> &str {
+        "reads-nothing"
+    }
+    fn categories(&self) -> Vec<Cow<'static, str>> {
+        Vec::new()
+    }
+    async fn handle(&self, _: &RecordedEvent<AccountEvent>) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_projection_without_categories_is_a_configuration_error() {
+    let setup = setup("no-categories").await;
+    let runner = ProjectionRunner::connect(&setup.config, ReadsNothing, options("c1"))
+        .await
+        .expect("runner");
+    match runner.run(std::future::pending()).await {
+        Err(Error::Config(message)) => {
+            assert!(message.contains("reads no categories"), "{message}")
+        }
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
 }

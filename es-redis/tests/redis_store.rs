@@ -922,3 +922,47 @@ async fn metadata_is_stored_as_readable_fields() {
         ])
     );
 }
+
+#[tokio::test]
+async fn a_corrupt_snapshot_falls_back_to_full_replay() {
+    let store = store().await;
+    let stream = StreamId::new("account", "corrupt");
+    store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            numbered(0..5),
+            &AppendOptions::default(),
+        )
+        .await
+        .expect("append");
+    let mut fields = Fields::new();
+    fields.push("balance", "3");
+    let snapshot = Snapshot {
+        version: 3,
+        position: Position::new(1, 0),
+        schema: 7,
+        fields,
+    };
+    assert!(store.save_snapshot(&stream, &snapshot).await.expect("save"));
+    let key = store.keys().snapshot(&stream);
+    for (field, value) in [("_position", "not-a-position"), ("_version", "many")] {
+        redis::cmd("HSET")
+            .arg(&key)
+            .arg(field)
+            .arg(value)
+            .exec_async(&mut store.connection())
+            .await
+            .expect("HSET");
+        let (found, tail) = store
+            .load_snapshot_and_tail(&stream, 7)
+            .await
+            .expect("load");
+        assert_eq!(found, None, "{field}: the corrupt snapshot is ignored");
+        assert_eq!(
+            tail.iter().map(|e| e.version).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5],
+            "{field}: every event is replayed"
+        );
+    }
+}

@@ -34,6 +34,26 @@ for i = 2, #KEYS do
   end
 end
 
+-- Integers are checked in Lua numbers (doubles), which are exact below 2^53: HINCRBY of
+-- larger values is refused rather than risk a failure after earlier writes.
+local EXACT = 9007199254740992
+
+-- The integer `text` holds, as Redis's HINCRBY reads it (no sign on zero, no leading zeros,
+-- no spaces), or nil and why not.
+local function checked_integer(text)
+  if text == '0' then
+    return 0
+  end
+  if not string.match(text, '^%-?[1-9]%d*$') then
+    return nil, 'holds ' .. text .. ', not an integer'
+  end
+  local number = tonumber(text)
+  if math.abs(number) >= EXACT then
+    return nil, text .. ' is beyond the range this script checks exactly (|n| < 2^53)'
+  end
+  return number
+end
+
 -- Parse and check every operation before writing anything. `written` holds what earlier
 -- operations of this update leave in a field (false: nothing), so an HINCRBY is checked
 -- against the value it will really meet (`deleted`: hashes this update DELs).
@@ -49,17 +69,26 @@ for _ = 1, tonumber(ARGV[2]) do
     written[key .. '\0' .. ARGV[at + 2]] = false
     at = at + 3
   elseif code == 'hincrby' then
-    local current = written[key .. '\0' .. ARGV[at + 2]]
+    local field = ARGV[at + 2]
+    local current = written[key .. '\0' .. field]
     if current == nil and not deleted[key] then
-      current = redis.call('HGET', key, ARGV[at + 2])
+      current = redis.call('HGET', key, field)
     end
-    if current and not string.match(current, '^%-?%d+$') then
-      return redis.error_reply('ESREADMODEL field ' .. ARGV[at + 2] .. ' of ' .. key ..
-        ' holds ' .. current .. ', not an integer')
+    local value, why = 0, nil
+    if current then
+      value, why = checked_integer(current)
     end
-    ops[#ops + 1] = { 'HINCRBY', key, ARGV[at + 2], ARGV[at + 3] }
-    -- Still an integer afterwards (its exact value does not matter for the checks).
-    written[key .. '\0' .. ARGV[at + 2]] = '0'
+    local increment, why_increment = checked_integer(ARGV[at + 3])
+    why = why or why_increment
+    if why == nil and math.abs(value + increment) >= EXACT then
+      why = 'the sum leaves the range this script checks exactly (|n| < 2^53)'
+    end
+    if why then
+      return redis.error_reply('ESREADMODEL HINCRBY of field ' .. field .. ' of ' .. key ..
+        ' by ' .. ARGV[at + 3] .. ' refused: ' .. why)
+    end
+    ops[#ops + 1] = { 'HINCRBY', key, field, ARGV[at + 3] }
+    written[key .. '\0' .. field] = string.format('%.0f', value + increment)
     at = at + 4
   elseif code == 'del' then
     ops[#ops + 1] = { 'DEL', key }
