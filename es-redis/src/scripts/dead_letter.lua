@@ -20,19 +20,37 @@ if #pending == 0 or pending[1][2] ~= ARGV[5] then
   return 0
 end
 
+-- Everything that can fail is checked before the first write (Lua has no rollback).
+local kind = redis.call('TYPE', dead)['ok']
+if kind ~= 'none' and kind ~= 'stream' then
+  return redis.error_reply('ESLAYOUT key ' .. dead .. ' holds a ' .. kind .. ', not a stream')
+end
+
 local letter = { '_entry_id', entry_id, '_error', ARGV[3], '_deliveries', ARGV[4], '_consumer', ARGV[5] }
 local last = redis.call('HGET', failures, entry_id)
 if last then
   letter[#letter + 1] = '_last_failure'
   letter[#letter + 1] = last
-  redis.call('HDEL', failures, entry_id)
 end
 local entry = redis.call('XRANGE', stream, entry_id, entry_id)
 if entry[1] then
-  for _, value in ipairs(entry[1][2]) do
-    letter[#letter + 1] = value
+  local pairs_of_entry = entry[1][2]
+  -- Lua's unpack takes a bounded number of values: a foreign entry with thousands of
+  -- fields keeps its first ones and says so.
+  local room = 7000 - #letter
+  if #pairs_of_entry > room then
+    room = room - 2
+    room = room - room % 2
+    letter[#letter + 1] = '_truncated'
+    letter[#letter + 1] = string.format('%d fields, the first %d kept', #pairs_of_entry / 2, room / 2)
+  end
+  for i = 1, math.min(#pairs_of_entry, room) do
+    letter[#letter + 1] = pairs_of_entry[i]
   end
 end
 redis.call('XADD', dead, '*', unpack(letter))
+if last then
+  redis.call('HDEL', failures, entry_id)
+end
 redis.call('XACK', stream, group, entry_id)
 return 1
