@@ -47,6 +47,10 @@ pub enum Error {
     /// A projection did not reach a position in time.
     #[error(transparent)]
     WaitTimeout(#[from] es_core::projection::WaitTimeout),
+    /// A spawned projection runner's task was cancelled (its runtime shut down) before it
+    /// could stop.
+    #[error("the projection runner's task was cancelled before it stopped")]
+    Stopped,
     /// Redis replied in a shape the backend does not expect (a corrupt layout, an entry the
     /// index names but the stream no longer holds, …).
     #[error("unexpected reply to {operation}: {detail}")]

@@ -19,6 +19,7 @@ pub use error::Error;
 pub use keys::KeyLayout;
 pub use projection::{
     GroupStatus, ProjectionMonitor, ProjectionOptions, ProjectionRunner, RunStats,
+    RunningProjection,
 };
 pub use read_model::{Applied, HashReadModel, ReadModelUpdate};
 pub use store::RedisEventStore;

@@ -411,6 +411,35 @@ impl<P: Projection> ProjectionRunner<P> {
         Ok(())
     }
 
+    /// Runs in a background task until [`RunningProjection::stop`]: the same as
+    /// [`run`](Self::run) with a stop signal, for a worker beside the rest of the program.
+    ///
+    /// ```no_run
+    /// # use es_redis::{ProjectionOptions, ProjectionRunner, RedisConfig};
+    /// # async fn demo<P: es_core::projection::Projection>(config: RedisConfig, projection: P) -> Result<(), es_redis::Error> {
+    /// let runner = ProjectionRunner::connect(&config, projection, ProjectionOptions::new("worker-1")).await?;
+    /// let running = runner.spawn();
+    /// // … serve queries, append events …
+    /// let (runner, stats) = running.stop().await?;
+    /// println!("handled {} events", stats.handled);
+    /// # drop(runner);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn spawn(self) -> RunningProjection<P> {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let stats = self
+                .run(async {
+                    // A dropped sender stops the runner too.
+                    let _ = stopped.await;
+                })
+                .await;
+            (self, stats)
+        });
+        RunningProjection { stop, task }
+    }
+
     /// Runs until `shutdown` resolves, then finishes and acknowledges the batch in hand
     /// and returns what it did. Lost connections are retried; anything else (say, a
     /// category key of the wrong type) ends the run with the error.
@@ -879,6 +908,33 @@ impl<P: Projection> ProjectionRunner<P> {
             changed
         });
         Ok(())
+    }
+}
+
+/// A [`ProjectionRunner`] running in a background task ([`ProjectionRunner::spawn`]).
+pub struct RunningProjection<P: Projection> {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<(ProjectionRunner<P>, Result<RunStats, Error>)>,
+}
+
+impl<P: Projection> RunningProjection<P> {
+    /// Stops the runner gracefully: it finishes and acknowledges the batch in hand. Returns
+    /// the runner and what it did, or the error that ended the run. A panic in a handler is
+    /// resumed here.
+    pub async fn stop(self) -> Result<(ProjectionRunner<P>, RunStats), Error> {
+        let _ = self.stop.send(());
+        match self.task.await {
+            Ok((runner, stats)) => Ok((runner, stats?)),
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => Err(Error::Stopped),
+        }
+    }
+
+    /// Stops the runner at once, abandoning the batch in hand as a crash would: its entries
+    /// stay pending until a runner of the group reclaims them.
+    pub async fn abort(self) {
+        self.task.abort();
+        let _ = self.task.await;
     }
 }
 

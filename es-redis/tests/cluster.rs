@@ -17,10 +17,7 @@ use es_core::{
 use es_redis::testing::{unique_namespace, RedisCluster};
 use es_redis::{
     Error, HashReadModel, ProjectionOptions, ProjectionRunner, RedisConfig, RedisEventStore,
-    RunStats,
 };
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 fn cluster() -> &'static RedisCluster {
     RedisCluster::shared().unwrap_or_else(|e| panic!("{e}"))
@@ -296,32 +293,6 @@ impl Projection for Balances {
     }
 }
 
-struct Running<P: Projection> {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<(ProjectionRunner<P>, Result<RunStats, Error>)>,
-}
-
-fn spawn<P: Projection>(runner: ProjectionRunner<P>) -> Running<P> {
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let stats = runner
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await;
-        (runner, stats)
-    });
-    Running { stop, task }
-}
-
-impl<P: Projection> Running<P> {
-    async fn stop(self) -> (ProjectionRunner<P>, RunStats) {
-        let _ = self.stop.send(());
-        let (runner, stats) = self.task.await.expect("runner task");
-        (runner, stats.expect("run"))
-    }
-}
-
 fn options(consumer: &str) -> ProjectionOptions {
     ProjectionOptions::new(consumer)
         .batch_size(50)
@@ -377,7 +348,7 @@ async fn two_runners_handle_every_event_of_every_partition_once() {
         .await
         .expect("runner b");
     let monitor = runner_a.monitor();
-    let (a, b) = (spawn(runner_a), spawn(runner_b));
+    let (a, b) = (runner_a.spawn(), runner_b.spawn());
     // Wait for the last append of every partition's last user.
     let mut last_of_partition: HashMap<u32, Position> = HashMap::new();
     for (stream, position) in &appended {
@@ -391,8 +362,8 @@ async fn two_runners_handle_every_event_of_every_partition_once() {
         .wait_for(CATEGORY, newest, Duration::from_secs(30))
         .await
         .expect("every partition caught up");
-    let (_, stats_a) = a.stop().await;
-    let (_, stats_b) = b.stop().await;
+    let (_, stats_a) = a.stop().await.expect("stop");
+    let (_, stats_b) = b.stop().await.expect("stop");
 
     let handled = projection.handled.lock().unwrap().clone();
     let distinct: HashSet<(String, Position)> = handled
@@ -454,7 +425,7 @@ async fn waiting_for_a_position_covers_every_partition() {
         .expect_err("no runner yet");
     assert!(matches!(error, Error::WaitTimeout(_)), "{error}");
 
-    let running = spawn(runner);
+    let running = runner.spawn();
     // Read-your-writes: once the wait returns, every user's deposits are in the model.
     monitor
         .wait_for(CATEGORY, newest, Duration::from_secs(20))
@@ -482,7 +453,7 @@ async fn waiting_for_a_position_covers_every_partition() {
         .expect("caught up with the late append");
     let late = projection.model.hash("balance:u-late").await.expect("hash");
     assert_eq!(late.get("balance").map(Vec::as_slice), Some(&b"7"[..]));
-    let (_, stats) = running.stop().await;
+    let (_, stats) = running.stop().await.expect("stop");
     assert_eq!(stats.handled, 61);
 }
 
@@ -502,12 +473,12 @@ async fn rebuild_replays_every_partition_into_a_cleared_read_model() {
         .await
         .expect("runner");
     let monitor = runner.monitor();
-    let running = spawn(runner);
+    let running = runner.spawn();
     monitor
         .wait_for(CATEGORY, newest, Duration::from_secs(20))
         .await
         .expect("first run");
-    let (runner, _) = running.stop().await;
+    let (runner, _) = running.stop().await.expect("stop");
     assert_eq!(
         read_balances(&projection.model).await,
         expected_balances(&by_user)
@@ -530,12 +501,12 @@ async fn rebuild_replays_every_partition_into_a_cleared_read_model() {
         .expect("status")
         .has_processed(newest));
 
-    let running = spawn(runner);
+    let running = runner.spawn();
     monitor
         .wait_for(CATEGORY, newest, Duration::from_secs(20))
         .await
         .expect("replay");
-    let (_, stats) = running.stop().await;
+    let (_, stats) = running.stop().await.expect("stop");
     assert_eq!(stats.handled, 90);
     assert_eq!(
         read_balances(&projection.model).await,
@@ -622,7 +593,7 @@ async fn a_projection_over_categories_in_many_slots_dead_letters_in_the_partitio
             .await
             .expect("runner");
     let monitor = runner.monitor();
-    let running = spawn(runner);
+    let running = runner.spawn();
     let newest_user = store
         .read_category(CATEGORY, Position::ZERO, 1_000)
         .await
@@ -636,7 +607,7 @@ async fn a_projection_over_categories_in_many_slots_dead_letters_in_the_partitio
             .await
             .unwrap_or_else(|e| panic!("{category}: {e}"));
     }
-    let (_, stats) = running.stop().await;
+    let (_, stats) = running.stop().await.expect("stop");
     assert_eq!((stats.handled, stats.dead_lettered), (69, 1), "{stats:?}");
 
     let letters = monitor.dead_letters(CATEGORY).await.expect("dead letters");

@@ -15,11 +15,9 @@ use es_core::{
 use es_redis::testing::{unique_namespace, RedisServer};
 use es_redis::{
     Applied, Error, HashReadModel, ProjectionOptions, ProjectionRunner, RedisConfig,
-    RedisEventStore, RunStats,
+    RedisEventStore,
 };
 use redis::Value;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 const CATEGORY: &str = "account";
 
@@ -117,32 +115,6 @@ async fn pending_count(store: &RedisEventStore, group: &str) -> u64 {
 }
 
 /// A runner in a task, stopped on request.
-struct Running<P: Projection> {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<(ProjectionRunner<P>, Result<RunStats, Error>)>,
-}
-
-fn spawn<P: Projection>(runner: ProjectionRunner<P>) -> Running<P> {
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let stats = runner
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await;
-        (runner, stats)
-    });
-    Running { stop, task }
-}
-
-impl<P: Projection> Running<P> {
-    async fn stop(self) -> (ProjectionRunner<P>, RunStats) {
-        let _ = self.stop.send(());
-        let (runner, stats) = self.task.await.expect("runner task");
-        (runner, stats.expect("run"))
-    }
-}
-
 /// Records which consumer handled which entry; optionally fails on some amounts.
 #[derive(Clone)]
 struct Recorder {
@@ -282,13 +254,13 @@ async fn two_runners_share_the_work_without_duplicates() {
         .await
         .expect("runner b");
     let monitor = runner_a.monitor();
-    let (a_running, b_running) = (spawn(runner_a), spawn(runner_b));
+    let (a_running, b_running) = (runner_a.spawn(), runner_b.spawn());
     monitor
         .wait_for(CATEGORY, last, Duration::from_secs(30))
         .await
         .expect("caught up");
-    let (_, stats_a) = a_running.stop().await;
-    let (_, stats_b) = b_running.stop().await;
+    let (_, stats_a) = a_running.stop().await.expect("stop");
+    let (_, stats_b) = b_running.stop().await.expect("stop");
 
     let seen = a.seen.lock().unwrap().clone();
     let distinct: HashSet<Position> = seen.iter().map(|(p, _)| *p).collect();
@@ -331,12 +303,12 @@ async fn entries_held_by_a_vanished_consumer_are_reclaimed() {
     assert_eq!(pending_count(&store, "ledger").await, 20);
 
     let monitor = runner.monitor();
-    let running = spawn(runner);
+    let running = runner.spawn();
     monitor
         .wait_for(CATEGORY, last, Duration::from_secs(10))
         .await
         .expect("caught up");
-    let (_, stats) = running.stop().await;
+    let (_, stats) = running.stop().await.expect("stop");
     let positions = recorder.positions();
     let distinct: HashSet<Position> = positions.iter().copied().collect();
     assert_eq!((positions.len(), distinct.len()), (50, 50));
@@ -359,14 +331,13 @@ async fn a_runner_dropped_mid_batch_leaves_its_batch_to_the_others() {
     let monitor = stuck_runner.monitor();
     stuck_runner.create_groups().await.expect("groups");
     // The stuck runner takes the whole batch and hangs on its first entry.
-    let stuck_running = spawn(stuck_runner);
+    let stuck_running = stuck_runner.spawn();
     let deadline = Instant::now() + Duration::from_secs(5);
     while pending_count(&store, "ledger").await < 30 {
         assert!(Instant::now() < deadline, "the stuck runner never read");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    stuck_running.task.abort();
-    let _ = stuck_running.task.await;
+    stuck_running.abort().await;
 
     let survivor_options = options("survivor").claim_idle(Duration::from_millis(200));
     let survivor_runner = ProjectionRunner::connect(
@@ -379,12 +350,12 @@ async fn a_runner_dropped_mid_batch_leaves_its_batch_to_the_others() {
     )
     .await
     .expect("survivor");
-    let running = spawn(survivor_runner);
+    let running = survivor_runner.spawn();
     monitor
         .wait_for(CATEGORY, last, Duration::from_secs(10))
         .await
         .expect("caught up");
-    let (_, stats) = running.stop().await;
+    let (_, stats) = running.stop().await.expect("stop");
     assert_eq!(
         stats.claimed, 30,
         "the dropped runner's batch was reclaimed"
@@ -444,7 +415,7 @@ async fn poison_entries_are_dead_lettered_while_later_events_flow() {
         .await
         .expect("runner");
     let monitor = runner.monitor();
-    let running = spawn(runner);
+    let running = runner.spawn();
     // Later events flow while the failing entry waits for its retries.
     let deadline = Instant::now() + Duration::from_secs(5);
     while recorder.positions().len() < 20 {
@@ -455,7 +426,7 @@ async fn poison_entries_are_dead_lettered_while_later_events_flow() {
         .wait_for(CATEGORY, last, Duration::from_secs(10))
         .await
         .expect("caught up past the poison");
-    let (_, stats) = running.stop().await;
+    let (_, stats) = running.stop().await.expect("stop");
 
     assert_eq!(recorder.positions().len(), 20);
     assert_eq!(stats.dead_lettered, 2);
@@ -505,7 +476,7 @@ async fn a_projection_started_late_catches_up_to_the_same_read_model() {
         .await
         .expect("live runner");
     let live_monitor = live_runner.monitor();
-    let live_running = spawn(live_runner);
+    let live_running = live_runner.spawn();
     let last = append_deposits(&store, 1, 10_000, 40).await;
     // Events of a type the projections do not handle are skipped.
     let frozen = NewEvent::encode(
@@ -530,7 +501,7 @@ async fn a_projection_started_late_catches_up_to_the_same_read_model() {
         .wait_for(CATEGORY, frozen_at, Duration::from_secs(30))
         .await
         .expect("live caught up");
-    let (_, live_stats) = live_running.stop().await;
+    let (_, live_stats) = live_running.stop().await.expect("stop");
     assert_eq!((live_stats.handled, live_stats.skipped), (10_000, 1));
 
     let late = Balances::new(&store, "balances-late");
@@ -539,13 +510,13 @@ async fn a_projection_started_late_catches_up_to_the_same_read_model() {
         .expect("late runner");
     let late_monitor = late_runner.monitor();
     let started = Instant::now();
-    let late_running = spawn(late_runner);
+    let late_running = late_runner.spawn();
     late_monitor
         .wait_for(CATEGORY, frozen_at, Duration::from_secs(30))
         .await
         .expect("late caught up");
     let took = started.elapsed();
-    let (_, late_stats) = late_running.stop().await;
+    let (_, late_stats) = late_running.stop().await.expect("stop");
     eprintln!(
         "caught up 10,000 events in {took:?}: {:.0} events/s (one read-model script per event)",
         10_000.0 / took.as_secs_f64()
@@ -583,12 +554,12 @@ async fn a_redelivered_event_is_not_applied_twice() {
         .await
         .expect("runner");
     let monitor = runner.monitor();
-    let running = spawn(runner);
+    let running = runner.spawn();
     monitor
         .wait_for(CATEGORY, last, Duration::from_secs(10))
         .await
         .expect("caught up");
-    let (_, stats) = running.stop().await;
+    let (_, stats) = running.stop().await.expect("stop");
     assert_eq!(
         (stats.failed, stats.claimed),
         (1, 1),
@@ -720,11 +691,11 @@ async fn shutdown_finishes_and_acknowledges_the_batch_in_hand() {
             .await
             .expect("runner");
     let monitor = runner.monitor();
-    let running = spawn(runner);
+    let running = runner.spawn();
     while recorder.positions().len() < 10 {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let (_, stats) = running.stop().await;
+    let (_, stats) = running.stop().await.expect("stop");
     let handled = recorder.positions().len() as u64;
     assert_eq!(stats.handled, handled);
     assert!(handled < 300, "stopped early ({handled})");
@@ -747,12 +718,12 @@ async fn rebuild_replays_into_a_cleared_read_model() {
         .await
         .expect("runner");
     let monitor = runner.monitor();
-    let running = spawn(runner);
+    let running = runner.spawn();
     monitor
         .wait_for(CATEGORY, last, Duration::from_secs(10))
         .await
         .expect("caught up");
-    let (runner, _) = running.stop().await;
+    let (runner, _) = running.stop().await.expect("stop");
     let before = balances.model.hashes().await.expect("model");
     // The read model drifts (say, a bug fixed since), then is rebuilt.
     let _: () = query(
@@ -780,12 +751,12 @@ async fn rebuild_replays_into_a_cleared_read_model() {
         (Position::ZERO, Some(500))
     );
 
-    let running = spawn(runner);
+    let running = runner.spawn();
     monitor
         .wait_for(CATEGORY, last, Duration::from_secs(10))
         .await
         .expect("rebuilt");
-    let (_, stats) = running.stop().await;
+    let (_, stats) = running.stop().await.expect("stop");
     assert_eq!(stats.handled, 500);
     assert_eq!(balances.model.hashes().await.expect("model"), before);
 }
@@ -851,7 +822,7 @@ async fn waiting_for_a_position_times_out_then_succeeds() {
         .await
         .expect_err("no runner yet");
 
-    let running = spawn(runner);
+    let running = runner.spawn();
     progress
         .wait_for(CATEGORY, last, Duration::from_secs(10))
         .await
@@ -860,7 +831,7 @@ async fn waiting_for_a_position_times_out_then_succeeds() {
         .wait_for(CATEGORY, last, Duration::from_millis(1))
         .await
         .expect("Redis-side wait agrees");
-    running.stop().await;
+    running.stop().await.expect("stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -873,7 +844,7 @@ async fn applied_entries_are_pruned_once_acknowledged() {
         .await
         .expect("runner");
     let monitor = runner.monitor();
-    let running = spawn(runner);
+    let running = runner.spawn();
     monitor
         .wait_for(CATEGORY, last, Duration::from_secs(10))
         .await
@@ -883,7 +854,7 @@ async fn applied_entries_are_pruned_once_acknowledged() {
         assert!(Instant::now() < deadline, "applied ids were not pruned");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    running.stop().await;
+    running.stop().await.expect("stop");
     let hashes = balances.model.hashes().await.expect("model");
     let deposits: i64 = hashes
         .values()

@@ -175,21 +175,12 @@ async fn a_worker_killed_mid_batch_is_finished_by_another_without_double_applyin
     assert!(applied_at_kill < EVENTS, "killed before the end");
 
     // A second worker in the group reclaims and finishes.
-    let survivor = runner(&config, "survivor", Duration::ZERO).await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        survivor
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let survivor = runner(&config, "survivor", Duration::ZERO).await.spawn();
     monitor
         .wait_for(CATEGORY, last, Duration::from_secs(60))
         .await
         .expect("the survivor finishes");
-    let _ = stop.send(());
-    let stats = task.await.expect("task").expect("run");
+    let (_, stats) = survivor.stop().await.expect("run");
     assert!(
         stats.claimed > 0,
         "the survivor reclaimed the dead worker's entries: {stats:?}"

@@ -367,21 +367,13 @@ async fn social_profile(
             )
             .await?;
             let monitor = runner.monitor();
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let worker = tokio::spawn(async move {
-                runner
-                    .run(async {
-                        let _ = stopped.await;
-                    })
-                    .await
-            });
+            let worker = runner.spawn();
             for (category, position) in &last_positions {
                 monitor
                     .wait_for(category, *position, Duration::from_secs(10))
                     .await?;
             }
-            let _ = stop.send(());
-            let stats = worker.await??;
+            let (_, stats) = worker.stop().await?;
             println!(
                 "projection `{PROJECTION}` (consumer group, worker-1) handled {} events",
                 stats.handled
