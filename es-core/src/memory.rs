@@ -8,8 +8,8 @@ use async_trait::async_trait;
 
 use crate::error::{ConflictError, StoreError};
 use crate::store::{
-    millis_since_epoch, AppendOptions, AppendResult, EventStore, ExpectedVersion, NewEvent,
-    Position, ReadRange, Snapshot, SnapshotStore, StoredEvent, StreamId,
+    millis_since_epoch, require_events, AppendOptions, AppendResult, EventStore, ExpectedVersion,
+    NewEvent, Position, ReadRange, Snapshot, SnapshotStore, StoredEvent, StreamId,
 };
 
 /// How many appends with an id each stream remembers, as the Redis backend does by default:
@@ -111,11 +111,7 @@ impl EventStore for InMemoryStore {
         events: Vec<NewEvent>,
         options: &AppendOptions,
     ) -> Result<AppendResult, StoreError> {
-        if events.is_empty() {
-            return Err(StoreError::InvalidRequest(format!(
-                "an append to {stream} must carry at least one event"
-            )));
-        }
+        require_events(stream, &events)?;
         let mut guard = self.lock();
         let state = &mut *guard;
         if let (Some(id), Some(done)) = (&options.append_id, state.appends.get(stream)) {

@@ -269,6 +269,17 @@ impl<E> RecordedEvent<E> {
     }
 }
 
+/// The error every backend returns for an append of no events (an append must write at
+/// least one; call it first in [`EventStore::append`]).
+pub fn require_events(stream: &StreamId, events: &[NewEvent]) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Err(StoreError::InvalidRequest(format!(
+            "an append to {stream} must carry at least one event"
+        )));
+    }
+    Ok(())
+}
+
 /// Options of one append.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AppendOptions {

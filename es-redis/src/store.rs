@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use es_core::codec::FieldError;
+use es_core::store::require_events;
 use es_core::{
     AppendOptions, AppendResult, ConflictError, DecodeError, EventStore, ExpectedVersion, NewEvent,
     Position, ReadRange, StoreError, StoredEvent, StreamId,
@@ -282,11 +283,7 @@ impl EventStore for RedisEventStore {
         events: Vec<NewEvent>,
         options: &AppendOptions,
     ) -> Result<AppendResult, StoreError> {
-        if events.is_empty() {
-            return Err(StoreError::InvalidRequest(format!(
-                "an append to {stream} must carry at least one event"
-            )));
-        }
+        require_events(stream, &events)?;
         let expected_arg = match expected {
             ExpectedVersion::Any => String::new(),
             ExpectedVersion::NoStream => "0".to_owned(),
