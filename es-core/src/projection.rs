@@ -60,7 +60,85 @@ pub trait Projection: Send + Sync + 'static {
     /// Handles one event. Delivery is at least once: make the handler idempotent (the
     /// Redis read-model helper does this with a checkpoint written atomically).
     async fn handle(&self, event: &RecordedEvent<Self::Event>) -> Result<(), Self::Error>;
+
+    /// Handles the events of one read of one category, in order; runners call this rather
+    /// than [`handle`](Self::handle). The default calls `handle` for each event and stops
+    /// at the first failure ([`BatchError::at`]).
+    ///
+    /// Override it to do a batch's work in one step (one read-model commit instead of one
+    /// per event): that is where catch-up speed comes from. On failure, say how far the
+    /// batch got:
+    /// - [`BatchError::at`]`(n, error)`: the first `n` events were handled and event `n`
+    ///   failed with `error`. The runner counts the `n` as done, treats event `n` as a failed
+    ///   delivery (retried, in time dead-lettered) and hands the events after it to
+    ///   `handle_batch` again.
+    /// - [`BatchError::nothing_handled`]`(error)` (a batch that commits all or nothing), or
+    ///   [`BatchError::after`]`(n, error)`: the runner cannot tell which event failed, so it
+    ///   hands every event not handled to `handle`, one at a time, and the failure is pinned
+    ///   on the event that causes it.
+    async fn handle_batch(
+        &self,
+        events: &[RecordedEvent<Self::Event>],
+    ) -> Result<(), BatchError<Self::Error>> {
+        for (handled, event) in events.iter().enumerate() {
+            self.handle(event)
+                .await
+                .map_err(|error| BatchError::at(handled, error))?;
+        }
+        Ok(())
+    }
 }
+
+/// Why [`Projection::handle_batch`] stopped, and how far it got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchError<E> {
+    /// How many events at the front of the batch were handled: they are not handled again.
+    pub handled: usize,
+    /// Why the batch stopped.
+    pub error: E,
+    /// Whether `error` is the failure of the event right after the handled ones (else the
+    /// runner finds the failing event by handling the rest one at a time).
+    pub failed_next: bool,
+}
+
+impl<E> BatchError<E> {
+    /// The first `handled` events were handled, and the next one failed with `error`.
+    pub fn at(handled: usize, error: E) -> Self {
+        BatchError {
+            handled,
+            error,
+            failed_next: true,
+        }
+    }
+
+    /// The first `handled` events were handled; then something failed, and which event
+    /// caused it is unknown.
+    pub fn after(handled: usize, error: E) -> Self {
+        BatchError {
+            handled,
+            error,
+            failed_next: false,
+        }
+    }
+
+    /// Nothing in the batch was handled (say, its one commit failed), and which event
+    /// caused it is unknown.
+    pub fn nothing_handled(error: E) -> Self {
+        Self::after(0, error)
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for BatchError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (after {} events of the batch were handled)",
+            self.error, self.handled
+        )
+    }
+}
+
+impl<E: fmt::Debug + fmt::Display> std::error::Error for BatchError<E> {}
 
 /// Whether a stored event is one `E` handles (else a projection skips it).
 pub fn handles<E: Event>(stored: &StoredEvent) -> bool {
@@ -217,10 +295,10 @@ impl<S: EventStore, P: Projection> CatchUpRunner<S, P> {
                 .read_category(&category, after, self.batch_size)
                 .await?;
             let read = batch.len();
-            for stored in batch {
-                let position = stored.position;
-                self.process(&category, stored).await;
-                self.checkpoints.insert(category.to_string(), position);
+            if let Some(last) = batch.last() {
+                let last = last.position;
+                self.process(&category, batch).await;
+                self.checkpoints.insert(category.to_string(), last);
             }
             if read > 0 {
                 self.progress.send_replace(self.checkpoints.clone());
@@ -254,32 +332,75 @@ impl<S: EventStore, P: Projection> CatchUpRunner<S, P> {
         }
     }
 
-    async fn process(&mut self, category: &str, stored: StoredEvent) {
-        if !handles::<P::Event>(&stored) {
-            return;
+    /// Decodes the events of one read that the projection handles and hands them to
+    /// [`Projection::handle_batch`], following what [`BatchError`] says on failure.
+    async fn process(&mut self, category: &str, batch: Vec<StoredEvent>) {
+        let mut events = Vec::with_capacity(batch.len());
+        for stored in batch {
+            if !handles::<P::Event>(&stored) {
+                continue;
+            }
+            let (position, event_type) = (stored.position, stored.event_type.clone());
+            match stored.decode::<P::Event>() {
+                Ok(event) => events.push(event),
+                Err(error) => {
+                    // The events before it first, so that dead letters come in order.
+                    self.handle_events(category, std::mem::take(&mut events))
+                        .await;
+                    self.dead_letter(category, position, event_type, 1, error.to_string());
+                }
+            }
         }
-        let (position, event_type) = (stored.position, stored.event_type.clone());
-        let event = match stored.decode::<P::Event>() {
-            Ok(event) => event,
-            Err(error) => {
-                self.dead_letter(category, position, event_type, 1, error.to_string());
+        self.handle_events(category, events).await;
+    }
+
+    async fn handle_events(&mut self, category: &str, events: Vec<RecordedEvent<P::Event>>) {
+        let mut start = 0;
+        while start < events.len() {
+            let failure = match self.projection.handle_batch(&events[start..]).await {
+                Ok(()) => return,
+                Err(failure) => failure,
+            };
+            start += failure.handled.min(events.len() - start);
+            if start == events.len() {
                 return;
             }
-        };
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.projection.handle(&event).await {
-                Ok(()) => return,
-                Err(error) if attempt >= self.max_attempts => {
-                    self.dead_letter(category, position, event_type, attempt, error.to_string());
-                    return;
+            if failure.failed_next {
+                // That was the event's first attempt.
+                let error = failure.error.to_string();
+                self.process_one(category, &events[start], 1, error).await;
+                start += 1;
+            } else {
+                tracing::debug!(projection = self.projection.name(), error = %failure.error, "batch handler failed; handling the rest one by one");
+                for event in &events[start..] {
+                    self.process_one(category, event, 0, String::new()).await;
                 }
-                Err(error) => {
-                    tracing::debug!(projection = self.projection.name(), %error, attempt, "handler failed; retrying");
+                return;
+            }
+        }
+    }
+
+    /// Handles one event until it succeeds or has had `max_attempts` attempts (`attempts`
+    /// were made already, the last failing with `error`), then dead-letters it.
+    async fn process_one(
+        &mut self,
+        category: &str,
+        event: &RecordedEvent<P::Event>,
+        mut attempts: u32,
+        mut error: String,
+    ) {
+        while attempts < self.max_attempts {
+            attempts += 1;
+            match self.projection.handle(event).await {
+                Ok(()) => return,
+                Err(failure) => {
+                    tracing::debug!(projection = self.projection.name(), error = %failure, attempt = attempts, "handler failed");
+                    error = failure.to_string();
                 }
             }
         }
+        let event_type = event.event_type.clone();
+        self.dead_letter(category, event.position, event_type, attempts, error);
     }
 
     fn dead_letter(

@@ -21,5 +21,5 @@ pub use projection::{
     GroupStatus, ProjectionMonitor, ProjectionOptions, ProjectionRunner, RunStats,
     RunningProjection,
 };
-pub use read_model::{Applied, HashReadModel, ReadModelUpdate};
+pub use read_model::{Applied, HashReadModel, ReadModelBatch, ReadModelUpdate};
 pub use store::RedisEventStore;

@@ -188,6 +188,16 @@ enum Outcome {
     Keep,
 }
 
+/// An entry sorted before its batch is handled.
+enum Prepared<E> {
+    /// Acknowledge it unhandled (deleted, or of a type the projection skips).
+    Ack,
+    /// Dead-letter it, for this reason.
+    DeadLetter(String),
+    /// Hand it to the projection.
+    Ready(Box<es_core::RecordedEvent<E>>),
+}
+
 /// Runs a [`Projection`] as one consumer of its Redis consumer groups.
 ///
 /// ```no_run
@@ -455,8 +465,11 @@ impl<P: Projection> ProjectionRunner<P> {
         let mut stats = RunStats::default();
         let mut next_claim = Instant::now();
         let mut groups_ready = false;
+        // Entries read ahead while the previous batch was processed: delivered to this
+        // consumer, so they are processed before anything else, even when stopping.
+        let mut prefetched: Option<Vec<(usize, Vec<RawEntry>)>> = None;
         while !stopping {
-            if is_ready(&mut shutdown) {
+            if prefetched.is_none() && is_ready(&mut shutdown) {
                 break;
             }
             let step = async {
@@ -469,21 +482,49 @@ impl<P: Projection> ProjectionRunner<P> {
                     self.prune_applied().await?;
                     next_claim = Instant::now() + self.options.claim_interval;
                 }
-                let block = self
-                    .options
-                    .block
-                    .min(next_claim.saturating_duration_since(Instant::now()))
-                    .max(Duration::from_millis(1));
-                let mut read = pin!(self.read_new(block));
-                // A read is never abandoned: its entries would stay pending until reclaimed.
-                let batch = tokio::select! {
-                    batch = &mut read => batch?,
-                    () = shutdown.as_mut() => {
-                        stopping = true;
-                        read.await?
+                let batch = match prefetched.take() {
+                    Some(batch) => {
+                        stopping |= is_ready(&mut shutdown);
+                        batch
+                    }
+                    None => {
+                        let block = self
+                            .options
+                            .block
+                            .min(next_claim.saturating_duration_since(Instant::now()))
+                            .max(Duration::from_millis(1));
+                        let mut read = pin!(self.read_new(Some(block)));
+                        // A read is never abandoned: its entries would stay pending until
+                        // reclaimed.
+                        tokio::select! {
+                            batch = &mut read => batch?,
+                            () = shutdown.as_mut() => {
+                                stopping = true;
+                                read.await?
+                            }
+                        }
                     }
                 };
-                self.process_batch(batch, None, &mut stats).await?;
+                let entries: usize = batch.iter().map(|(_, entries)| entries.len()).sum();
+                if entries >= self.options.batch_size && !stopping {
+                    // Catching up: read the next batch (without blocking) while this one is
+                    // processed, so Redis and the handler work at the same time.
+                    let (processed, next) = tokio::join!(
+                        self.process_batch(batch, None, &mut stats),
+                        self.read_new(None)
+                    );
+                    match next {
+                        Ok(next) if !next.is_empty() => prefetched = Some(next),
+                        Ok(_) => {}
+                        Err(error) => {
+                            processed?;
+                            return Err(error);
+                        }
+                    }
+                    processed?;
+                } else {
+                    self.process_batch(batch, None, &mut stats).await?;
+                }
                 self.publish_progress().await
             };
             match step.await {
@@ -505,19 +546,26 @@ impl<P: Projection> ProjectionRunner<P> {
 
     /// Reads entries never delivered to the group, from every stream at once: one
     /// `XREADGROUP` per read group, all sent together.
-    async fn read_new(&self, block: Duration) -> Result<Vec<(usize, Vec<RawEntry>)>, Error> {
+    /// Blocks up to `block` for entries; with `None`, returns at once what is there.
+    async fn read_new(
+        &self,
+        block: Option<Duration>,
+    ) -> Result<Vec<(usize, Vec<RawEntry>)>, Error> {
         let operation = format!("XREADGROUP of group {}", self.group);
-        let command = |indices: &[usize], block: Duration| {
+        let command = |indices: &[usize], block: Option<Duration>| {
             let mut command = redis::cmd("XREADGROUP");
             command
                 .arg("GROUP")
                 .arg(&self.group)
                 .arg(&self.options.consumer)
                 .arg("COUNT")
-                .arg(self.options.batch_size)
-                .arg("BLOCK")
-                .arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX))
-                .arg("STREAMS");
+                .arg(self.options.batch_size);
+            if let Some(block) = block {
+                command
+                    .arg("BLOCK")
+                    .arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX));
+            }
+            command.arg("STREAMS");
             for index in indices {
                 command.arg(&*self.streams[*index].key);
             }
@@ -536,7 +584,7 @@ impl<P: Projection> ProjectionRunner<P> {
         }
         // Reads on one node run one after the other: together they block at most `block`.
         let groups = u32::try_from(self.read_groups.len()).unwrap_or(u32::MAX);
-        let block = (block / groups.max(1)).max(Duration::from_millis(1));
+        let block = block.map(|block| (block / groups.max(1)).max(Duration::from_millis(1)));
         let mut reads = tokio::task::JoinSet::new();
         for indices in &self.read_groups {
             let command = command(indices, block);
@@ -628,21 +676,9 @@ impl<P: Projection> ProjectionRunner<P> {
         for (index, entries) in batch {
             let stream = &self.streams[index];
             let mut done = Vec::with_capacity(entries.len());
-            let mut failure = None;
-            for raw in entries {
-                let delivered = deliveries
-                    .and_then(|counts| counts.get(&raw.id).copied())
-                    .unwrap_or(1);
-                let id = raw.id.clone();
-                match self.process_entry(stream, raw, delivered, stats).await {
-                    Ok(Outcome::Ack) => done.push(id),
-                    Ok(Outcome::Keep) => {}
-                    Err(error) => {
-                        failure = Some(error);
-                        break;
-                    }
-                }
-            }
+            let processed = self
+                .process_entries(stream, entries, deliveries, stats, &mut done)
+                .await;
             // Entries already handled are acknowledged even when a later one failed, so
             // their handlers are not run again after a reclaim.
             if !done.is_empty() {
@@ -657,26 +693,138 @@ impl<P: Projection> ProjectionRunner<P> {
                     )
                     .await;
                 if let Err(error) = acked {
-                    return Err(failure.unwrap_or(error));
+                    return Err(processed.err().unwrap_or(error));
                 }
             }
-            if let Some(error) = failure {
-                return Err(error);
+            processed?;
+        }
+        Ok(())
+    }
+
+    /// Processes the entries of one stream: those the projection handles go to
+    /// [`Projection::handle_batch`] together, and what that does not handle to
+    /// [`Projection::handle`] one by one. The ids to acknowledge are pushed onto `done`.
+    async fn process_entries(
+        &self,
+        stream: &CategoryStream,
+        entries: Vec<RawEntry>,
+        deliveries: Option<&HashMap<String, u32>>,
+        stats: &mut RunStats,
+        done: &mut Vec<String>,
+    ) -> Result<(), Error> {
+        let mut events = Vec::with_capacity(entries.len());
+        let mut ready = Vec::with_capacity(entries.len());
+        for raw in entries {
+            let delivered = deliveries
+                .and_then(|counts| counts.get(&raw.id).copied())
+                .unwrap_or(1);
+            let id = raw.id.clone();
+            match self.prepare_entry(stream, raw, delivered, stats) {
+                Prepared::Ack => done.push(id),
+                Prepared::Ready(event) => {
+                    events.push(*event);
+                    ready.push((id, delivered));
+                }
+                Prepared::DeadLetter(why) => {
+                    // The entries before it first, so that dead letters come in order.
+                    let events = std::mem::take(&mut events);
+                    let ready = std::mem::take(&mut ready);
+                    self.handle_entries(stream, events, ready, stats, done)
+                        .await?;
+                    self.dead_letter(stream, &id, &why, delivered, stats)
+                        .await?;
+                }
+            }
+        }
+        self.handle_entries(stream, events, ready, stats, done)
+            .await
+    }
+
+    /// Hands decoded entries to [`Projection::handle_batch`], following what
+    /// [`BatchError`](es_core::projection::BatchError) says on failure.
+    async fn handle_entries(
+        &self,
+        stream: &CategoryStream,
+        events: Vec<es_core::RecordedEvent<P::Event>>,
+        ready: Vec<(String, u32)>,
+        stats: &mut RunStats,
+        done: &mut Vec<String>,
+    ) -> Result<(), Error> {
+        let mut start = 0;
+        while start < events.len() {
+            let (handled, failure) = match self.projection.handle_batch(&events[start..]).await {
+                Ok(()) => (events.len() - start, None),
+                Err(failure) => (failure.handled.min(events.len() - start), Some(failure)),
+            };
+            self.handled(stream, &ready[start..start + handled], stats, done)
+                .await?;
+            start += handled;
+            let Some(failure) = failure else {
+                break;
+            };
+            if start == events.len() {
+                break;
+            }
+            if failure.failed_next {
+                let (id, delivered) = &ready[start];
+                self.failed(stream, id, *delivered, &failure.error.to_string(), stats)
+                    .await?;
+                start += 1;
+            } else {
+                tracing::debug!(projection = %self.group, error = %failure.error, "batch handler failed; handling the rest one by one");
+                for (event, (id, delivered)) in events[start..].iter().zip(&ready[start..]) {
+                    if let Outcome::Ack = self
+                        .handle_one(stream, event, id, *delivered, stats)
+                        .await?
+                    {
+                        done.push(id.clone());
+                    }
+                }
+                break;
             }
         }
         Ok(())
     }
 
-    async fn process_entry(
+    /// Counts entries as handled: clears the failure records of redelivered ones, and
+    /// pushes their ids onto `done`.
+    async fn handled(
+        &self,
+        stream: &CategoryStream,
+        entries: &[(String, u32)],
+        stats: &mut RunStats,
+        done: &mut Vec<String>,
+    ) -> Result<(), Error> {
+        stats.handled += entries.len() as u64;
+        let retried: Vec<&str> = entries
+            .iter()
+            .filter(|(_, delivered)| *delivered > 1)
+            .map(|(id, _)| id.as_str())
+            .collect();
+        if !retried.is_empty() {
+            self.store
+                .query(
+                    redis::cmd("HDEL").arg(&stream.failures).arg(&retried),
+                    &format!("HDEL of {}", stream.failures),
+                )
+                .await?;
+        }
+        done.extend(entries.iter().map(|(id, _)| id.clone()));
+        Ok(())
+    }
+
+    /// Decodes an entry and sorts it: acknowledge it unhandled, hand it to the
+    /// projection, or dead-letter it (and why).
+    fn prepare_entry(
         &self,
         stream: &CategoryStream,
         raw: RawEntry,
         delivered: u32,
         stats: &mut RunStats,
-    ) -> Result<Outcome, Error> {
+    ) -> Prepared<P::Event> {
         let Some(pairs) = raw.pairs else {
             // Deleted from the stream while pending: nothing to process.
-            return Ok(Outcome::Ack);
+            return Prepared::Ack;
         };
         let source = EntrySource {
             storage_key: &stream.key,
@@ -684,67 +832,72 @@ impl<P: Projection> ProjectionRunner<P> {
         };
         let stored = match entry::decode_entry(&source, &raw.id, pairs) {
             Ok(stored) => stored,
-            Err(error) => {
-                self.dead_letter(stream, &raw.id, &error.to_string(), delivered, stats)
-                    .await?;
-                return Ok(Outcome::Keep);
-            }
+            Err(error) => return Prepared::DeadLetter(error.to_string()),
         };
         if !handles::<P::Event>(&stored) {
             stats.skipped += 1;
-            return Ok(Outcome::Ack);
+            return Prepared::Ack;
         }
         if delivered > self.options.max_deliveries {
-            let why = format!(
+            return Prepared::DeadLetter(format!(
                 "delivered {delivered} times, more than the limit of {}",
                 self.options.max_deliveries
-            );
-            self.dead_letter(stream, &raw.id, &why, delivered, stats)
-                .await?;
-            return Ok(Outcome::Keep);
+            ));
         }
-        let event = match stored.decode::<P::Event>() {
-            Ok(event) => event,
-            Err(error) => {
-                self.dead_letter(stream, &raw.id, &error.to_string(), delivered, stats)
-                    .await?;
-                return Ok(Outcome::Keep);
-            }
-        };
-        match self.projection.handle(&event).await {
+        match stored.decode::<P::Event>() {
+            Ok(event) => Prepared::Ready(Box::new(event)),
+            Err(error) => Prepared::DeadLetter(error.to_string()),
+        }
+    }
+
+    /// Runs [`Projection::handle`] on one event; a failure is recorded for the retry, or
+    /// dead-letters the entry on its last delivery.
+    async fn handle_one(
+        &self,
+        stream: &CategoryStream,
+        event: &es_core::RecordedEvent<P::Event>,
+        id: &str,
+        delivered: u32,
+        stats: &mut RunStats,
+    ) -> Result<Outcome, Error> {
+        match self.projection.handle(event).await {
             Ok(()) => {
-                stats.handled += 1;
-                if delivered > 1 {
-                    self.store
-                        .query(
-                            redis::cmd("HDEL").arg(&stream.failures).arg(&raw.id),
-                            &format!("HDEL of {}", stream.failures),
-                        )
-                        .await?;
-                }
+                let mut done = Vec::with_capacity(1);
+                self.handled(stream, &[(id.to_owned(), delivered)], stats, &mut done)
+                    .await?;
                 Ok(Outcome::Ack)
             }
             Err(error) => {
-                stats.failed += 1;
-                let error = error.to_string();
-                if delivered >= self.options.max_deliveries {
-                    let why = format!("the handler failed on delivery {delivered}: {error}");
-                    self.dead_letter(stream, &raw.id, &why, delivered, stats)
-                        .await?;
-                } else {
-                    tracing::debug!(projection = %self.group, entry = %raw.id, %error, delivered, "handler failed; the entry will be retried");
-                    self.store
-                        .query(
-                            redis::cmd("HSET")
-                                .arg(&stream.failures)
-                                .arg(&raw.id)
-                                .arg(&error),
-                            &format!("HSET of {}", stream.failures),
-                        )
-                        .await?;
-                }
+                self.failed(stream, id, delivered, &error.to_string(), stats)
+                    .await?;
                 Ok(Outcome::Keep)
             }
+        }
+    }
+
+    /// Records a failed delivery of entry `id`: kept pending for a retry, or dead-lettered
+    /// on its last delivery.
+    async fn failed(
+        &self,
+        stream: &CategoryStream,
+        id: &str,
+        delivered: u32,
+        error: &str,
+        stats: &mut RunStats,
+    ) -> Result<(), Error> {
+        stats.failed += 1;
+        if delivered >= self.options.max_deliveries {
+            let why = format!("the handler failed on delivery {delivered}: {error}");
+            self.dead_letter(stream, id, &why, delivered, stats).await
+        } else {
+            tracing::debug!(projection = %self.group, entry = %id, %error, delivered, "handler failed; the entry will be retried");
+            self.store
+                .query(
+                    redis::cmd("HSET").arg(&stream.failures).arg(id).arg(error),
+                    &format!("HSET of {}", stream.failures),
+                )
+                .await?;
+            Ok(())
         }
     }
 

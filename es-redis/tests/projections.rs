@@ -898,3 +898,223 @@ async fn a_projection_without_categories_is_a_configuration_error() {
         other => panic!("expected a configuration error, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn read_model_batches_apply_each_event_once_and_all_or_nothing() {
+    let Setup { store, .. } = setup("batch-commit").await;
+    let model = HashReadModel::new(&store, "batched");
+    let event = |millis: u64| RecordedEvent {
+        stream: StreamId::new(CATEGORY, format!("acc-{}", millis % 2)),
+        version: 1,
+        position: Position::new(millis, 0),
+        timestamp: millis,
+        event_type: "Deposited".into(),
+        metadata: Metadata::default(),
+        event: (),
+        storage_key: Arc::from("test"),
+    };
+    let events: Vec<_> = (1..=6).map(|n| event(n * 1_000)).collect();
+    // Event 2 was applied before this batch.
+    let first = model
+        .update(&events[1])
+        .hincrby("totals", "n", 1)
+        .commit()
+        .await
+        .expect("single");
+    assert_eq!(first, Applied::Applied);
+
+    let mut batch = model.batch();
+    for event in &events {
+        batch.push(
+            model
+                .update(event)
+                .hincrby("totals", "n", 1)
+                .hset("totals", "last", event.position.to_string())
+                .hset("scratch", "seen", "yes"),
+        );
+    }
+    // The same entry twice in one batch counts once.
+    batch.push(model.update(&events[0]).hincrby("totals", "n", 100));
+    // Later updates see earlier ones: a delete, then a fresh count.
+    batch.push(
+        model
+            .update(&event(7_000))
+            .del("scratch")
+            .hincrby("scratch", "after", 2)
+            .hdel("totals", "last"),
+    );
+    assert_eq!(batch.len(), 8);
+    let outcomes = batch.commit().await.expect("batch");
+    use Applied::{AlreadyApplied as Old, Applied as New};
+    assert_eq!(outcomes, [New, Old, New, New, New, New, Old, New]);
+    let totals = model.hash("totals").await.expect("totals");
+    assert_eq!(totals["n"], b"6", "five new events and the one before");
+    assert!(!totals.contains_key("last"), "removed by the last update");
+    let scratch = model.hash("scratch").await.expect("scratch");
+    assert_eq!(
+        scratch.into_iter().collect::<Vec<_>>(),
+        [("after".to_owned(), b"2".to_vec())]
+    );
+    assert_eq!(model.applied_count(CATEGORY).await.expect("count"), 7);
+
+    // One bad operation anywhere fails the whole batch: nothing is written or recorded.
+    let _: () = query(
+        &store,
+        redis::cmd("HSET")
+            .arg(model.key("totals"))
+            .arg("text")
+            .arg("x"),
+    )
+    .await;
+    let mut batch = model.batch();
+    batch.push(model.update(&event(8_000)).hincrby("totals", "n", 1));
+    batch.push(model.update(&event(9_000)).hset("other", "touched", "yes"));
+    batch.push(model.update(&event(10_000)).hincrby("totals", "text", 1));
+    let refused = batch.commit().await.expect_err("not an integer");
+    assert!(refused.to_string().contains("refused"), "{refused}");
+    assert_eq!(model.hash("totals").await.expect("totals")["n"], b"6");
+    assert!(model.hash("other").await.expect("other").is_empty());
+    assert_eq!(model.applied_count(CATEGORY).await.expect("count"), 7);
+    // An update of another read model is refused before anything is sent.
+    let elsewhere = HashReadModel::new(&store, "elsewhere");
+    let mut batch = model.batch();
+    batch.push(elsewhere.update(&event(11_000)).hset("x", "y", "z"));
+    let refused = batch.commit().await.expect_err("another read model");
+    assert!(matches!(refused, Error::InvalidRequest(_)), "{refused}");
+    // An empty batch sends nothing.
+    assert!(model.batch().commit().await.expect("empty").is_empty());
+}
+
+/// Balances committed one batch per read, with a poison amount that fails the whole batch.
+#[derive(Clone)]
+struct BatchBalances {
+    model: HashReadModel,
+    batches: Arc<Mutex<Vec<usize>>>,
+    singles: Arc<AtomicU64>,
+    poison: i64,
+}
+
+impl BatchBalances {
+    fn update<'a>(
+        &'a self,
+        event: &RecordedEvent<AccountEvent>,
+    ) -> Result<es_redis::ReadModelUpdate<'a>, Error> {
+        let AccountEvent::Deposited(deposit) = &event.event;
+        if deposit.amount == self.poison {
+            return Err(Error::InvalidRequest(format!(
+                "cannot deposit {}",
+                deposit.amount
+            )));
+        }
+        let hash = format!("balance:{}", event.stream.id);
+        Ok(self
+            .model
+            .update(event)
+            .hincrby(&hash, "balance", deposit.amount)
+            .hincrby(&hash, "deposits", 1))
+    }
+}
+
+#[async_trait::async_trait]
+impl Projection for BatchBalances {
+    type Event = AccountEvent;
+    type Error = Error;
+
+    fn name(&self) -> &str {
+        self.model.projection()
+    }
+
+    fn categories(&self) -> Vec<Cow<'static, str>> {
+        vec![CATEGORY.into()]
+    }
+
+    async fn handle(&self, event: &RecordedEvent<AccountEvent>) -> Result<(), Error> {
+        self.singles.fetch_add(1, Ordering::Relaxed);
+        let _ = self.update(event)?.commit().await?;
+        Ok(())
+    }
+
+    async fn handle_batch(
+        &self,
+        events: &[RecordedEvent<AccountEvent>],
+    ) -> Result<(), es_core::projection::BatchError<Error>> {
+        use es_core::projection::BatchError;
+        self.batches.lock().unwrap().push(events.len());
+        let mut batch = self.model.batch();
+        for event in events {
+            batch.push(self.update(event).map_err(BatchError::nothing_handled)?);
+        }
+        batch.commit().await.map_err(BatchError::nothing_handled)?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_handlers_commit_once_per_read_and_isolate_a_poison_event() {
+    let Setup { config, store } = setup("batch-runner").await;
+    let poison = 250;
+    let last = append_deposits(&store, 1, 1_000, 4).await;
+    let projection = BatchBalances {
+        model: HashReadModel::new(&store, "batch-balances"),
+        batches: Arc::default(),
+        singles: Arc::default(),
+        poison,
+    };
+    let options = options("only")
+        .claim_idle(Duration::from_millis(50))
+        .claim_interval(Duration::from_millis(50))
+        .max_deliveries(2);
+    let runner = ProjectionRunner::connect(&config, projection.clone(), options)
+        .await
+        .expect("runner");
+    let monitor = runner.monitor();
+    let running = runner.spawn();
+    monitor
+        .wait_for(CATEGORY, last, Duration::from_secs(20))
+        .await
+        .expect("caught up");
+    let (_, stats) = running.stop().await.expect("stop");
+
+    // Every deposit but the poison is in the balances, once.
+    let mut total = 0;
+    let mut deposits = 0;
+    for account in 0..4 {
+        let hash = projection
+            .model
+            .hash(&format!("balance:acc-{account}"))
+            .await
+            .expect("hash");
+        total += std::str::from_utf8(&hash["balance"])
+            .unwrap()
+            .parse::<i64>()
+            .unwrap();
+        deposits += std::str::from_utf8(&hash["deposits"])
+            .unwrap()
+            .parse::<i64>()
+            .unwrap();
+    }
+    assert_eq!(deposits, 999);
+    assert_eq!(total, (1..=1_000).sum::<i64>() - poison);
+    assert_eq!(stats.handled, 999);
+    assert_eq!(stats.dead_lettered, 1);
+    let letters = monitor.dead_letters(CATEGORY).await.expect("dead letters");
+    assert_eq!(letters.len(), 1);
+    assert!(
+        letters[0].error.contains("cannot deposit 250"),
+        "{}",
+        letters[0].error
+    );
+    // Reads of 100 went to the batch handler whole; only the batch holding the poison
+    // (and the poison's redelivery) was handled one event at a time.
+    let batches = projection.batches.lock().unwrap().clone();
+    assert!(
+        batches.iter().filter(|n| **n == 100).count() >= 9,
+        "{batches:?}"
+    );
+    let singles = projection.singles.load(Ordering::Relaxed);
+    assert!(
+        (100..=101).contains(&singles),
+        "{singles} events handled alone"
+    );
+    assert_eq!(pending_count(&store, "batch-balances").await, 0);
+}

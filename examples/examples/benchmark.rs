@@ -21,12 +21,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use es_core::codec::Fields;
+use es_core::projection::BatchError;
 use es_core::{
     Aggregate, AppendOptions, Apply, Event, EventStore, ExpectedVersion, Handle, Metadata,
     NewEvent, Repository, SnapshotPolicy, StreamId,
 };
 use es_redis::testing::RedisServer;
-use es_redis::{HashReadModel, ProjectionOptions, ProjectionRunner, RedisEventStore};
+use es_redis::{
+    HashReadModel, ProjectionOptions, ProjectionRunner, ReadModelUpdate, RedisEventStore,
+};
 use redis::aio::ConnectionManager;
 use redis::Value;
 use serde::{Deserialize, Serialize};
@@ -702,15 +705,33 @@ impl es_core::projection::Projection for ItemsPerCart {
     }
 
     async fn handle(&self, event: &es_core::RecordedEvent<CartEvent>) -> Result<(), Self::Error> {
-        if let CartEvent::ItemAdded(item) = &event.event {
-            let _applied = self
-                .model
-                .update(event)
-                .hincrby(&event.stream.id, "items", i64::from(item.quantity))
-                .commit()
-                .await?;
-        }
+        let _applied = self.update(event).commit().await?;
         Ok(())
+    }
+
+    /// One read-model commit for the whole delivered batch.
+    async fn handle_batch(
+        &self,
+        events: &[es_core::RecordedEvent<CartEvent>],
+    ) -> Result<(), BatchError<Self::Error>> {
+        let mut batch = self.model.batch();
+        for event in events {
+            batch.push(self.update(event));
+        }
+        batch.commit().await.map_err(BatchError::nothing_handled)?;
+        Ok(())
+    }
+}
+
+impl ItemsPerCart {
+    fn update(&self, event: &es_core::RecordedEvent<CartEvent>) -> ReadModelUpdate<'_> {
+        let update = self.model.update(event);
+        match &event.event {
+            CartEvent::ItemAdded(item) => {
+                update.hincrby(&event.stream.id, "items", i64::from(item.quantity))
+            }
+            CartEvent::CartCleared(_) => update.hset(&event.stream.id, "items", "0"),
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use es_core::projection::{CatchUpRunner, Projection};
+use es_core::projection::{BatchError, CatchUpRunner, Projection};
 use es_core::{
     Event, EventStore, ExpectedVersion, InMemoryStore, Metadata, NewEvent, RecordedEvent, StreamId,
 };
@@ -240,4 +240,110 @@ async fn callers_can_wait_until_a_position_is_processed() {
     let runner = task.await.unwrap();
     assert_eq!(runner.projection().names.lock().unwrap()["1"], "Duffy");
     assert_eq!(runner.checkpoint("user"), position);
+}
+
+/// Counts events per batch; handles each batch all or nothing (as one read-model commit
+/// would), failing a batch that holds the name `fail_on`, and optionally reports the failing
+/// event itself instead (`pinpoint`).
+#[derive(Default)]
+struct Batched {
+    batches: Mutex<Vec<usize>>,
+    singles: Mutex<Vec<String>>,
+    names: Mutex<Vec<String>>,
+    fail_on: String,
+    pinpoint: bool,
+}
+
+fn name_of(event: &RecordedEvent<ProfileInput>) -> String {
+    match &event.event {
+        ProfileInput::Registered(Registered { name }) | ProfileInput::Renamed(Renamed { name }) => {
+            name.clone()
+        }
+        ProfileInput::Kicked(Kicked { object }) => object.clone(),
+    }
+}
+
+#[async_trait::async_trait]
+impl Projection for Batched {
+    type Event = ProfileInput;
+    type Error = String;
+    fn name(&self) -> &str {
+        "batched"
+    }
+    fn categories(&self) -> Vec<Cow<'static, str>> {
+        vec!["user".into()]
+    }
+    async fn handle(&self, event: &RecordedEvent<ProfileInput>) -> Result<(), String> {
+        let name = name_of(event);
+        self.singles.lock().unwrap().push(name.clone());
+        if name == self.fail_on {
+            return Err(format!("cannot store {name}"));
+        }
+        self.names.lock().unwrap().push(name);
+        Ok(())
+    }
+    async fn handle_batch(
+        &self,
+        events: &[RecordedEvent<ProfileInput>],
+    ) -> Result<(), BatchError<String>> {
+        self.batches.lock().unwrap().push(events.len());
+        let names: Vec<String> = events.iter().map(name_of).collect();
+        if let Some(at) = names.iter().position(|name| *name == self.fail_on) {
+            let error = format!("cannot store {}", self.fail_on);
+            if self.pinpoint {
+                self.names.lock().unwrap().extend_from_slice(&names[..at]);
+                return Err(BatchError::at(at, error));
+            }
+            return Err(BatchError::nothing_handled(error));
+        }
+        self.names.lock().unwrap().extend(names);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn batch_handlers_get_whole_reads_and_failures_are_pinned_on_their_event() {
+    for pinpoint in [false, true] {
+        let store = InMemoryStore::new();
+        for n in 0..10 {
+            let name = format!("n{n}");
+            append(&store, "user", &name, &Registered { name: name.clone() }).await;
+        }
+        let projection = Batched {
+            fail_on: "n6".into(),
+            pinpoint,
+            ..Batched::default()
+        };
+        let mut runner = CatchUpRunner::new(store, projection)
+            .with_batch_size(4)
+            .with_max_attempts(2);
+        assert_eq!(runner.run_once().await.unwrap(), 10);
+        let projection = runner.projection();
+        let all_but_n6: Vec<String> = (0..10)
+            .filter(|n| *n != 6)
+            .map(|n| format!("n{n}"))
+            .collect();
+        assert_eq!(
+            *projection.names.lock().unwrap(),
+            all_but_n6,
+            "pinpoint: {pinpoint}"
+        );
+        let letters = runner.dead_letters();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0].attempts, 2);
+        assert_eq!(letters[0].error, "cannot store n6");
+        let (batches, singles) = (
+            projection.batches.lock().unwrap().clone(),
+            projection.singles.lock().unwrap().clone(),
+        );
+        if pinpoint {
+            // n4 n5 | n6 fails, its second attempt alone | n7 goes to the batch handler.
+            assert_eq!(batches, [4, 4, 1, 2]);
+            assert_eq!(singles, ["n6"]);
+        } else {
+            // The batch n4..n7 fails as a whole: each of its events is handled alone.
+            assert_eq!(batches, [4, 4, 2]);
+            assert_eq!(singles, ["n4", "n5", "n6", "n6", "n7"]);
+        }
+    }
 }
