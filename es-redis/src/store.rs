@@ -78,18 +78,34 @@ impl std::fmt::Debug for RedisEventStore {
     }
 }
 
-/// One page of an aggregate's events, as the read scripts reply.
+/// One page of an aggregate's index, as the read scripts reply: which entries hold its
+/// events (the entries themselves are read by [`RedisEventStore::fetch_entries`]).
 pub(crate) struct Page {
     /// The aggregate's version when the page was read.
     version: u64,
     /// Whether the range ends with this page.
     done: bool,
-    /// The entries, for consecutive versions.
-    entries: Vec<RawEntry>,
+    /// The entry ids, for consecutive versions.
+    ids: Vec<String>,
+}
+
+/// How the index packs an entry id `<ms>-<seq>` into one integer, `ms * 1024 + seq`
+/// (`scripts/entry_ids.lua`); ids that do not fit are kept as they are.
+const PACKED_SEQS: u64 = 1024;
+
+/// The entry id an index element stands for.
+fn unpack_entry_id(element: Vec<u8>) -> String {
+    let text = String::from_utf8_lossy(&element);
+    if !text.contains('-') {
+        if let Ok(packed) = text.parse::<u64>() {
+            return format!("{}-{}", packed / PACKED_SEQS, packed % PACKED_SEQS);
+        }
+    }
+    text.into_owned()
 }
 
 impl Page {
-    /// Parses `[version, done, entry…]`.
+    /// Parses `[version, done, index element…]`.
     pub(crate) fn parse(value: Value, operation: &str) -> Result<Self, Error> {
         let mut items = into_array(value, operation)?.into_iter();
         let (Some(version), Some(done)) = (
@@ -101,12 +117,26 @@ impl Page {
         Ok(Page {
             version,
             done: done == 1,
-            entries: items
-                .map(|item| RawEntry::parse(item, operation))
+            ids: items
+                .map(|item| {
+                    into_bytes(item).map(unpack_entry_id).ok_or_else(|| {
+                        Error::unexpected(operation, "an index element that is not a string")
+                    })
+                })
                 .collect::<Result<_, _>>()?,
         })
     }
 }
+
+/// What a read knows of one wanted entry.
+enum Fetched {
+    Unknown,
+    Found(RawEntry),
+    Missing,
+}
+
+/// Entries read per `XRANGE` in the first round of [`RedisEventStore::fetch_entries`].
+const FETCH_CHUNK: usize = 64;
 
 impl RedisEventStore {
     /// Connects with `config`: to the single server, or to the cluster.
@@ -208,8 +238,9 @@ impl RedisEventStore {
         let to = Some(to.map_or(page.version, |to| to.min(page.version)));
         let mut events = Vec::new();
         loop {
-            let read = page.entries.len() as u64;
-            for (version, raw) in (from..).zip(page.entries) {
+            let read = page.ids.len() as u64;
+            let entries = self.fetch_entries(&storage_key, page.ids).await?;
+            for (version, raw) in (from..).zip(entries) {
                 events.push(self.decode_indexed(&source, stream, version, raw)?);
             }
             if page.done || read == 0 {
@@ -218,6 +249,116 @@ impl RedisEventStore {
             from += read;
             page = self.read_page(stream, from, to, until_millis).await?;
         }
+    }
+
+    /// Reads the entries `ids` names (ascending) from stream `key`; an entry the stream no
+    /// longer holds comes back without fields.
+    ///
+    /// An aggregate's entries often sit together in the category stream (appended in one
+    /// call, or while the category was quiet), so the first round reads them as ranges: the
+    /// ids are cut into chunks of [`FETCH_CHUNK`], and each chunk is one
+    /// `XRANGE <first> <last> COUNT <chunk length>`, all in one pipeline. A chunk whose
+    /// entries lie together comes back whole; where other aggregates' entries are in
+    /// between, the range stops early (it never returns more entries than the chunk
+    /// wants), and a second round reads what is left one entry at a time, again in one
+    /// pipeline. At most two round trips, and never more than twice the wanted entries
+    /// read.
+    pub(crate) async fn fetch_entries(
+        &self,
+        key: &str,
+        ids: Vec<String>,
+    ) -> Result<Vec<RawEntry>, Error> {
+        let positions: Vec<Option<Position>> = ids.iter().map(|id| id.parse().ok()).collect();
+        // An id that is not an entry id cannot be read (XRANGE would refuse it).
+        let mut slots: Vec<Fetched> = positions
+            .iter()
+            .map(|p| {
+                if p.is_some() {
+                    Fetched::Unknown
+                } else {
+                    Fetched::Missing
+                }
+            })
+            .collect();
+        let operation = format!("XRANGE of {key}");
+        for round in 0..2 {
+            // Chunks of consecutive unknown slots: [start, end).
+            let mut chunks = Vec::new();
+            let width = if round == 0 { FETCH_CHUNK } else { 1 };
+            let mut i = 0;
+            while i < slots.len() {
+                if !matches!(slots[i], Fetched::Unknown) {
+                    i += 1;
+                    continue;
+                }
+                let mut end = i;
+                while end < slots.len() && end - i < width && matches!(slots[end], Fetched::Unknown)
+                {
+                    end += 1;
+                }
+                chunks.push((i, end));
+                i = end;
+            }
+            if chunks.is_empty() {
+                break;
+            }
+            let mut pipe = redis::pipe();
+            for &(start, end) in &chunks {
+                pipe.cmd("XRANGE")
+                    .arg(key)
+                    .arg(&ids[start])
+                    .arg(&ids[end - 1])
+                    .arg("COUNT")
+                    .arg(end - start);
+            }
+            let mut connection = self.connection.clone();
+            let replies: Vec<Value> = pipe
+                .query_async(&mut connection)
+                .await
+                .map_err(|e| Error::redis(&operation, e))?;
+            if replies.len() != chunks.len() {
+                return Err(Error::unexpected(&operation, "a reply per range"));
+            }
+            for (&(start, end), reply) in chunks.iter().zip(replies) {
+                let entries = into_array(reply, &operation)?;
+                let complete = entries.len() < end - start;
+                let mut next = start;
+                for item in entries {
+                    let entry = RawEntry::parse(item, &operation)?;
+                    let at: Option<Position> = entry.id.parse().ok();
+                    while next < end {
+                        if ids[next] == entry.id {
+                            slots[next] = Fetched::Found(entry);
+                            next += 1;
+                            break;
+                        } else if positions[next] < at {
+                            // The range returns everything from its start in order: an id
+                            // below this entry is not in the stream.
+                            slots[next] = Fetched::Missing;
+                            next += 1;
+                        } else {
+                            break; // another aggregate's entry
+                        }
+                    }
+                }
+                if complete || round == 1 {
+                    // The range was read to its end: what it lacks is not in the stream.
+                    for slot in &mut slots[next..end] {
+                        if matches!(slot, Fetched::Unknown) {
+                            *slot = Fetched::Missing;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(slots
+            .into_iter()
+            .zip(ids)
+            .map(|(slot, id)| match slot {
+                Fetched::Found(entry) => entry,
+                Fetched::Unknown | Fetched::Missing => RawEntry { id, pairs: None },
+            })
+            .collect())
     }
 
     /// Decodes the entry the index names for `version` of `stream`, checking that it is

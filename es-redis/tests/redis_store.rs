@@ -966,3 +966,90 @@ async fn a_corrupt_snapshot_falls_back_to_full_replay() {
         );
     }
 }
+
+/// Reads fetch an aggregate's entries from the category stream as ranges where they sit
+/// together and one by one where other aggregates' entries are in between: either way
+/// every event comes back, in order, and an entry missing from the stream is named.
+#[tokio::test]
+async fn reads_are_exact_however_the_aggregates_entries_interleave() {
+    for page_size in [7, 1_000] {
+        let store = store_with(|c| c.page_size(page_size)).await;
+        let target = StreamId::new("user", "target");
+        let mut expected = Vec::new();
+        let mut append = |stream: StreamId, events: Vec<NewEvent>| {
+            let store = store.clone();
+            async move {
+                store
+                    .append(
+                        &stream,
+                        ExpectedVersion::Any,
+                        events,
+                        &AppendOptions::default(),
+                    )
+                    .await
+                    .expect("append")
+            }
+        };
+        // Together: 30 events in one append.
+        append(target.clone(), numbered(0..30)).await;
+        expected.extend(0..30);
+        // Sparse: one in ten entries of the category is the target's.
+        for n in 30..45 {
+            append(target.clone(), numbered(n..n + 1)).await;
+            expected.push(n);
+            for other in 0..9 {
+                append(
+                    StreamId::new("user", format!("other-{other}")),
+                    numbered(0..1),
+                )
+                .await;
+            }
+        }
+        // Every other entry.
+        for n in 45..60 {
+            append(target.clone(), numbered(n..n + 1)).await;
+            expected.push(n);
+            append(StreamId::new("user", "neighbour"), numbered(0..1)).await;
+        }
+        let numbers = |events: &[es_core::StoredEvent]| -> Vec<usize> {
+            events
+                .iter()
+                .map(|e| {
+                    String::from_utf8_lossy(e.event.get("n").expect("n"))
+                        .parse()
+                        .unwrap()
+                })
+                .collect()
+        };
+        let events = store
+            .read_stream(&target, &ReadRange::all())
+            .await
+            .expect("read");
+        assert_eq!(numbers(&events), expected, "page size {page_size}");
+        assert!(events.iter().zip(1..).all(|(e, v)| e.version == v));
+        let middle = store
+            .read_stream(&target, &ReadRange::all().from_version(25).to_version(50))
+            .await
+            .expect("read part");
+        assert_eq!(numbers(&middle), expected[24..50], "page size {page_size}");
+
+        // Entries gone from the stream are named, wherever they sat.
+        for version in [60, 31, 10] {
+            let gone = events[version - 1].position.to_string();
+            let mut connection = store.connection();
+            let _: i64 = run(
+                &mut connection,
+                redis::cmd("XDEL")
+                    .arg(store.keys().category_stream("user"))
+                    .arg(&gone),
+            )
+            .await;
+            let error = store
+                .read_stream(&target, &ReadRange::all())
+                .await
+                .expect_err("missing entry");
+            assert!(matches!(error, StoreError::Backend { .. }), "{error:?}");
+            assert!(error.to_string().contains(&gone), "{version}: {error}");
+        }
+    }
+}

@@ -2,8 +2,10 @@
 
 -- Reads versions `from`..`to` (`to` nil: up to the current version), at most `page_size`
 -- of them, stopping before the first entry stored after `until_ms` (nil: no limit).
--- Replies {current version, done (1 or 0), entries...}; an entry is {id, {field, value...}}
--- as XRANGE gives it, or {id} when the index names an entry the stream no longer holds.
+-- Replies {current version, done (1 or 0), index elements...}: the entry ids as the index
+-- holds them (see entry_ids.lua), not the entries. The client reads the entries itself,
+-- straight from the stream: entries never change once written, and passing them through
+-- Lua would cost several times what XRANGE does (each is turned into Lua tables and back).
 local function read_page(stream, index, from, to, until_ms, page_size)
   local length = redis.call('LLEN', index)
   local version = 0
@@ -25,14 +27,18 @@ local function read_page(stream, index, from, to, until_ms, page_size)
     return reply
   end
   for _, element in ipairs(redis.call('LRANGE', index, from, page_last)) do
-    local id = unpack_entry_id(element)
-    local millis = tonumber(string.match(id, '^%d+'))
-    if until_ms ~= nil and millis ~= nil and millis > until_ms then
-      reply[2] = 1
-      break
+    if until_ms ~= nil then
+      local millis = tonumber(string.match(element, '^(%d+)%-'))
+      if millis == nil then
+        local packed = tonumber(element)
+        millis = packed and math.floor(packed / PACKED_SEQS)
+      end
+      if millis ~= nil and millis > until_ms then
+        reply[2] = 1
+        break
+      end
     end
-    local found = millis and redis.call('XRANGE', stream, id, id)[1]
-    reply[#reply + 1] = found or { id }
+    reply[#reply + 1] = element
   end
   return reply
 end
