@@ -976,7 +976,7 @@ async fn reads_are_exact_however_the_aggregates_entries_interleave() {
         let store = store_with(|c| c.page_size(page_size)).await;
         let target = StreamId::new("user", "target");
         let mut expected = Vec::new();
-        let mut append = |stream: StreamId, events: Vec<NewEvent>| {
+        let append = |stream: StreamId, events: Vec<NewEvent>| {
             let store = store.clone();
             async move {
                 store
