@@ -44,6 +44,7 @@ pub struct RedisConfig {
     reconnect_retries: usize,
     page_size: usize,
     remembered_append_ids: usize,
+    append_batch: usize,
 }
 
 /// Where Redis is.
@@ -91,6 +92,7 @@ impl RedisConfig {
             reconnect_retries: 6,
             page_size: 1_000,
             remembered_append_ids: 8,
+            append_batch: 64,
         }
     }
 
@@ -149,6 +151,21 @@ impl RedisConfig {
         self
     }
 
+    /// How many appends, at most, are sent to Redis together (default 64; 1 sends each on
+    /// its own). Appends that callers make while earlier ones are on their way are queued
+    /// and sent as one script call (group commit): each append keeps its own atomicity,
+    /// version check and result, but concurrent appenders share the cost of a round trip
+    /// and of starting a script, which is most of an append's cost. An append never
+    /// waits for a batch to fill: when nothing is on its way it goes at once. A call also
+    /// closes once it holds 1,000 events.
+    ///
+    /// Batching needs every key of a call on one server, so on a cluster each append is
+    /// sent on its own.
+    pub fn append_batch(mut self, appends: usize) -> Self {
+        self.append_batch = appends.max(1);
+        self
+    }
+
     /// Splits `category` into `partitions` partitions (default 1; at least 1), so that
     /// on a cluster its events spread over several shards. Aggregate `id` belongs to
     /// partition [`partition_of`](crate::keys::partition_of)`(id, partitions)`; its
@@ -186,6 +203,10 @@ impl RedisConfig {
 
     pub(crate) fn remembered_append_ids_value(&self) -> usize {
         self.remembered_append_ids
+    }
+
+    pub(crate) fn append_batch_value(&self) -> usize {
+        self.append_batch
     }
 
     /// Checks the settings without connecting.
@@ -339,6 +360,7 @@ impl fmt::Debug for RedisConfig {
             .field("reconnect_retries", &self.reconnect_retries)
             .field("page_size", &self.page_size)
             .field("remembered_append_ids", &self.remembered_append_ids)
+            .field("append_batch", &self.append_batch)
             .finish()
     }
 }

@@ -84,6 +84,46 @@ impl Error {
         }
     }
 
+    /// The same error again, for each of several callers that share one failed call.
+    pub(crate) fn duplicate(&self) -> Self {
+        match self {
+            Error::Config(why) => Error::Config(why.clone()),
+            Error::Redis { operation, source } => Error::Redis {
+                operation: operation.clone(),
+                source: source.clone(),
+            },
+            Error::Script {
+                script,
+                message,
+                source,
+            } => Error::Script {
+                script,
+                message: message.clone(),
+                source: source.clone(),
+            },
+            Error::InvalidRequest(why) => Error::InvalidRequest(why.clone()),
+            Error::WaitTimeout(timeout) => Error::WaitTimeout(timeout.clone()),
+            Error::Stopped => Error::Stopped,
+            Error::UnexpectedReply { operation, detail } => Error::UnexpectedReply {
+                operation: operation.clone(),
+                detail: detail.clone(),
+            },
+        }
+    }
+
+    /// What a script refused, as it said it in its reply (not as an error reply).
+    pub(crate) fn refused(script: &'static str, message: String) -> Self {
+        Error::Script {
+            script,
+            source: redis::RedisError::from((
+                redis::ErrorKind::Extension,
+                "refused by the script",
+                message.clone(),
+            )),
+            message,
+        }
+    }
+
     /// A reply of the wrong shape.
     pub(crate) fn unexpected(operation: impl Into<String>, detail: impl Into<String>) -> Self {
         Error::UnexpectedReply {

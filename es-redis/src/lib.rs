@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod appends;
 pub mod config;
 pub mod connection;
 mod entry;

@@ -12,6 +12,7 @@ use es_core::{
 };
 use redis::{Cmd, ScriptInvocation, Value};
 
+use crate::appends::{AppendCall, AppendQueue};
 use crate::config::RedisConfig;
 use crate::connection::RedisConnection;
 use crate::entry::{self, as_u64, into_array, into_bytes, EntrySource, RawEntry};
@@ -66,6 +67,7 @@ pub struct RedisEventStore {
     keys: KeyLayout,
     page_size: usize,
     remembered_append_ids: usize,
+    appends: Arc<AppendQueue>,
 }
 
 impl std::fmt::Debug for RedisEventStore {
@@ -153,8 +155,14 @@ impl RedisEventStore {
         config: &RedisConfig,
     ) -> Result<Self, Error> {
         config.validate()?;
+        let connection = connection.into();
         Ok(RedisEventStore {
-            connection: connection.into(),
+            appends: AppendQueue::new(
+                connection.clone(),
+                config.remembered_append_ids_value(),
+                config.append_batch_value(),
+            ),
+            connection,
             keys: config.keys(),
             page_size: config.page_size_value(),
             remembered_append_ids: config.remembered_append_ids_value(),
@@ -430,7 +438,8 @@ impl EventStore for RedisEventStore {
             ExpectedVersion::NoStream => "0".to_owned(),
             ExpectedVersion::Exact(version) => version.to_string(),
         };
-        let mut args = Vec::with_capacity(6 + events.len() * 8);
+        let count = events.len();
+        let mut args = Vec::with_capacity(4 + count * 12);
         args.push(stream.id.as_bytes().to_vec());
         args.push(expected_arg.into_bytes());
         // The cluster client re-sends a command by itself after a timeout or a dropped
@@ -440,25 +449,21 @@ impl EventStore for RedisEventStore {
             None if self.connection.is_cluster() => Some(automatic_append_id()),
             None => None,
         };
-        args.push(if append_id.is_some() {
-            b"1".to_vec()
-        } else {
-            b"0".to_vec()
+        args.push(match append_id {
+            Some(id) => format!("={id}").into_bytes(),
+            None => Vec::new(),
         });
-        args.push(append_id.unwrap_or_default().into_bytes());
-        args.push(self.remembered_append_ids.to_string().into_bytes());
-        args.push(events.len().to_string().into_bytes());
+        args.push(count.to_string().into_bytes());
         for event in events {
             entry::push_append_args(&mut args, stream, event)?;
         }
-        let mut invocation = SCRIPTS.append.prepare_invoke();
-        invocation
-            .key(self.keys.aggregate_stream(stream))
-            .key(self.keys.index(stream));
-        for arg in &args {
-            invocation.arg(arg.as_slice());
-        }
-        let reply = self.run_script("append", &invocation).await?;
+        let call = AppendCall {
+            stream_key: self.keys.aggregate_stream(stream),
+            index_key: self.keys.index(stream),
+            args,
+            events: count,
+        };
+        let reply = self.appends.append(call).await?;
         parse_append_reply(reply, stream, expected).map_err(|e| match e {
             AppendOutcome::Conflict(conflict) => StoreError::Conflict(conflict),
             AppendOutcome::Error(error) => error.into(),
@@ -604,6 +609,14 @@ fn parse_append_reply(
         .map_err(AppendOutcome::Error)?
         .into_iter();
     let status = items.next().and_then(into_bytes);
+    if status.as_deref() == Some(b"error") {
+        let message = items
+            .next()
+            .and_then(into_bytes)
+            .map(|m| String::from_utf8_lossy(&m).into_owned())
+            .unwrap_or_default();
+        return Err(AppendOutcome::Error(Error::refused("append", message)));
+    }
     let version = items.next().as_ref().and_then(as_u64);
     let (Some(status), Some(version)) = (status, version) else {
         return Err(malformed("a reply without status and version".to_owned()));

@@ -1053,3 +1053,119 @@ async fn reads_are_exact_however_the_aggregates_entries_interleave() {
         }
     }
 }
+
+/// Appends made while others are on their way go to Redis together, in one script call,
+/// and each keeps its own version check, result and failure.
+#[tokio::test]
+async fn concurrent_appends_share_script_calls_but_keep_their_own_outcomes() {
+    let server = RedisServer::start().expect("redis");
+    let store = server.store("batched").await.expect("connect");
+    let mut connection = store.connection();
+    let broken = StreamId::new("user", "broken");
+    let _: () = run(
+        &mut connection,
+        redis::cmd("SET")
+            .arg(store.keys().index(&broken))
+            .arg("oops"),
+    )
+    .await;
+    let retried = StreamId::new("user", "retried");
+    let first = store
+        .append(
+            &retried,
+            ExpectedVersion::NoStream,
+            numbered(0..2),
+            &AppendOptions::with_append_id("once"),
+        )
+        .await
+        .expect("first append");
+    let _: () = run(&mut connection, redis::cmd("CONFIG").arg("RESETSTAT")).await;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    // Two appends race for version 1 of each of 20 aggregates.
+    for n in 0..40 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let stream = StreamId::new("user", format!("u-{}", n % 20));
+            let outcome = store
+                .append(
+                    &stream,
+                    ExpectedVersion::NoStream,
+                    numbered(n..n + 1),
+                    &AppendOptions::default(),
+                )
+                .await;
+            ("race", n, outcome)
+        });
+    }
+    // An append to a broken key fails alone.
+    let store_b = store.clone();
+    tasks.spawn(async move {
+        let outcome = store_b
+            .append(
+                &broken,
+                ExpectedVersion::Any,
+                numbered(0..1),
+                &AppendOptions::default(),
+            )
+            .await;
+        ("broken", 0, outcome)
+    });
+    // A retry of a remembered append gets the first result back.
+    let store_r = store.clone();
+    tasks.spawn(async move {
+        let outcome = store_r
+            .append(
+                &retried,
+                ExpectedVersion::NoStream,
+                numbered(0..2),
+                &AppendOptions::with_append_id("once"),
+            )
+            .await;
+        ("retried", 0, outcome)
+    });
+    let mut winners = std::collections::BTreeMap::new();
+    let mut conflicts = 0;
+    while let Some(joined) = tasks.join_next().await {
+        match joined.expect("task") {
+            ("race", n, Ok(written)) => {
+                assert_eq!(written.version, 1);
+                assert!(
+                    winners.insert(n % 20, n).is_none(),
+                    "two winners for u-{}",
+                    n % 20
+                );
+            }
+            ("race", _, Err(StoreError::Conflict(conflict))) => {
+                assert_eq!(conflict.actual, 1);
+                conflicts += 1;
+            }
+            ("broken", _, Err(error)) => {
+                assert!(matches!(error, StoreError::Backend { .. }), "{error:?}");
+                assert!(error.to_string().contains("ESLAYOUT"), "{error}");
+            }
+            ("retried", _, Ok(again)) => assert_eq!(again, first),
+            other => panic!("unexpected outcome: {other:?}"),
+        }
+    }
+    assert_eq!((winners.len(), conflicts), (20, 20));
+    for (aggregate, n) in winners {
+        let events = store
+            .read_stream(
+                &StreamId::new("user", format!("u-{aggregate}")),
+                &ReadRange::all(),
+            )
+            .await
+            .expect("read");
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].event.get("n"), Some(n.to_string().as_bytes()));
+    }
+    let stats: String = run(&mut connection, redis::cmd("INFO").arg("commandstats")).await;
+    let calls: usize = stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .expect("evalsha calls");
+    assert!(calls < 42, "42 appends took {calls} script calls");
+}

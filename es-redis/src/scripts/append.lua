@@ -1,146 +1,173 @@
--- Appends events to one aggregate: one atomic step, one round trip.
+-- Appends events to one or more aggregates in one round trip; each append is atomic and
+-- independent of the others (the store sends concurrent appends together: see
+-- RedisConfig::append_batch).
 --
--- KEYS[1]  the category stream          KEYS[2]  the aggregate's index (a list)
--- ARGV[1]  the aggregate id
--- ARGV[2]  the expected version: '' for any, else the exact version (0: no stream yet)
--- ARGV[3]  '1' if the append carries an id, else '0'
--- ARGV[4]  the append id ('' when it carries none)
--- ARGV[5]  how many append ids to remember per aggregate
--- ARGV[6]  how many events follow; each is: type, number of field pairs, the pairs
+-- KEYS[2a-1]  the category stream of append a     KEYS[2a]  its aggregate's index (a list)
+-- ARGV[1]     how many append ids to remember per aggregate
+-- ARGV[2]     how many appends follow; each is:
+--               the aggregate id,
+--               the expected version: '' for any, else the exact version (0: no stream yet),
+--               '' if the append carries no id, else '=' followed by the id,
+--               how many events follow, then each event: type, number of field pairs, pairs
 --
--- Replies {'ok', version, entry ids...}, {'done', version, entry ids...} for a retry of a
--- remembered append, or {'conflict', actual version}.
+-- Replies with one reply per append: {'ok', version, entry ids...}, {'done', version, entry
+-- ids...} for a retry of a remembered append, {'conflict', actual version}, or
+-- {'error', message} when a key has the wrong type (that append writes nothing).
 --
 -- The index's element 0 is a header: the last appends that carried an id, as
 -- `<digest>:<last version>:<event count>` records joined by ';' (the digest is the first 12
 -- hex digits of the SHA-1 of the append id). Element v (v >= 1) is the entry id of version
 -- v, packed by pack_entry_id.
 --
--- Lua scripts have no rollback: everything that can fail is checked before the first write.
-
-local stream, index = KEYS[1], KEYS[2]
+-- Lua scripts have no rollback: everything that can fail is checked before the first write
+-- of each append, and the arguments of every append before the first write of all.
 
 -- A key of another type is refused before anything is written. Checking it with TYPE on
 -- every append costs two calls; instead the first command on each key runs under pcall
 -- and only a failure asks TYPE what the key holds.
-local function layout_error(key, wanted, failure)
+local function refused(key, wanted, failure)
   local found = redis.call('TYPE', key)['ok']
   if found ~= 'none' and found ~= wanted then
-    return redis.error_reply('ESLAYOUT key ' .. key .. ' holds a ' .. found .. ', not a ' .. wanted)
+    return { 'error', 'ESLAYOUT key ' .. key .. ' holds a ' .. found .. ', not a ' .. wanted }
   end
-  return failure
+  return { 'error', failure['err'] }
 end
 
-local length = redis.pcall('LLEN', index)
-if type(length) == 'table' and length['err'] then
-  return layout_error(index, 'list', length)
+-- Pass 1: find where each append's arguments start, checking their shape. `unpack` is
+-- bounded by Lua's C stack (8000 values), so the client rejects events with too many fields;
+-- this re-checks.
+local window = tonumber(ARGV[1]) or 0
+local appends = tonumber(ARGV[2])
+if appends == nil or appends < 1 or #KEYS ~= 2 * appends then
+  return redis.error_reply('ESINVALID malformed arguments: ' .. tostring(ARGV[2]) .. ' appends')
 end
-local version, header = 0, ''
-if length > 0 then
-  version = length - 1
-  header = redis.call('LINDEX', index, 0)
-end
-
-local digest
-if ARGV[3] == '1' then
-  digest = string.sub(redis.sha1hex(ARGV[4]), 1, 12)
-  -- Records start after a ';' (or at the start): a plain find, no pattern matching.
-  local at = string.find(';' .. header, ';' .. digest .. ':', 1, true)
-  if at then
-    local last, count = string.match(header, '^:(%d+):(%d+)', at + 12)
-    last, count = tonumber(last), tonumber(count)
-    local reply = { 'done', last }
-    for _, element in ipairs(redis.call('LRANGE', index, last - count + 1, last)) do
-      reply[#reply + 1] = unpack_entry_id(element)
+local starts, at = {}, 3
+for a = 1, appends do
+  starts[a] = at
+  local count = tonumber(ARGV[at + 3])
+  if count == nil or count < 1 then
+    return redis.error_reply('ESINVALID an append needs at least one event')
+  end
+  at = at + 4
+  for e = 1, count do
+    local pairs_count = tonumber(ARGV[at + 1])
+    if ARGV[at] == nil or pairs_count == nil or pairs_count < 0 or at + 1 + 2 * pairs_count > #ARGV then
+      return redis.error_reply('ESINVALID malformed arguments for event ' .. e)
     end
-    return reply
+    if pairs_count > 3000 then
+      return redis.error_reply('ESINVALID event ' .. e .. ' has more than 3000 fields')
+    end
+    at = at + 2 + 2 * pairs_count
   end
-end
-
-if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= version then
-  return { 'conflict', version }
-end
-
--- Parse and check every event before writing anything. `unpack` is bounded by Lua's C
--- stack (8000 values), so the client rejects events with too many fields; this re-checks.
-local count = tonumber(ARGV[6])
-if count == nil or count < 1 then
-  return redis.error_reply('ESINVALID an append needs at least one event')
-end
-local at = 7
-for e = 1, count do
-  local pairs_count = tonumber(ARGV[at + 1])
-  if ARGV[at] == nil or pairs_count == nil or pairs_count < 0 or at + 1 + 2 * pairs_count > #ARGV then
-    return redis.error_reply('ESINVALID malformed arguments for event ' .. e)
-  end
-  if pairs_count > 3000 then
-    return redis.error_reply('ESINVALID event ' .. e .. ' has more than 3000 fields')
-  end
-  at = at + 2 + 2 * pairs_count
 end
 if at ~= #ARGV + 1 then
   return redis.error_reply('ESINVALID trailing arguments after the last event')
 end
 
-local new_version = version + count
-if digest then
-  -- Add this append's record and keep the newest `window` ones, dropping from the front.
-  local record = digest .. ':' .. string.format('%d', new_version) .. ':' .. count
-  if header == '' then
-    header = record
-  else
-    header = header .. ';' .. record
-  end
-  local records, at = 1, string.find(header, ';', 1, true)
-  while at do
-    records = records + 1
-    at = string.find(header, ';', at + 1, true)
-  end
-  local start = 1
-  for _ = 1, records - (tonumber(ARGV[5]) or 0) do
-    start = (string.find(header, ';', start, true) or #header) + 1
-  end
-  header = string.sub(header, start)
-end
-
--- Writes. The first XADD could only fail if the stream's last id were the largest possible
--- one (set by hand); then nothing has been written yet.
 -- One argument table for every XADD, refilled per event: building a table per event costs
 -- more than the XADD itself.
-local args = { stream, '*', 'type', false, 'aggregate_id', ARGV[1], 'version', false }
+local args = { false, '*', 'type', false, 'aggregate_id', false, 'version', false }
 local used = #args
-local reply, elements = { 'ok', new_version }, {}
-at = 7
-for e = 1, count do
-  local fields = 2 * tonumber(ARGV[at + 1])
-  args[4] = ARGV[at]
-  args[8] = string.format('%d', version + e)
-  for i = 1, fields do
-    args[8 + i] = ARGV[at + 1 + i]
+
+local function append(stream, index, at)
+  local length = redis.pcall('LLEN', index)
+  if type(length) == 'table' then
+    return refused(index, 'list', length)
   end
-  for i = 9 + fields, used do
-    args[i] = nil
+  local version = 0
+  if length > 0 then
+    version = length - 1
   end
-  used = 8 + fields
-  local id
-  if e == 1 then
-    id = redis.pcall('XADD', unpack(args, 1, used))
-    if type(id) == 'table' and id['err'] then
-      return layout_error(stream, 'stream', id)
+  local aggregate, expected, append_id, count = ARGV[at], ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3])
+
+  local digest, header = nil, ''
+  if append_id ~= '' then
+    digest = string.sub(redis.sha1hex(string.sub(append_id, 2)), 1, 12)
+    if length > 0 then
+      header = redis.call('LINDEX', index, 0)
     end
-  else
-    id = redis.call('XADD', unpack(args, 1, used))
+    -- Records start after a ';' (or at the start): a plain find, no pattern matching.
+    local found = string.find(';' .. header, ';' .. digest .. ':', 1, true)
+    if found then
+      local last, events = string.match(header, '^:(%d+):(%d+)', found + 12)
+      last, events = tonumber(last), tonumber(events)
+      local reply = { 'done', last }
+      for _, element in ipairs(redis.call('LRANGE', index, last - events + 1, last)) do
+        reply[#reply + 1] = unpack_entry_id(element)
+      end
+      return reply
+    end
   end
-  reply[e + 2] = id
-  elements[e] = pack_entry_id(id)
-  at = at + 2 + fields
+
+  if expected ~= '' and tonumber(expected) ~= version then
+    return { 'conflict', version }
+  end
+
+  local new_version = version + count
+  if digest then
+    -- Add this append's record and keep the newest `window` ones, dropping from the front.
+    local record = digest .. ':' .. string.format('%d', new_version) .. ':' .. count
+    if header == '' then
+      header = record
+    else
+      header = header .. ';' .. record
+    end
+    local records, semicolon = 1, string.find(header, ';', 1, true)
+    while semicolon do
+      records = records + 1
+      semicolon = string.find(header, ';', semicolon + 1, true)
+    end
+    local start = 1
+    for _ = 1, records - window do
+      start = (string.find(header, ';', start, true) or #header) + 1
+    end
+    header = string.sub(header, start)
+  end
+
+  -- Writes. The first XADD could only fail if the stream's last id were the largest
+  -- possible one (set by hand) or the key had another type; then nothing is written yet.
+  args[1], args[6] = stream, aggregate
+  local reply, elements = { 'ok', new_version }, {}
+  if length == 0 then
+    elements[1] = header
+  end
+  at = at + 4
+  for e = 1, count do
+    local fields = 2 * tonumber(ARGV[at + 1])
+    args[4] = ARGV[at]
+    args[8] = version + e -- Redis writes a Lua number as its shortest exact text
+    for i = 1, fields do
+      args[8 + i] = ARGV[at + 1 + i]
+    end
+    for i = 9 + fields, used do
+      args[i] = nil
+    end
+    used = 8 + fields
+    local id
+    if e == 1 then
+      id = redis.pcall('XADD', unpack(args, 1, used))
+      if type(id) == 'table' then
+        return refused(stream, 'stream', id)
+      end
+    else
+      id = redis.call('XADD', unpack(args, 1, used))
+    end
+    reply[e + 2] = id
+    elements[#elements + 1] = pack_entry_id(id)
+    at = at + 2 + fields
+  end
+  if length > 0 and digest then
+    redis.call('LSET', index, 0, header)
+  end
+  for first = 1, #elements, 1000 do
+    redis.call('RPUSH', index, unpack(elements, first, math.min(first + 999, #elements)))
+  end
+  return reply
 end
-if length == 0 then
-  redis.call('RPUSH', index, header)
-elseif digest then
-  redis.call('LSET', index, 0, header)
+
+-- Pass 2: the appends, in order (a later append to the same aggregate sees the earlier).
+local replies = {}
+for a = 1, appends do
+  replies[a] = append(KEYS[2 * a - 1], KEYS[2 * a], starts[a])
 end
-for first = 1, #elements, 1000 do
-  redis.call('RPUSH', index, unpack(elements, first, math.min(first + 999, #elements)))
-end
-return reply
+return replies

@@ -1,0 +1,203 @@
+//! Sending appends: one script call for one append, or for many at once (group commit).
+//!
+//! Most of an append's cost is not its writes but the round trip and the start of a Lua
+//! script (on a small machine a script that does nothing costs twice a raw `XADD`). So
+//! appends that callers make while earlier ones are on their way are queued, and a
+//! background task sends each queue as one call of the append script, which runs every
+//! append in it on its own (its own version check, its own result, atomic by itself). An
+//! append never waits for a batch to fill: with nothing on its way, it goes at once.
+
+use std::sync::{Arc, OnceLock};
+
+use redis::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+
+use crate::connection::RedisConnection;
+use crate::entry::into_array;
+use crate::error::Error;
+use crate::scripts::SCRIPTS;
+
+/// One append, encoded for the append script.
+pub(crate) struct AppendCall {
+    /// The category stream it writes to.
+    pub stream_key: String,
+    /// The aggregate's index.
+    pub index_key: String,
+    /// Its arguments: aggregate id, expected version, append id, event count, events.
+    pub args: Vec<Vec<u8>>,
+    /// How many events it holds.
+    pub events: usize,
+}
+
+/// Calls of the append script on their way at once: one being sent while the next fills.
+const IN_FLIGHT: usize = 2;
+
+/// A call closes once it holds this many events, so one script never blocks Redis long.
+const MAX_EVENTS_PER_CALL: usize = 1_000;
+
+/// Runs `calls` in one call of the append script; replies with one reply per call.
+pub(crate) async fn invoke(
+    connection: &RedisConnection,
+    remembered_append_ids: usize,
+    calls: &[AppendCall],
+) -> Result<Vec<Value>, Error> {
+    let mut invocation = SCRIPTS.append.prepare_invoke();
+    for call in calls {
+        invocation.key(&call.stream_key).key(&call.index_key);
+    }
+    invocation.arg(remembered_append_ids).arg(calls.len());
+    for call in calls {
+        for arg in &call.args {
+            invocation.arg(arg.as_slice());
+        }
+    }
+    let mut connection = connection.clone();
+    let reply = invocation
+        .invoke_async(&mut connection)
+        .await
+        .map_err(|e| Error::script("append", e))?;
+    let replies = into_array(reply, "append")?;
+    if replies.len() != calls.len() {
+        return Err(Error::unexpected(
+            "append",
+            format!("{} replies to {} appends", replies.len(), calls.len()),
+        ));
+    }
+    Ok(replies)
+}
+
+struct Queued {
+    call: AppendCall,
+    reply: oneshot::Sender<Result<Value, Error>>,
+}
+
+/// The queue of appends of one store (shared by its clones), and the task that sends it.
+pub(crate) struct AppendQueue {
+    connection: RedisConnection,
+    remembered_append_ids: usize,
+    max_appends: usize,
+    /// Started by the first append, on its runtime; the task ends when the queue is dropped.
+    sender: OnceLock<mpsc::UnboundedSender<Queued>>,
+}
+
+impl AppendQueue {
+    pub(crate) fn new(
+        connection: RedisConnection,
+        remembered_append_ids: usize,
+        max_appends: usize,
+    ) -> Arc<Self> {
+        Arc::new(AppendQueue {
+            connection,
+            remembered_append_ids,
+            max_appends,
+            sender: OnceLock::new(),
+        })
+    }
+
+    /// Sends one append, batched with whatever else is queued; replies with its reply.
+    pub(crate) async fn append(&self, call: AppendCall) -> Result<Value, Error> {
+        if self.max_appends <= 1 || self.connection.is_cluster() {
+            return self.alone(call).await;
+        }
+        let sender = self.sender.get_or_init(|| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            tokio::spawn(send_queued(
+                receiver,
+                self.connection.clone(),
+                self.remembered_append_ids,
+                self.max_appends,
+            ));
+            sender
+        });
+        let (reply, replied) = oneshot::channel();
+        if let Err(unsent) = sender.send(Queued { call, reply }) {
+            // The task is gone (its runtime shut down): send this one directly.
+            return self.alone(unsent.0.call).await;
+        }
+        replied.await.unwrap_or_else(|_| {
+            Err(Error::redis(
+                "append",
+                std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    "the append queue stopped before the append's reply came: its outcome is \
+                     unknown (retry it with the same append id)",
+                )
+                .into(),
+            ))
+        })
+    }
+
+    async fn alone(&self, call: AppendCall) -> Result<Value, Error> {
+        let mut replies = invoke(
+            &self.connection,
+            self.remembered_append_ids,
+            std::slice::from_ref(&call),
+        )
+        .await?;
+        Ok(replies.swap_remove(0))
+    }
+}
+
+/// Takes whatever is queued (up to `max_appends` appends and [`MAX_EVENTS_PER_CALL`]
+/// events) and sends it as one call, with at most [`IN_FLIGHT`] calls on their way.
+async fn send_queued(
+    mut receiver: mpsc::UnboundedReceiver<Queued>,
+    connection: RedisConnection,
+    remembered_append_ids: usize,
+    max_appends: usize,
+) {
+    let mut in_flight = JoinSet::new();
+    let mut held: Option<Queued> = None;
+    loop {
+        if in_flight.len() >= IN_FLIGHT {
+            in_flight.join_next().await;
+            continue;
+        }
+        let first = match held.take() {
+            Some(queued) => queued,
+            None => tokio::select! {
+                biased;
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => continue,
+                queued = receiver.recv() => match queued {
+                    Some(queued) => queued,
+                    None => break,
+                },
+            },
+        };
+        let mut events = first.call.events;
+        let mut batch = vec![first];
+        while batch.len() < max_appends && events < MAX_EVENTS_PER_CALL {
+            match receiver.try_recv() {
+                Ok(queued) if events + queued.call.events > MAX_EVENTS_PER_CALL => {
+                    held = Some(queued);
+                    break;
+                }
+                Ok(queued) => {
+                    events += queued.call.events;
+                    batch.push(queued);
+                }
+                Err(_) => break,
+            }
+        }
+        in_flight.spawn(send_batch(connection.clone(), remembered_append_ids, batch));
+    }
+    while in_flight.join_next().await.is_some() {}
+}
+
+async fn send_batch(connection: RedisConnection, remembered_append_ids: usize, batch: Vec<Queued>) {
+    let (calls, replies): (Vec<AppendCall>, Vec<_>) =
+        batch.into_iter().map(|q| (q.call, q.reply)).unzip();
+    match invoke(&connection, remembered_append_ids, &calls).await {
+        Ok(values) => {
+            for (value, reply) in values.into_iter().zip(replies) {
+                let _ = reply.send(Ok(value));
+            }
+        }
+        Err(error) => {
+            for reply in replies {
+                let _ = reply.send(Err(error.duplicate()));
+            }
+        }
+    }
+}
