@@ -169,6 +169,9 @@ pub struct RunStats {
     pub claimed: u64,
 }
 
+/// How often a runner that is catching up publishes its progress.
+const PROGRESS_EVERY: Duration = Duration::from_millis(50);
+
 /// One category stream (of one partition) a projection reads.
 #[derive(Debug, Clone)]
 struct CategoryStream {
@@ -468,6 +471,7 @@ impl<P: Projection> ProjectionRunner<P> {
         // Entries read ahead while the previous batch was processed: delivered to this
         // consumer, so they are processed before anything else, even when stopping.
         let mut prefetched: Option<Vec<(usize, Vec<RawEntry>)>> = None;
+        let mut last_progress = Instant::now();
         while !stopping {
             if prefetched.is_none() && is_ready(&mut shutdown) {
                 break;
@@ -525,7 +529,13 @@ impl<P: Projection> ProjectionRunner<P> {
                 } else {
                     self.process_batch(batch, None, &mut stats).await?;
                 }
-                self.publish_progress().await
+                // While catching up, progress is published every PROGRESS_EVERY rather than
+                // after every batch (a round trip each); once caught up, after every batch.
+                if prefetched.is_none() || last_progress.elapsed() >= PROGRESS_EVERY {
+                    self.publish_progress().await?;
+                    last_progress = Instant::now();
+                }
+                Ok(())
             };
             match step.await {
                 Ok(()) => {}

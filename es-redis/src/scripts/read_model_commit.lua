@@ -135,6 +135,7 @@ end
 -- written) or false (removed).
 local reply, recorded = {}, {}
 local checked_increments = {} -- increment text -> its number, parsed once
+local key_of = {} -- KEYS index text -> key
 for u = 1, n do
   local found, id = seen[set_of[u]], id_of[u]
   if found[id] then
@@ -145,7 +146,11 @@ for u = 1, n do
     recorded[#recorded + 1] = u
     at = first_of[u]
     for _ = 1, count_of[u] do
-      local code, key = ARGV[at], KEYS[tonumber(ARGV[at + 1])]
+      local code, key = ARGV[at], key_of[ARGV[at + 1]]
+      if not key then
+        key = KEYS[tonumber(ARGV[at + 1])]
+        key_of[ARGV[at + 1]] = key
+      end
       local m, why = model[key], nil
       if not m then
         m, why = model_of(key)
@@ -172,14 +177,18 @@ for u = 1, n do
           checked_increments[by] = increment
         end
         why = why_value or why_increment
-        if why == nil and math.abs(value + increment) >= EXACT then
+        local sum = why == nil and value + increment
+        if sum and (sum >= EXACT or sum <= -EXACT) then
           why = 'the sum leaves the range this script checks exactly (|n| < 2^53)'
         end
         if why then
           return redis.error_reply('ESREADMODEL HINCRBY of field ' .. field .. ' of ' .. key ..
             ' by ' .. by .. ' refused: ' .. why)
         end
-        write(m, field, value + increment)
+        if fields[field] == nil then
+          m.order[#m.order + 1] = field
+        end
+        fields[field] = sum
         at = at + 4
       elseif code == 'hset' then
         write(m, ARGV[at + 2], ARGV[at + 3])
