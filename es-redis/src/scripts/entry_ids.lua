@@ -7,13 +7,16 @@
 local PACKED_SEQS = 1024
 local PACKED_MAX_MS = 8796093022208 -- 2^43
 
+-- Returns a Lua number when the id packs: Redis writes it as its exact decimal text (every
+-- packed value is below 2^53), which is cheaper than formatting it here.
 local function pack_entry_id(id)
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  ms, seq = tonumber(ms), tonumber(seq)
-  if ms == nil or seq == nil or seq >= PACKED_SEQS or ms >= PACKED_MAX_MS then
+  local dash = string.find(id, '-', 1, true)
+  local ms = dash and tonumber(string.sub(id, 1, dash - 1))
+  local seq = ms and tonumber(string.sub(id, dash + 1))
+  if seq == nil or seq >= PACKED_SEQS or ms >= PACKED_MAX_MS then
     return id
   end
-  return string.format('%d', ms * PACKED_SEQS + seq)
+  return ms * PACKED_SEQS + seq
 end
 
 local function unpack_entry_id(element)
