@@ -20,7 +20,7 @@ pub const RESERVED_EVENT_FIELDS: &[&str] = &[
 /// Derive it: on a struct with named fields (or a unit struct) it defines one event type; on
 /// an enum whose variants each hold one event struct it defines the set of events an
 /// aggregate accepts, and generates `From` for each variant and the dispatch to the
-/// aggregate's [`Apply`](crate::Apply) impls.
+/// aggregate's [`Apply`] impls.
 ///
 /// ```
 /// use es_core::Event;
