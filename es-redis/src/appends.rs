@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use crate::connection::RedisConnection;
-use crate::entry::into_array;
+use crate::entry::{as_u64, into_array};
 use crate::error::Error;
 use crate::scripts::SCRIPTS;
 
@@ -57,11 +57,37 @@ pub(crate) async fn invoke(
         .invoke_async(&mut connection)
         .await
         .map_err(|e| Error::script("append", e))?;
-    let replies = into_array(reply, "append")?;
-    if replies.len() != calls.len() {
+    split_replies(into_array(reply, "append")?, calls.len())
+}
+
+/// Splits the script's flat reply (per append: status, number, count, that many items) into
+/// one `[status, number, items…]` per append (`[status, message]` for `error`).
+fn split_replies(flat: Vec<Value>, appends: usize) -> Result<Vec<Value>, Error> {
+    let malformed =
+        || Error::unexpected("append", "a reply that does not split into one per append");
+    let mut items = flat.into_iter();
+    let mut replies = Vec::with_capacity(appends);
+    while let Some(status) = items.next() {
+        let (Some(number), Some(count)) = (items.next(), items.next()) else {
+            return Err(malformed());
+        };
+        let count =
+            usize::try_from(as_u64(&count).ok_or_else(malformed)?).map_err(|_| malformed())?;
+        let mut reply = Vec::with_capacity(2 + count);
+        reply.push(status);
+        let refused = matches!(&reply[0], Value::BulkString(status) if status == b"error");
+        if !refused {
+            reply.push(number);
+        }
+        for _ in 0..count {
+            reply.push(items.next().ok_or_else(malformed)?);
+        }
+        replies.push(Value::Array(reply));
+    }
+    if replies.len() != appends {
         return Err(Error::unexpected(
             "append",
-            format!("{} replies to {} appends", replies.len(), calls.len()),
+            format!("{} replies to {} appends", replies.len(), appends),
         ));
     }
     Ok(replies)

@@ -309,6 +309,7 @@ async fn run(sizes: &Sizes, options: Options) -> Result<(), BoxError> {
         let unbatched = RedisEventStore::connect(&server.config("bench").append_batch(1)).await?;
         rows.extend(p1_single_appends(sizes, &store, &unbatched, &raw).await?);
         commandstats(&options, "P1", &mut raw).await?;
+        rows.extend(p1_server_time(sizes, &raw).await?);
     }
     if wanted("P2") {
         rows.push(p2_batch_appends(sizes, &store, &raw).await?);
@@ -504,6 +505,192 @@ async fn p1_single_appends(
             "the same as P1, each append sent alone (`append_batch(1)`)",
             best[2],
         )),
+    ])
+}
+
+/// The store's append script, exactly as es-redis loads it.
+const ES_APPEND: &str = concat!(
+    "#!lua\n",
+    include_str!("../../es-redis/src/scripts/entry_ids.lua"),
+    include_str!("../../es-redis/src/scripts/append.lua")
+);
+
+/// The smallest Lua append there can be: check the version (`LLEN` of the index), `XADD`
+/// the entry, index it (`RPUSH`); 50 appends per call. `KEYS` are stream, index pairs; each
+/// append's `ARGV` are its type, aggregate id and four field pairs.
+const MINIMAL_APPEND: &str = r"
+local at = 1
+for a = 1, #KEYS / 2 do
+  local index = KEYS[2 * a]
+  local version = redis.call('LLEN', index)
+  local id = redis.call('XADD', KEYS[2 * a - 1], '*', 'type', ARGV[at], 'aggregate_id',
+    ARGV[at + 1], 'version', version + 1, unpack(ARGV, at + 2, at + 9))
+  redis.call('RPUSH', index, id)
+  at = at + 10
+end
+return 1
+";
+
+/// Server time (`INFO commandstats`, µs per call) of `command` since the last reset, and the
+/// number of calls.
+async fn server_time(raw: &mut ConnectionManager, command: &str) -> Result<(f64, f64), BoxError> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(raw)
+        .await?;
+    let prefix = format!("cmdstat_{command}:");
+    let line = info
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .ok_or_else(|| format!("no {command} in INFO commandstats"))?;
+    let field = |name: &str| -> f64 {
+        line.split(',')
+            .find_map(|kv| kv.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    Ok((field("usec="), field("calls=")))
+}
+
+async fn reset_stats(raw: &mut ConnectionManager) -> Result<(), BoxError> {
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(raw)
+        .await?;
+    Ok(())
+}
+
+/// What limits P1: Redis's own time per append (`INFO commandstats`) on a server with nothing
+/// else to do, for the store's append script and for the smallest Lua append there can be
+/// ([`MINIMAL_APPEND`]), both sent by hand 50 appends per call, and for a raw `XADD`. With the server as the bottleneck, these bound what appends per second any
+/// Lua append can reach against raw `XADD`.
+async fn p1_server_time(sizes: &Sizes, raw: &ConnectionManager) -> Result<Vec<Row>, BoxError> {
+    let appends = CONCURRENCY * sizes.p1_appends;
+    let mut raw = raw.clone();
+
+    let calls = appends.div_ceil(CONCURRENCY);
+    // The store's own append script, sent by hand in the same way as the smallest one.
+    let script = redis::Script::new(ES_APPEND);
+    let _: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(ES_APPEND)
+        .query_async(&mut raw)
+        .await?;
+    reset_stats(&mut raw).await?;
+    for call in 0..calls {
+        let mut invocation = redis::cmd("EVALSHA");
+        invocation.arg(script.get_hash()).arg(2 * CONCURRENCY);
+        for a in 0..CONCURRENCY {
+            invocation
+                .arg("es:{cart}:events")
+                .arg(format!("es:{{cart}}:index:{call}-{a}"));
+        }
+        invocation.arg(8).arg(CONCURRENCY);
+        for a in 0..CONCURRENCY {
+            let event = item((call * CONCURRENCY + a) as u64);
+            // Aggregate id, expected version (none yet), no append id, one event: type,
+            // four field pairs.
+            invocation
+                .arg(format!("{call}-{a}"))
+                .arg(0)
+                .arg("")
+                .arg(1)
+                .arg("ItemAdded")
+                .arg(4)
+                .arg("sku")
+                .arg(event.sku)
+                .arg("quantity")
+                .arg(event.quantity)
+                .arg("price_cents")
+                .arg(event.price_cents)
+                .arg("gift_wrap")
+                .arg(if event.gift_wrap { "true" } else { "false" });
+        }
+        let _: Value = invocation.query_async(&mut raw).await?;
+    }
+    let (script_usec, _) = server_time(&mut raw, "evalsha").await?;
+
+    let minimal = redis::Script::new(MINIMAL_APPEND);
+    let _: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(MINIMAL_APPEND)
+        .query_async(&mut raw)
+        .await?;
+    reset_stats(&mut raw).await?;
+    for call in 0..calls {
+        let mut invocation = redis::cmd("EVALSHA");
+        invocation.arg(minimal.get_hash()).arg(2 * CONCURRENCY);
+        for a in 0..CONCURRENCY {
+            invocation
+                .arg("minimal:{cart}:events")
+                .arg(format!("minimal:{{cart}}:index:{call}-{a}"));
+        }
+        for a in 0..CONCURRENCY {
+            let event = item((call * CONCURRENCY + a) as u64);
+            invocation
+                .arg("ItemAdded")
+                .arg(format!("{call}-{a}"))
+                .arg("sku")
+                .arg(event.sku)
+                .arg("quantity")
+                .arg(event.quantity)
+                .arg("price_cents")
+                .arg(event.price_cents)
+                .arg("gift_wrap")
+                .arg(if event.gift_wrap { "true" } else { "false" });
+        }
+        let _: i64 = invocation.query_async(&mut raw).await?;
+    }
+    let (minimal_usec, _) = server_time(&mut raw, "evalsha").await?;
+
+    reset_stats(&mut raw).await?;
+    for call in 0..calls {
+        let mut pipe = redis::pipe();
+        for a in 0..CONCURRENCY {
+            let command = pipe.cmd("XADD").arg("raw:{cart}:events").arg("*");
+            let n = (call * CONCURRENCY + a) as u64;
+            let event = item(n);
+            command
+                .arg("type")
+                .arg("ItemAdded")
+                .arg("aggregate_id")
+                .arg(format!("{call}-{a}"))
+                .arg("version")
+                .arg(1)
+                .arg("sku")
+                .arg(event.sku)
+                .arg("quantity")
+                .arg(event.quantity)
+                .arg("price_cents")
+                .arg(event.price_cents)
+                .arg("gift_wrap")
+                .arg(if event.gift_wrap { "true" } else { "false" });
+        }
+        let _: Vec<String> = pipe.query_async(&mut raw).await?;
+    }
+    let (xadd_usec, xadd_calls) = server_time(&mut raw, "xadd").await?;
+    let per_xadd = xadd_usec / xadd_calls.max(1.0);
+
+    let row = |what: String, per_append: f64| Row {
+        id: "P1 server",
+        what,
+        framework: format!("{per_append:.1} µs/append"),
+        raw: format!("{per_xadd:.1} µs/XADD"),
+        ratio: Some(per_xadd / per_append),
+        ratio_means: " (Redis time: XADD / append)",
+        target: Target::None,
+    };
+    Ok(vec![
+        row(
+            format!("Redis time per append, es-redis append script ({CONCURRENCY} per call)"),
+            script_usec / appends as f64,
+        ),
+        row(
+            format!(
+                "Redis time per append, smallest Lua append (LLEN + XADD + RPUSH, {CONCURRENCY} per call)"
+            ),
+            minimal_usec / appends as f64,
+        ),
     ])
 }
 

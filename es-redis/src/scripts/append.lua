@@ -10,9 +10,13 @@
 --               '' if the append carries no id, else '=' followed by the id,
 --               how many events follow, then each event: type, number of field pairs, pairs
 --
--- Replies with one reply per append: {'ok', version, entry ids...}, {'done', version, entry
--- ids...} for a retry of a remembered append, {'conflict', actual version}, or
--- {'error', message} when a key has the wrong type (that append writes nothing).
+-- Replies with one flat array (Redis converts nested Lua tables slowly: each is probed for
+-- special fields), holding for each append: a status, a number, a count and that many items:
+--   'ok', version, n, entry ids...      written
+--   'done', version, n, entry ids...    a retry of a remembered append: its first result
+--   'conflict', actual version, 0       refused: another version was expected
+--   'error', 0, 1, message              refused: a key has the wrong type
+-- A refused append writes nothing.
 --
 -- The index's element 0 is a header: the last appends that carried an id, as
 -- `<digest>:<last version>:<event count>` records joined by ';' (the digest is the first 12
@@ -25,12 +29,22 @@
 -- A key of another type is refused before anything is written. Checking it with TYPE on
 -- every append costs two calls; instead the first command on each key runs under pcall
 -- and only a failure asks TYPE what the key holds.
+local out = {}
+local function reply(status, number, items)
+  out[#out + 1] = status
+  out[#out + 1] = number
+  out[#out + 1] = #items
+  for _, item in ipairs(items) do
+    out[#out + 1] = item
+  end
+end
+
 local function refused(key, wanted, failure)
   local found = redis.call('TYPE', key)['ok']
   if found ~= 'none' and found ~= wanted then
-    return { 'error', 'ESLAYOUT key ' .. key .. ' holds a ' .. found .. ', not a ' .. wanted }
+    return reply('error', 0, { 'ESLAYOUT key ' .. key .. ' holds a ' .. found .. ', not a ' .. wanted })
   end
-  return { 'error', failure['err'] }
+  return reply('error', 0, { failure['err'] })
 end
 
 -- Pass 1: find where each append's arguments start, checking their shape. `unpack` is
@@ -64,11 +78,6 @@ if at ~= #ARGV + 1 then
   return redis.error_reply('ESINVALID trailing arguments after the last event')
 end
 
--- One argument table for every XADD, refilled per event: building a table per event costs
--- more than the XADD itself.
-local args = { false, '*', 'type', false, 'aggregate_id', false, 'version', false }
-local used = #args
-
 local function append(stream, index, at)
   local length = redis.pcall('LLEN', index)
   if type(length) == 'table' then
@@ -91,16 +100,16 @@ local function append(stream, index, at)
     if found then
       local last, events = string.match(header, '^:(%d+):(%d+)', found + 12)
       last, events = tonumber(last), tonumber(events)
-      local reply = { 'done', last }
+      local ids = {}
       for _, element in ipairs(redis.call('LRANGE', index, last - events + 1, last)) do
-        reply[#reply + 1] = unpack_entry_id(element)
+        ids[#ids + 1] = unpack_entry_id(element)
       end
-      return reply
+      return reply('done', last, ids)
     end
   end
 
   if expected ~= '' and tonumber(expected) ~= version then
-    return { 'conflict', version }
+    return reply('conflict', version, {})
   end
 
   local new_version = version + count
@@ -126,33 +135,32 @@ local function append(stream, index, at)
 
   -- Writes. The first XADD could only fail if the stream's last id were the largest
   -- possible one (set by hand) or the key had another type; then nothing is written yet.
-  args[1], args[6] = stream, aggregate
-  local reply, elements = { 'ok', new_version }, {}
+  out[#out + 1] = 'ok'
+  out[#out + 1] = new_version
+  out[#out + 1] = count
+  local elements = {}
   if length == 0 then
     elements[1] = header
   end
   at = at + 4
   for e = 1, count do
     local fields = 2 * tonumber(ARGV[at + 1])
-    args[4] = ARGV[at]
-    args[8] = version + e -- Redis writes a Lua number as its shortest exact text
-    for i = 1, fields do
-      args[8 + i] = ARGV[at + 1 + i]
-    end
-    for i = 9 + fields, used do
-      args[i] = nil
-    end
-    used = 8 + fields
+    local first_pair, last_pair = at + 2, at + 1 + fields
     local id
     if e == 1 then
-      id = redis.pcall('XADD', unpack(args, 1, used))
+      id = redis.pcall('XADD', stream, '*', 'type', ARGV[at], 'aggregate_id', aggregate,
+        'version', version + e, unpack(ARGV, first_pair, last_pair))
       if type(id) == 'table' then
+        for _ = 1, 3 do
+          out[#out] = nil -- the 'ok' header: nothing is written
+        end
         return refused(stream, 'stream', id)
       end
     else
-      id = redis.call('XADD', unpack(args, 1, used))
+      id = redis.call('XADD', stream, '*', 'type', ARGV[at], 'aggregate_id', aggregate,
+        'version', version + e, unpack(ARGV, first_pair, last_pair))
     end
-    reply[e + 2] = id
+    out[#out + 1] = id
     elements[#elements + 1] = pack_entry_id(id)
     at = at + 2 + fields
   end
@@ -162,12 +170,10 @@ local function append(stream, index, at)
   for first = 1, #elements, 1000 do
     redis.call('RPUSH', index, unpack(elements, first, math.min(first + 999, #elements)))
   end
-  return reply
 end
 
 -- Pass 2: the appends, in order (a later append to the same aggregate sees the earlier).
-local replies = {}
 for a = 1, appends do
-  replies[a] = append(KEYS[2 * a - 1], KEYS[2 * a], starts[a])
+  append(KEYS[2 * a - 1], KEYS[2 * a], starts[a])
 end
-return replies
+return out
