@@ -160,7 +160,9 @@ impl RedisConfig {
     /// closes once it holds 1,000 events.
     ///
     /// Batching needs every key of a call on one server, so on a cluster each append is
-    /// sent on its own.
+    /// sent on its own. An append handed to the queue is sent even if its caller stops
+    /// waiting (a timeout around `append`): as with any lost reply, retry it with the same
+    /// append id. The queue's task runs on the runtime of the store's first append.
     pub fn append_batch(mut self, appends: usize) -> Self {
         self.append_batch = appends.max(1);
         self

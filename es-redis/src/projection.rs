@@ -29,7 +29,8 @@
 //!   every entry is acknowledged (at most the group's last-delivered id, below its oldest
 //!   pending entry); a partitioned category's is the least of its partitions' (see
 //!   [`ProjectionMonitor::category_status`]). [`ProjectionMonitor::wait_for`] polls it from any process;
-//!   [`ProjectionRunner::progress`] is an in-process [`Progress`] fed after every batch.
+//!   [`ProjectionRunner::progress`] is an in-process [`Progress`] fed after every batch
+//!   (every 50 ms while catching up).
 //!
 //! [`HashReadModel`]: crate::HashReadModel
 
@@ -121,8 +122,9 @@ impl ProjectionOptions {
     }
 
     /// Entries pending longer than this (their worker died, or their handler failed) are
-    /// reclaimed. Keep it above the longest a handler may take: a slower handler's entry
-    /// is processed by another worker too.
+    /// reclaimed. Keep it above the longest two batches may take: a runner catching up
+    /// holds the next batch (read ahead) while it processes the current one, and an entry
+    /// pending longer than this is processed by another worker too.
     pub fn claim_idle(mut self, idle: Duration) -> Self {
         self.claim_idle = idle;
         self
@@ -352,7 +354,8 @@ impl<P: Projection> ProjectionRunner<P> {
 
     /// An in-process handle to wait until the projection has processed a position. It is
     /// fed with the group's watermark (all consumers' work, not only this runner's) after
-    /// every batch and every idle read, so it lags by at most the block time.
+    /// every batch and every idle read (every 50 ms while catching up), so it lags by at
+    /// most the block time.
     pub fn progress(&self) -> Progress {
         Progress::new(self.group.clone(), self.progress.subscribe())
     }
@@ -469,28 +472,31 @@ impl<P: Projection> ProjectionRunner<P> {
         let mut next_claim = Instant::now();
         let mut groups_ready = false;
         // Entries read ahead while the previous batch was processed: delivered to this
-        // consumer, so they are processed before anything else, even when stopping.
+        // consumer, so they are processed before the next read, even when stopping.
         let mut prefetched: Option<Vec<(usize, Vec<RawEntry>)>> = None;
         let mut last_progress = Instant::now();
         while !stopping {
-            if prefetched.is_none() && is_ready(&mut shutdown) {
-                break;
+            if is_ready(&mut shutdown) {
+                if prefetched.is_none() {
+                    break;
+                }
+                // One last step for the entries read ahead; an error now ends the run
+                // (they stay pending and are reclaimed), so a lost connection cannot hold
+                // `stop` in a retry loop.
+                stopping = true;
             }
             let step = async {
                 if !groups_ready {
                     self.create_groups().await?;
                     groups_ready = true;
                 }
-                if Instant::now() >= next_claim {
+                if Instant::now() >= next_claim && !stopping {
                     self.claim_stale(&mut stats).await?;
                     self.prune_applied().await?;
                     next_claim = Instant::now() + self.options.claim_interval;
                 }
                 let batch = match prefetched.take() {
-                    Some(batch) => {
-                        stopping |= is_ready(&mut shutdown);
-                        batch
-                    }
+                    Some(batch) => batch,
                     None => {
                         let block = self
                             .options
@@ -806,6 +812,8 @@ impl<P: Projection> ProjectionRunner<P> {
         done: &mut Vec<String>,
     ) -> Result<(), Error> {
         stats.handled += entries.len() as u64;
+        // Acknowledged even if clearing their failure records fails below.
+        done.extend(entries.iter().map(|(id, _)| id.clone()));
         let retried: Vec<&str> = entries
             .iter()
             .filter(|(_, delivered)| *delivered > 1)
@@ -819,7 +827,6 @@ impl<P: Projection> ProjectionRunner<P> {
                 )
                 .await?;
         }
-        done.extend(entries.iter().map(|(id, _)| id.clone()));
         Ok(())
     }
 

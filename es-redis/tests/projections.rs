@@ -1118,3 +1118,38 @@ async fn batch_handlers_commit_once_per_read_and_isolate_a_poison_event() {
     );
     assert_eq!(pending_count(&store, "batch-balances").await, 0);
 }
+
+/// A runner catching up holds the next batch while it processes the current one; when Redis
+/// goes away then, `stop` still returns (with an error: the held entries stay pending).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_returns_during_an_outage_while_catching_up() {
+    let mut server = RedisServer::start().expect("redis");
+    let config = server
+        .config(&unique_namespace("outage"))
+        .response_timeout(Some(Duration::from_millis(200)))
+        .connection_timeout(Some(Duration::from_millis(200)))
+        .reconnect_retries(1);
+    let store = RedisEventStore::connect(&config).await.expect("connect");
+    append_deposits(&store, 1, 5_000, 10).await;
+    let recorder = Recorder {
+        delay: Duration::from_micros(200),
+        ..Recorder::new("outage", "only")
+    };
+    // Small batches, a claim due before almost every step.
+    let options = options("only")
+        .batch_size(20)
+        .claim_interval(Duration::from_millis(10));
+    let runner = ProjectionRunner::connect(&config, recorder.clone(), options)
+        .await
+        .expect("runner");
+    let running = runner.spawn();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while recorder.positions().len() < 200 {
+        assert!(Instant::now() < deadline, "the runner did not start");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopped = tokio::time::timeout(Duration::from_secs(10), running.stop()).await;
+    assert!(stopped.is_ok(), "stop hung during the outage");
+}

@@ -149,7 +149,7 @@ local function append(stream, index, at)
     local id
     if e == 1 then
       id = redis.pcall('XADD', stream, '*', 'type', ARGV[at], 'aggregate_id', aggregate,
-        'version', version + e, unpack(ARGV, first_pair, last_pair))
+        'version', string.format('%d', version + e), unpack(ARGV, first_pair, last_pair))
       if type(id) == 'table' then
         for _ = 1, 3 do
           out[#out] = nil -- the 'ok' header: nothing is written
@@ -158,7 +158,7 @@ local function append(stream, index, at)
       end
     else
       id = redis.call('XADD', stream, '*', 'type', ARGV[at], 'aggregate_id', aggregate,
-        'version', version + e, unpack(ARGV, first_pair, last_pair))
+        'version', string.format('%d', version + e), unpack(ARGV, first_pair, last_pair))
     end
     out[#out + 1] = id
     elements[#elements + 1] = pack_entry_id(id)
@@ -173,7 +173,18 @@ local function append(stream, index, at)
 end
 
 -- Pass 2: the appends, in order (a later append to the same aggregate sees the earlier).
+-- A runtime error in one (say, a header corrupted by hand) fails that append alone.
 for a = 1, appends do
-  append(KEYS[2 * a - 1], KEYS[2 * a], starts[a])
+  local mark = #out
+  local ok, failure = pcall(append, KEYS[2 * a - 1], KEYS[2 * a], starts[a])
+  if not ok then
+    for i = #out, mark + 1, -1 do
+      out[i] = nil
+    end
+    if type(failure) == 'table' then
+      failure = failure['err']
+    end
+    reply('error', 0, { 'ESAPPEND ' .. tostring(failure) })
+  end
 end
 return out

@@ -7,8 +7,8 @@
 local PACKED_SEQS = 1024
 local PACKED_MAX_MS = 8796093022208 -- 2^43
 
--- Returns a Lua number when the id packs: Redis writes it as its exact decimal text (every
--- packed value is below 2^53), which is cheaper than formatting it here.
+-- Formatted here: how Redis writes a Lua number passed to redis.call changed between
+-- versions (7.2.0 to 7.2.4 write some integers in exponent form, redis/redis#13113).
 local function pack_entry_id(id)
   local dash = string.find(id, '-', 1, true)
   local ms = dash and tonumber(string.sub(id, 1, dash - 1))
@@ -16,7 +16,7 @@ local function pack_entry_id(id)
   if seq == nil or seq >= PACKED_SEQS or ms >= PACKED_MAX_MS then
     return id
   end
-  return ms * PACKED_SEQS + seq
+  return string.format('%d', ms * PACKED_SEQS + seq)
 end
 
 local function unpack_entry_id(element)
