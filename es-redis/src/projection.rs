@@ -491,7 +491,7 @@ impl<P: Projection> ProjectionRunner<P> {
                     groups_ready = true;
                 }
                 if Instant::now() >= next_claim && !stopping {
-                    self.claim_stale(&mut stats).await?;
+                    self.claim_stale(&mut stats, prefetched.as_ref()).await?;
                     self.prune_applied().await?;
                     next_claim = Instant::now() + self.options.claim_interval;
                 }
@@ -945,8 +945,19 @@ impl<P: Projection> ProjectionRunner<P> {
     }
 
     /// Claims and processes entries pending longer than `claim_idle`, in every stream.
-    async fn claim_stale(&self, stats: &mut RunStats) -> Result<(), Error> {
+    /// Entries in `held` (read ahead, about to be processed) are not processed again here
+    /// when they come up.
+    async fn claim_stale(
+        &self,
+        stats: &mut RunStats,
+        held: Option<&Vec<(usize, Vec<RawEntry>)>>,
+    ) -> Result<(), Error> {
         let idle = u64::try_from(self.options.claim_idle.as_millis()).unwrap_or(u64::MAX);
+        let held: std::collections::HashSet<(usize, &str)> = held
+            .into_iter()
+            .flatten()
+            .flat_map(|(index, entries)| entries.iter().map(move |e| (*index, e.id.as_str())))
+            .collect();
         for (index, stream) in self.streams.iter().enumerate() {
             let operation = format!("XAUTOCLAIM of {}", stream.key);
             let mut start = "0-0".to_owned();
@@ -972,10 +983,11 @@ impl<P: Projection> ProjectionRunner<P> {
                 let next = into_bytes(next)
                     .and_then(|id| String::from_utf8(id).ok())
                     .ok_or_else(|| Error::unexpected(&operation, "a cursor that is not text"))?;
-                let entries = into_array(entries, &operation)?
+                let mut entries = into_array(entries, &operation)?
                     .into_iter()
                     .map(|item| RawEntry::parse(item, &operation))
                     .collect::<Result<Vec<_>, _>>()?;
+                entries.retain(|entry| !held.contains(&(index, entry.id.as_str())));
                 if !entries.is_empty() {
                     stats.claimed += entries.len() as u64;
                     tracing::info!(projection = %self.group, stream = %stream.key, entries = entries.len(), "reclaimed stale entries");
