@@ -103,14 +103,20 @@ fn item(n: u64) -> ItemAdded {
 /// The entry the store writes for `item(n)` at `version` of `aggregate`, as raw `XADD`
 /// arguments after the id: the same bytes the baselines write.
 fn raw_entry(command: &mut redis::Cmd, aggregate: &str, version: u64, n: u64) {
-    let event = item(n);
     command
         .arg("type")
         .arg("ItemAdded")
         .arg("aggregate_id")
         .arg(aggregate)
         .arg("version")
-        .arg(version)
+        .arg(version);
+    item_pairs(command, n);
+}
+
+/// The four field pairs of `item(n)`, as the store writes them.
+fn item_pairs(command: &mut redis::Cmd, n: u64) {
+    let event = item(n);
+    command
         .arg("sku")
         .arg(event.sku)
         .arg("quantity")
@@ -560,111 +566,96 @@ async fn reset_stats(raw: &mut ConnectionManager) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// What limits P1: Redis's own time per append (`INFO commandstats`) on a server with nothing
-/// else to do, for the store's append script and for the smallest Lua append there can be
-/// ([`MINIMAL_APPEND`]), both sent by hand 50 appends per call, and for a raw `XADD`. With the server as the bottleneck, these bound what appends per second any
-/// Lua append can reach against raw `XADD`.
-async fn p1_server_time(sizes: &Sizes, raw: &ConnectionManager) -> Result<Vec<Row>, BoxError> {
-    let appends = CONCURRENCY * sizes.p1_appends;
-    let mut raw = raw.clone();
-
-    let calls = appends.div_ceil(CONCURRENCY);
-    // The store's own append script, sent by hand in the same way as the smallest one.
-    let script = redis::Script::new(ES_APPEND);
+/// Loads `source`, resets the server's statistics and sends `calls` calls of it, each
+/// appending one event to each of [`CONCURRENCY`] new aggregates (`KEYS`: a stream and an
+/// index per append, under `prefix`); `header` are the arguments before the appends',
+/// `append` adds one append's. Returns Redis's time in the script, in µs.
+async fn script_time(
+    raw: &mut ConnectionManager,
+    source: &str,
+    prefix: &str,
+    calls: usize,
+    header: &[usize],
+    append: impl Fn(&mut redis::Cmd, String, u64),
+) -> Result<f64, BoxError> {
+    let script = redis::Script::new(source);
     let _: String = redis::cmd("SCRIPT")
         .arg("LOAD")
-        .arg(ES_APPEND)
-        .query_async(&mut raw)
+        .arg(source)
+        .query_async(raw)
         .await?;
-    reset_stats(&mut raw).await?;
+    reset_stats(raw).await?;
     for call in 0..calls {
         let mut invocation = redis::cmd("EVALSHA");
         invocation.arg(script.get_hash()).arg(2 * CONCURRENCY);
         for a in 0..CONCURRENCY {
             invocation
-                .arg("es:{cart}:events")
-                .arg(format!("es:{{cart}}:index:{call}-{a}"));
+                .arg(format!("{prefix}:{{cart}}:events"))
+                .arg(format!("{prefix}:{{cart}}:index:{call}-{a}"));
         }
-        invocation.arg(8).arg(CONCURRENCY);
+        invocation.arg(header);
         for a in 0..CONCURRENCY {
-            let event = item((call * CONCURRENCY + a) as u64);
-            // Aggregate id, expected version (none yet), no append id, one event: type,
-            // four field pairs.
-            invocation
-                .arg(format!("{call}-{a}"))
-                .arg(0)
-                .arg("")
-                .arg(1)
-                .arg("ItemAdded")
-                .arg(4)
-                .arg("sku")
-                .arg(event.sku)
-                .arg("quantity")
-                .arg(event.quantity)
-                .arg("price_cents")
-                .arg(event.price_cents)
-                .arg("gift_wrap")
-                .arg(if event.gift_wrap { "true" } else { "false" });
+            append(
+                &mut invocation,
+                format!("{call}-{a}"),
+                (call * CONCURRENCY + a) as u64,
+            );
         }
-        let _: Value = invocation.query_async(&mut raw).await?;
+        let _: Value = invocation.query_async(raw).await?;
     }
-    let (script_usec, _) = server_time(&mut raw, "evalsha").await?;
+    Ok(server_time(raw, "evalsha").await?.0)
+}
 
-    let minimal = redis::Script::new(MINIMAL_APPEND);
-    let _: String = redis::cmd("SCRIPT")
-        .arg("LOAD")
-        .arg(MINIMAL_APPEND)
-        .query_async(&mut raw)
-        .await?;
-    reset_stats(&mut raw).await?;
-    for call in 0..calls {
-        let mut invocation = redis::cmd("EVALSHA");
-        invocation.arg(minimal.get_hash()).arg(2 * CONCURRENCY);
-        for a in 0..CONCURRENCY {
-            invocation
-                .arg("minimal:{cart}:events")
-                .arg(format!("minimal:{{cart}}:index:{call}-{a}"));
-        }
-        for a in 0..CONCURRENCY {
-            let event = item((call * CONCURRENCY + a) as u64);
-            invocation
-                .arg("ItemAdded")
-                .arg(format!("{call}-{a}"))
-                .arg("sku")
-                .arg(event.sku)
-                .arg("quantity")
-                .arg(event.quantity)
-                .arg("price_cents")
-                .arg(event.price_cents)
-                .arg("gift_wrap")
-                .arg(if event.gift_wrap { "true" } else { "false" });
-        }
-        let _: i64 = invocation.query_async(&mut raw).await?;
-    }
-    let (minimal_usec, _) = server_time(&mut raw, "evalsha").await?;
+/// What limits P1: Redis's own time per append (`INFO commandstats`) on a server with nothing
+/// else to do, for the store's append script and for the smallest Lua append there can be
+/// ([`MINIMAL_APPEND`]), both sent by hand 50 appends per call, and for a raw `XADD`. With
+/// the server as the bottleneck, these bound the rate any Lua append can reach against raw
+/// `XADD`.
+async fn p1_server_time(sizes: &Sizes, raw: &ConnectionManager) -> Result<Vec<Row>, BoxError> {
+    let appends = CONCURRENCY * sizes.p1_appends;
+    let calls = appends.div_ceil(CONCURRENCY);
+    let mut raw = raw.clone();
+    // The store's own script: the remembered-id window and the number of appends, then per
+    // append its aggregate id, expected version (none yet), no append id, one event: its
+    // type and four field pairs.
+    let script_usec = script_time(
+        &mut raw,
+        ES_APPEND,
+        "es",
+        calls,
+        &[8, CONCURRENCY],
+        |c, id, n| {
+            c.arg(id).arg(0).arg("").arg(1).arg("ItemAdded").arg(4);
+            item_pairs(c, n);
+        },
+    )
+    .await?;
+    let minimal_usec = script_time(
+        &mut raw,
+        MINIMAL_APPEND,
+        "minimal",
+        calls,
+        &[],
+        |c, id, n| {
+            c.arg("ItemAdded").arg(id);
+            item_pairs(c, n);
+        },
+    )
+    .await?;
 
     reset_stats(&mut raw).await?;
     for call in 0..calls {
         let mut pipe = redis::pipe();
         for a in 0..CONCURRENCY {
-            let command = pipe.cmd("XADD").arg("raw:{cart}:events").arg("*");
-            let n = (call * CONCURRENCY + a) as u64;
-            let event = item(n);
-            command
-                .arg("type")
-                .arg("ItemAdded")
-                .arg("aggregate_id")
-                .arg(format!("{call}-{a}"))
-                .arg("version")
-                .arg(1)
-                .arg("sku")
-                .arg(event.sku)
-                .arg("quantity")
-                .arg(event.quantity)
-                .arg("price_cents")
-                .arg(event.price_cents)
-                .arg("gift_wrap")
-                .arg(if event.gift_wrap { "true" } else { "false" });
+            let mut command = redis::cmd("XADD");
+            command.arg("raw:{cart}:events").arg("*");
+            raw_entry(
+                &mut command,
+                &format!("{call}-{a}"),
+                1,
+                (call * CONCURRENCY + a) as u64,
+            );
+            pipe.add_command(command);
         }
         let _: Vec<String> = pipe.query_async(&mut raw).await?;
     }
