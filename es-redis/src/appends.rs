@@ -222,7 +222,7 @@ async fn send_batch(connection: RedisConnection, remembered_append_ids: usize, b
         }
         Err(error) => {
             for reply in replies {
-                let _ = reply.send(Err(error.duplicate()));
+                let _ = reply.send(Err(error.clone()));
             }
         }
     }

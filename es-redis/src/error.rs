@@ -14,7 +14,7 @@ use redis::RedisError;
 /// [`StoreError::Conflict`] and [`StoreError::Decode`] directly.
 ///
 /// [`RedisEventStore::connect`]: crate::RedisEventStore::connect
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The configuration is invalid (a malformed URL, a namespace with a brace, …).
@@ -81,33 +81,6 @@ impl Error {
             script,
             message: source.to_string(),
             source,
-        }
-    }
-
-    /// The same error again, for each of several callers that share one failed call.
-    pub(crate) fn duplicate(&self) -> Self {
-        match self {
-            Error::Config(why) => Error::Config(why.clone()),
-            Error::Redis { operation, source } => Error::Redis {
-                operation: operation.clone(),
-                source: source.clone(),
-            },
-            Error::Script {
-                script,
-                message,
-                source,
-            } => Error::Script {
-                script,
-                message: message.clone(),
-                source: source.clone(),
-            },
-            Error::InvalidRequest(why) => Error::InvalidRequest(why.clone()),
-            Error::WaitTimeout(timeout) => Error::WaitTimeout(timeout.clone()),
-            Error::Stopped => Error::Stopped,
-            Error::UnexpectedReply { operation, detail } => Error::UnexpectedReply {
-                operation: operation.clone(),
-                detail: detail.clone(),
-            },
         }
     }
 
