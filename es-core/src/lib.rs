@@ -4,6 +4,7 @@
 extern crate self as es_core;
 
 pub mod aggregate;
+pub mod cache;
 pub mod codec;
 pub mod error;
 pub mod event;
@@ -15,6 +16,7 @@ pub mod store;
 pub mod testing;
 
 pub use aggregate::{Aggregate, Changes, Handle};
+pub use cache::{CacheConfig, CacheStats};
 pub use error::{ConflictError, DecodeError, EncodeError, StoreError};
 pub use event::{Apply, ApplyTo, Event, NamedEvent};
 pub use memory::InMemoryStore;

@@ -4,9 +4,11 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::aggregate::{Aggregate, Handle};
+use crate::cache::{AggregateCache, CacheConfig, CacheStats};
 use crate::codec::Fields;
 use crate::error::{ConflictError, StoreError};
 use crate::store::{
@@ -50,8 +52,10 @@ pub struct Loaded<A> {
 /// What a successful command did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Executed<A> {
-    /// The aggregate after the command's events.
-    pub state: A,
+    /// The aggregate after the command's events. The repository's cache shares it: hold it
+    /// past the next command to the same aggregate and that command reloads the aggregate
+    /// instead of starting from memory (it never changes under you).
+    pub state: Arc<A>,
     /// Its version after the append.
     pub version: u64,
     /// How many events the command appended (0: it decided nothing happens).
@@ -151,12 +155,14 @@ pub struct Repository<A, S> {
     max_attempts: u32,
     resends: u32,
     append_ids: AppendIds,
+    cache: AggregateCache<A>,
     _aggregate: PhantomData<fn() -> A>,
 }
 
 impl<A: Aggregate, S: SnapshotStore> Repository<A, S> {
     /// A repository over `store`: no snapshots, up to 10 attempts per command, lost append
-    /// replies re-sent twice.
+    /// replies re-sent twice, up to [`CacheConfig::DEFAULT_AGGREGATES`] hot aggregates kept
+    /// in memory.
     pub fn new(store: S) -> Self {
         Repository {
             store,
@@ -164,8 +170,30 @@ impl<A: Aggregate, S: SnapshotStore> Repository<A, S> {
             max_attempts: 10,
             resends: 2,
             append_ids: AppendIds::new(),
+            cache: AggregateCache::new(CacheConfig::default()),
             _aggregate: PhantomData,
         }
+    }
+
+    /// Keeps recently used aggregates in memory within `config`'s bounds, so a command on
+    /// one of them runs with no read: it handles the cached state and appends expecting the
+    /// cached version. A writer elsewhere that moved the aggregate on makes that append
+    /// conflict; the repository then reads only the newer events and retries. A rejection
+    /// (or a command that emits nothing) decided on cached state is confirmed against the
+    /// stored version first. An error whose outcome is unknown forgets the aggregate.
+    pub fn with_cache(mut self, config: CacheConfig<A>) -> Self {
+        self.cache = AggregateCache::new(config);
+        self
+    }
+
+    /// Keeps no aggregate in memory: every command loads its aggregate (snapshot + tail).
+    pub fn without_cache(self) -> Self {
+        self.with_cache(CacheConfig::aggregates(0))
+    }
+
+    /// What the cache holds now, and its bounds.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
     }
 
     /// Saves snapshots by `policy`.
@@ -262,10 +290,15 @@ impl<A: Aggregate, S: SnapshotStore> Repository<A, S> {
         self.execute_with(id, command, Metadata::default()).await
     }
 
-    /// Loads the aggregate, handles `command`, and appends its events (with `metadata`)
-    /// expecting the loaded version. On a conflict it reads only the events after the
-    /// version it had, applies them, and handles the command again, up to the configured
-    /// number of attempts. Saves a snapshot when the policy says so.
+    /// Handles `command` and appends its events (with `metadata`) expecting the version the
+    /// state is at. The state comes from the cache when it holds the aggregate, else from
+    /// the store (snapshot + tail). On a conflict it reads only the events after the version
+    /// it had, applies them, and handles the command again, up to the configured number of
+    /// attempts. Saves a snapshot when the policy says so.
+    ///
+    /// Commands to one aggregate through one repository run one at a time, in the order
+    /// they arrive, so they do not conflict with each other; conflicts come only from other
+    /// repositories or processes.
     pub async fn execute_with<C>(
         &self,
         id: &str,
@@ -276,20 +309,53 @@ impl<A: Aggregate, S: SnapshotStore> Repository<A, S> {
         A: Handle<C>,
         C: Sync,
     {
-        let mut loaded = self.load(id).await?;
-        let mut attempt = 0;
+        let _serialised = self.cache.lock(id).await;
+        // The aggregate is out of the cache until the command succeeds: an error, or a
+        // cancelled call, leaves it forgotten.
+        let (mut loaded, mut from_cache) = match self.cache.take(id) {
+            Some(hot) => match Arc::try_unwrap(hot.state) {
+                Ok(state) => (
+                    Loaded {
+                        stream: self.stream_id(id),
+                        state,
+                        version: hot.version,
+                        position: hot.position,
+                    },
+                    true,
+                ),
+                // A caller still holds this state (an earlier `Executed`): start afresh.
+                Err(_) => (self.load(id).await?, false),
+            },
+            None => (self.load(id).await?, false),
+        };
+        let mut conflicts = 0;
         loop {
-            attempt += 1;
-            let events = loaded
-                .state
-                .handle(command)
-                .map_err(RepositoryError::Rejected)?;
+            let decided = loaded.state.handle(command);
+            let writes = matches!(&decided, Ok(events) if !events.is_empty());
+            if from_cache && !writes {
+                // Nothing to append means no version check: make sure the decision was
+                // not made on a state that another writer has moved past.
+                from_cache = false;
+                let stored = self.store.stream_version(&loaded.stream).await?;
+                if stored != loaded.version {
+                    loaded = self.catch_up(loaded).await?;
+                    continue;
+                }
+            }
+            let events = match decided {
+                Err(rejection) => {
+                    self.keep(id, loaded);
+                    return Err(RepositoryError::Rejected(rejection));
+                }
+                Ok(events) => events,
+            };
             if events.is_empty() {
+                let version = loaded.version;
                 return Ok(Executed {
-                    state: loaded.state,
-                    version: loaded.version,
+                    state: self.keep(id, loaded),
+                    version,
                     appended: 0,
-                    conflicts_retried: attempt - 1,
+                    conflicts_retried: conflicts,
                 });
             }
             let new_events = events
@@ -315,33 +381,49 @@ impl<A: Aggregate, S: SnapshotStore> Repository<A, S> {
                     if self.snapshot_policy.due(old_version, loaded.version) {
                         self.save_snapshot(&loaded).await;
                     }
+                    let version = loaded.version;
                     return Ok(Executed {
-                        state: loaded.state,
-                        version: loaded.version,
+                        state: self.keep(id, loaded),
+                        version,
                         appended: events.len(),
-                        conflicts_retried: attempt - 1,
+                        conflicts_retried: conflicts,
                     });
                 }
                 Err(StoreError::Conflict(conflict)) => {
-                    if attempt >= self.max_attempts {
+                    conflicts += 1;
+                    if conflicts >= self.max_attempts {
                         return Err(RepositoryError::TooManyConflicts {
-                            attempts: attempt,
+                            attempts: conflicts,
                             last: conflict,
                         });
                     }
-                    tracing::debug!(%conflict, attempt, "catching up after a version conflict");
-                    let tail = self
-                        .store
-                        .read_stream(
-                            &loaded.stream,
-                            &ReadRange::all().from_version(loaded.version + 1),
-                        )
-                        .await?;
-                    loaded = fold(loaded, tail)?;
+                    tracing::debug!(%conflict, attempt = conflicts, "catching up after a version conflict");
+                    from_cache = false;
+                    loaded = self.catch_up(loaded).await?;
                 }
                 Err(other) => return Err(RepositoryError::Store(other)),
             }
         }
+    }
+
+    /// Reads the events after `loaded`'s version and applies them.
+    async fn catch_up(&self, loaded: Loaded<A>) -> Result<Loaded<A>, StoreError> {
+        let tail = self
+            .store
+            .read_stream(
+                &loaded.stream,
+                &ReadRange::all().from_version(loaded.version + 1),
+            )
+            .await?;
+        fold(loaded, tail)
+    }
+
+    /// Puts `loaded` in the cache (if it is on) and returns its state, shared.
+    fn keep(&self, id: &str, loaded: Loaded<A>) -> Arc<A> {
+        let state = Arc::new(loaded.state);
+        self.cache
+            .keep(id, state.clone(), loaded.version, loaded.position);
+        state
     }
 
     /// Appends; when the reply is lost (a connection error), sends the same append again with

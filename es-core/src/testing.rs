@@ -6,6 +6,7 @@ use std::fmt::Debug;
 use crate::aggregate::{Aggregate, Handle};
 
 pub mod conformance;
+mod repository_cases;
 
 /// A given/when/then test of an aggregate's command handling, with no store involved.
 ///

@@ -147,7 +147,7 @@ async fn commands_append_events_and_return_the_new_state() {
         (2, 1, 50)
     );
     let loaded = repo.load("a").await.unwrap();
-    assert_eq!(loaded.state, done.state);
+    assert_eq!(loaded.state, *done.state);
     assert_eq!(loaded.version, 2);
 }
 

@@ -15,13 +15,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use super::repository_cases::*;
 use crate::codec::Fields;
 use crate::error::{DecodeError, StoreError};
 use crate::store::{
     AppendOptions, ExpectedVersion, Metadata, NewEvent, Position, ReadRange, Snapshot,
     SnapshotStore, StreamId,
 };
-use crate::{Aggregate, Apply, Handle, Repository, SnapshotPolicy};
 
 /// Stamps out one `#[tokio::test]` per conformance case, each with a fresh store from
 /// `$factory` (a closure returning a future of the store).
@@ -44,6 +44,12 @@ macro_rules! conformance_tests {
             empty_append_is_rejected,
             hostile_ids_and_binary_values_round_trip,
             repository_retries_conflicts_and_snapshots,
+            one_repository_serialises_commands_to_an_aggregate,
+            two_cached_repositories_interleave_without_losing_commands,
+            a_stale_cached_aggregate_catches_up,
+            a_lost_reply_evicts_and_the_next_command_reloads,
+            the_cache_stays_within_its_bounds,
+            reads_never_come_from_the_cache,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {$(
@@ -573,99 +579,4 @@ pub async fn hostile_ids_and_binary_values_round_trip<S: SnapshotStore>(store: S
     for (stored, id) in category.iter().zip(ids) {
         assert_eq!(stored.stream.id, id);
     }
-}
-
-#[derive(crate::Event, Debug, PartialEq)]
-struct Deposited {
-    amount: u64,
-}
-
-#[derive(crate::Event, Debug, PartialEq)]
-enum CounterEvent {
-    Deposited(Deposited),
-}
-
-#[derive(crate::Aggregate, Default, Debug, Clone, PartialEq)]
-#[aggregate(event = CounterEvent, name = "counter")]
-struct Counter {
-    total: u64,
-    deposits: u64,
-}
-
-impl Apply<Deposited> for Counter {
-    fn apply(&mut self, event: &Deposited) {
-        self.total += event.amount;
-        self.deposits += 1;
-    }
-}
-
-struct Deposit(u64);
-
-impl Handle<Deposit> for Counter {
-    type Error = std::convert::Infallible;
-    fn handle(&self, command: &Deposit) -> Result<Vec<CounterEvent>, Self::Error> {
-        Ok(vec![Deposited { amount: command.0 }.into()])
-    }
-}
-
-/// The repository on this backend: concurrent commands all land (conflicts are caught up
-/// and retried), snapshots are taken by policy and loads agree with a full replay.
-pub async fn repository_retries_conflicts_and_snapshots<S>(store: S)
-where
-    S: SnapshotStore + 'static,
-{
-    let repository = Arc::new(
-        Repository::<Counter, _>::new(Arc::new(store))
-            .with_snapshot_policy(SnapshotPolicy::EveryNEvents(5))
-            .with_max_attempts(100),
-    );
-    let tasks: Vec<_> = (0..4)
-        .map(|task| {
-            let repository = repository.clone();
-            tokio::spawn(async move {
-                let mut retried = 0;
-                for i in 0..10 {
-                    let done = repository
-                        .execute("shared", &Deposit(task * 100 + i))
-                        .await
-                        .expect("execute");
-                    retried += done.conflicts_retried;
-                }
-                retried
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("task");
-    }
-    let loaded = repository.load("shared").await.expect("load");
-    assert_eq!(loaded.version, 40);
-    assert_eq!(loaded.state.deposits, 40);
-    let expected_total: u64 = (0..4).flat_map(|t| (0..10).map(move |i| t * 100 + i)).sum();
-    assert_eq!(loaded.state.total, expected_total);
-    let snapshot = repository
-        .store()
-        .load_snapshot(&repository.stream_id("shared"))
-        .await
-        .expect("load snapshot")
-        .expect("a snapshot was taken");
-    assert_eq!(snapshot.schema, Counter::SNAPSHOT_SCHEMA);
-    assert!(
-        snapshot.version >= 35,
-        "latest snapshot is recent: {}",
-        snapshot.version
-    );
-    let replayed = repository
-        .load_as_of("shared", crate::AsOf::Version(40))
-        .await
-        .expect("replay");
-    assert_eq!(replayed.state, loaded.state);
-    let events = repository
-        .events("shared", &ReadRange::all())
-        .await
-        .expect("events");
-    assert_eq!(events.len(), 40);
-    assert!(events
-        .iter()
-        .all(|e| e.event_type == <Deposited as crate::NamedEvent>::NAME));
 }

@@ -1,0 +1,451 @@
+//! Conformance cases for the [`Repository`] on a backend: conflicts and snapshots, and its
+//! cache of hot aggregates (serialised commands, stale entries, lost replies, bounds, reads
+//! that never come from the cache). Stamped by [`conformance_tests!`](crate::conformance_tests)
+//! with the store cases.
+
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::error::StoreError;
+use crate::store::{
+    AppendOptions, AppendResult, EventStore, ExpectedVersion, NewEvent, Position, ReadRange,
+    Snapshot, SnapshotStore, StoredEvent, StreamId,
+};
+use crate::{
+    Aggregate, Apply, AsOf, CacheConfig, Handle, Repository, RepositoryError, SnapshotPolicy,
+};
+
+#[derive(crate::Event, Debug, PartialEq)]
+struct Deposited {
+    amount: u64,
+}
+
+#[derive(crate::Event, Debug, PartialEq)]
+struct Withdrawn {
+    amount: u64,
+}
+
+#[derive(crate::Event, Debug, PartialEq)]
+enum CounterEvent {
+    Deposited(Deposited),
+    Withdrawn(Withdrawn),
+}
+
+#[derive(crate::Aggregate, Default, Debug, Clone, PartialEq)]
+#[aggregate(event = CounterEvent, name = "counter")]
+struct Counter {
+    total: u64,
+    deposits: u64,
+}
+
+impl Apply<Deposited> for Counter {
+    fn apply(&mut self, event: &Deposited) {
+        self.total += event.amount;
+        self.deposits += 1;
+    }
+}
+
+impl Apply<Withdrawn> for Counter {
+    fn apply(&mut self, event: &Withdrawn) {
+        self.total -= event.amount;
+    }
+}
+
+struct Deposit(u64);
+
+impl Handle<Deposit> for Counter {
+    type Error = std::convert::Infallible;
+    fn handle(&self, command: &Deposit) -> Result<Vec<CounterEvent>, Self::Error> {
+        Ok(vec![Deposited { amount: command.0 }.into()])
+    }
+}
+
+struct Withdraw(u64);
+
+#[derive(Debug, PartialEq)]
+struct Insufficient {
+    total: u64,
+}
+
+impl Handle<Withdraw> for Counter {
+    type Error = Insufficient;
+    fn handle(&self, command: &Withdraw) -> Result<Vec<CounterEvent>, Self::Error> {
+        if command.0 > self.total {
+            return Err(Insufficient { total: self.total });
+        }
+        Ok(vec![Withdrawn { amount: command.0 }.into()])
+    }
+}
+
+/// The repository on this backend: concurrent commands all land (conflicts are caught up
+/// and retried), snapshots are taken by policy and loads agree with a full replay.
+pub async fn repository_retries_conflicts_and_snapshots<S>(store: S)
+where
+    S: SnapshotStore + 'static,
+{
+    let repository = Arc::new(
+        Repository::<Counter, _>::new(Arc::new(store))
+            .with_snapshot_policy(SnapshotPolicy::EveryNEvents(5))
+            .with_max_attempts(100),
+    );
+    let tasks: Vec<_> = (0..4)
+        .map(|task| {
+            let repository = repository.clone();
+            tokio::spawn(async move {
+                for i in 0..10 {
+                    repository
+                        .execute("shared", &Deposit(task * 100 + i))
+                        .await
+                        .expect("execute");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let loaded = repository.load("shared").await.expect("load");
+    assert_eq!(loaded.version, 40);
+    assert_eq!(loaded.state.deposits, 40);
+    let expected_total: u64 = (0..4).flat_map(|t| (0..10).map(move |i| t * 100 + i)).sum();
+    assert_eq!(loaded.state.total, expected_total);
+    let snapshot = repository
+        .store()
+        .load_snapshot(&repository.stream_id("shared"))
+        .await
+        .expect("load snapshot")
+        .expect("a snapshot was taken");
+    assert_eq!(snapshot.schema, Counter::SNAPSHOT_SCHEMA);
+    assert!(
+        snapshot.version >= 35,
+        "latest snapshot is recent: {}",
+        snapshot.version
+    );
+    let replayed = repository
+        .load_as_of("shared", AsOf::Version(40))
+        .await
+        .expect("replay");
+    assert_eq!(replayed.state, loaded.state);
+    let events = repository
+        .events("shared", &ReadRange::all())
+        .await
+        .expect("events");
+    assert_eq!(events.len(), 40);
+    assert!(events
+        .iter()
+        .all(|e| e.event_type == <Deposited as crate::NamedEvent>::NAME));
+}
+
+/// Commands to one aggregate through one repository run one at a time: 8 concurrent tasks
+/// never conflict with each other, and every command lands.
+pub async fn one_repository_serialises_commands_to_an_aggregate<S>(store: S)
+where
+    S: SnapshotStore + 'static,
+{
+    {
+        let repository = Arc::new(Repository::<Counter, _>::new(store).with_max_attempts(1));
+        let tasks: Vec<_> = (0..8)
+            .map(|task| {
+                let repository = repository.clone();
+                tokio::spawn(async move {
+                    let mut conflicts = 0;
+                    for i in 0..25 {
+                        let done = repository
+                            .execute("busy", &Deposit(task * 100 + i))
+                            .await
+                            .expect("no conflict within one repository");
+                        conflicts += done.conflicts_retried;
+                    }
+                    conflicts
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(
+                task.await.expect("task"),
+                0,
+                "conflicts within one repository"
+            );
+        }
+        let loaded = repository.load("busy").await.expect("load");
+        assert_eq!((loaded.version, loaded.state.deposits), (200, 200));
+    }
+}
+
+/// Two repositories, each with its own cache, interleave commands on one aggregate: nothing
+/// is lost, versions are contiguous, and the state each returns is the stored one.
+pub async fn two_cached_repositories_interleave_without_losing_commands<S>(store: S)
+where
+    S: SnapshotStore + 'static,
+{
+    let store = Arc::new(store);
+    let first = Arc::new(Repository::<Counter, _>::new(store.clone()).with_max_attempts(1000));
+    let second = Arc::new(Repository::<Counter, _>::new(store.clone()).with_max_attempts(1000));
+    let tasks: Vec<_> = [first.clone(), second.clone(), first.clone(), second.clone()]
+        .into_iter()
+        .enumerate()
+        .map(|(task, repository)| {
+            tokio::spawn(async move {
+                for i in 0..20 {
+                    let done = repository
+                        .execute("shared", &Deposit(task as u64 * 100 + i))
+                        .await
+                        .expect("execute");
+                    assert_eq!(
+                        done.state.deposits, done.version,
+                        "state matches its version"
+                    );
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let stream = first.stream_id("shared");
+    let versions: Vec<u64> = store
+        .read_stream(&stream, &ReadRange::all())
+        .await
+        .expect("read")
+        .iter()
+        .map(|e| e.version)
+        .collect();
+    assert_eq!(versions, (1..=80).collect::<Vec<_>>());
+    let expected_total: u64 = (0..4u64)
+        .flat_map(|t| (0..20).map(move |i| t * 100 + i))
+        .sum();
+    for repository in [&first, &second] {
+        let done = repository
+            .execute("shared", &Deposit(0))
+            .await
+            .expect("execute");
+        assert_eq!(done.state.total, expected_total);
+    }
+}
+
+/// A cached aggregate that another repository moved on conflicts on its next append, reads
+/// only the newer events and retries; a rejection decided on cached state is first checked
+/// against the stored version.
+pub async fn a_stale_cached_aggregate_catches_up<S>(store: S)
+where
+    S: SnapshotStore + 'static,
+{
+    let store = Arc::new(CountingStore::new(store));
+    let mine = Repository::<Counter, _>::new(store.clone());
+    let theirs = Repository::<Counter, _>::new(store.clone());
+    mine.execute("a", &Deposit(1)).await.expect("deposit");
+    theirs.execute("a", &Deposit(10)).await.expect("deposit");
+    let reads = store.reads();
+    let done = mine.execute("a", &Deposit(100)).await.expect("deposit");
+    assert_eq!(done.conflicts_retried, 1, "the cached version was stale");
+    assert_eq!((done.version, done.state.total), (3, 111));
+    assert_eq!(store.reads() - reads, 1, "one tail read to catch up");
+
+    // Cached total: 111. The other repository withdraws 100; this one's withdrawal of 50
+    // would pass on its cached state, conflicts, and is rejected on the fresh one.
+    theirs.execute("a", &Withdraw(100)).await.expect("withdraw");
+    match mine.execute("a", &Withdraw(50)).await {
+        Err(RepositoryError::Rejected(Insufficient { total: 11 })) => {}
+        other => panic!("expected a rejection on the fresh total 11, got {other:?}"),
+    }
+    // Cached total: 11. The other repository deposits 100; a withdrawal of 60, rejected on
+    // the cached state, is checked against the stored version and then accepted.
+    theirs.execute("a", &Deposit(100)).await.expect("deposit");
+    let done = mine
+        .execute("a", &Withdraw(60))
+        .await
+        .expect("accepted on the fresh state");
+    assert_eq!(
+        (done.version, done.state.total, done.conflicts_retried),
+        (6, 51, 0)
+    );
+}
+
+/// An append whose reply is lost forgets the aggregate, and the next command reloads it
+/// (and sees the lost append, which was written); a command on a cached aggregate reads
+/// nothing.
+pub async fn a_lost_reply_evicts_and_the_next_command_reloads<S>(store: S)
+where
+    S: SnapshotStore + 'static,
+{
+    let store = Arc::new(CountingStore::new(store));
+    let repository = Repository::<Counter, _>::new(store.clone()).with_resends_on_lost_replies(0);
+    repository.execute("a", &Deposit(1)).await.expect("deposit");
+    assert_eq!(store.reads(), 1, "the first command loads");
+    repository.execute("a", &Deposit(2)).await.expect("deposit");
+    assert_eq!(store.reads(), 1, "a cached aggregate is not read");
+    assert_eq!(repository.cache_stats().aggregates, 1);
+
+    store.lose_replies.store(1, Ordering::SeqCst);
+    match repository.execute("a", &Deposit(4)).await {
+        Err(RepositoryError::Store(error)) => assert!(error.is_retryable(), "{error}"),
+        other => panic!("expected the lost reply, got {other:?}"),
+    }
+    assert_eq!(repository.cache_stats().aggregates, 0, "evicted");
+    let done = repository.execute("a", &Deposit(8)).await.expect("deposit");
+    assert_eq!(store.reads(), 2, "reloaded");
+    assert_eq!((done.version, done.state.total), (4, 15));
+}
+
+/// The cache never holds more aggregates, or more weight, than its bounds; with the cache
+/// off, every command loads.
+pub async fn the_cache_stays_within_its_bounds<S>(store: S)
+where
+    S: SnapshotStore + 'static,
+{
+    let store = Arc::new(CountingStore::new(store));
+    let by_count =
+        Repository::<Counter, _>::new(store.clone()).with_cache(CacheConfig::aggregates(40));
+    let by_weight = Repository::<Counter, _>::new(store.clone()).with_cache(
+        CacheConfig::aggregates(1_000).weighing(1_000, |counter: &Counter| counter.total),
+    );
+    assert_eq!(by_count.cache_stats().capacity_aggregates, 40);
+    for i in 0..120u64 {
+        let id = format!("bounded-{i}");
+        by_count.execute(&id, &Deposit(1)).await.expect("deposit");
+        let stats = by_count.cache_stats();
+        assert!(stats.aggregates <= 40, "{stats:?}");
+        by_weight
+            .execute(&id, &Deposit(i % 30 + 1))
+            .await
+            .expect("deposit");
+        let stats = by_weight.cache_stats();
+        assert!(stats.weight <= 1_000, "{stats:?}");
+    }
+    assert!(by_count.cache_stats().aggregates > 0, "it holds some");
+    let stats = by_weight.cache_stats();
+    assert!(
+        stats.aggregates > 1 && stats.aggregates < 120,
+        "it holds some: {stats:?}"
+    );
+
+    let uncached = Repository::<Counter, _>::new(store.clone()).without_cache();
+    let reads = store.reads();
+    for _ in 0..3 {
+        uncached
+            .execute("uncached", &Deposit(1))
+            .await
+            .expect("deposit");
+    }
+    assert_eq!(store.reads() - reads, 3, "every command loads");
+    assert_eq!(uncached.cache_stats().capacity_aggregates, 0);
+}
+
+/// `load`, `load_as_of` and `events` read the store, never a cached state.
+pub async fn reads_never_come_from_the_cache<S>(store: S)
+where
+    S: SnapshotStore + 'static,
+{
+    let store = Arc::new(store);
+    let mine = Repository::<Counter, _>::new(store.clone());
+    let theirs = Repository::<Counter, _>::new(store.clone());
+    mine.execute("a", &Deposit(1)).await.expect("deposit");
+    mine.execute("a", &Deposit(2)).await.expect("deposit");
+    theirs.execute("a", &Deposit(4)).await.expect("deposit");
+    let loaded = mine.load("a").await.expect("load");
+    assert_eq!((loaded.version, loaded.state.total), (3, 7));
+    let then = mine.load_as_of("a", AsOf::Version(3)).await.expect("load");
+    assert_eq!(then.state.total, 7);
+    let events = mine.events("a", &ReadRange::all()).await.expect("events");
+    assert_eq!(events.len(), 3);
+}
+
+/// Forwards to a store, counting the reads a command makes (loads, tail reads and version
+/// checks) and losing the replies of the next `lose_replies` appends (after writing them).
+struct CountingStore<S> {
+    inner: S,
+    reads: AtomicUsize,
+    lose_replies: AtomicU32,
+}
+
+impl<S> CountingStore<S> {
+    fn new(inner: S) -> Self {
+        CountingStore {
+            inner,
+            reads: AtomicUsize::new(0),
+            lose_replies: AtomicU32::new(0),
+        }
+    }
+
+    fn reads(&self) -> usize {
+        self.reads.load(Ordering::SeqCst)
+    }
+
+    fn read(&self) {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl<S: SnapshotStore> EventStore for CountingStore<S> {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        options: &AppendOptions,
+    ) -> Result<AppendResult, StoreError> {
+        let written = self.inner.append(stream, expected, events, options).await?;
+        let lose = self
+            .lose_replies
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if lose {
+            return Err(StoreError::Connection {
+                message: "reply lost (test)".into(),
+                source: None,
+            });
+        }
+        Ok(written)
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        range: &ReadRange,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read();
+        self.inner.read_stream(stream, range).await
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
+        self.read();
+        self.inner.stream_version(stream).await
+    }
+
+    async fn read_category(
+        &self,
+        category: &str,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.inner.read_category(category, after, limit).await
+    }
+}
+
+#[async_trait]
+impl<S: SnapshotStore> SnapshotStore for CountingStore<S> {
+    async fn save_snapshot(
+        &self,
+        stream: &StreamId,
+        snapshot: &Snapshot,
+    ) -> Result<bool, StoreError> {
+        self.inner.save_snapshot(stream, snapshot).await
+    }
+
+    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        self.inner.load_snapshot(stream).await
+    }
+
+    async fn load_snapshot_and_tail(
+        &self,
+        stream: &StreamId,
+        schema: u64,
+    ) -> Result<(Option<Snapshot>, Vec<StoredEvent>), StoreError> {
+        self.read();
+        self.inner.load_snapshot_and_tail(stream, schema).await
+    }
+}
