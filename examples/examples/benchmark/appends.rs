@@ -1,0 +1,336 @@
+//! P1 and P2: appends against raw `XADD`s, and Redis's own time per append.
+
+use std::hint::black_box;
+
+use es_core::{AppendOptions, EventStore, ExpectedVersion, StreamId};
+use es_redis::RedisEventStore;
+use redis::aio::ConnectionManager;
+use redis::Value;
+
+use crate::common::*;
+
+/// P1: one event per append with an expected version, 50 aggregates at once; the raw
+/// baseline XADDs the same entries to one stream at the same concurrency. A second row sends
+/// an append id too, as the repository does.
+pub(crate) async fn p1_single_appends(
+    sizes: &Sizes,
+    store: &RedisEventStore,
+    unbatched: &RedisEventStore,
+    raw: &ConnectionManager,
+) -> Result<Vec<Row>, BoxError> {
+    let appends = CONCURRENCY * sizes.p1_appends;
+    // Best rate of: appends batched (the default), with an append id, not batched.
+    let mut best = [0f64; 3];
+    let mut best_raw = 0f64;
+    for round in 0..sizes.rounds {
+        for (variant, (store, with_id)) in [(store, false), (store, true), (unbatched, false)]
+            .into_iter()
+            .enumerate()
+        {
+            let store = store.clone();
+            let (elapsed, _) = concurrently(CONCURRENCY, sizes.p1_appends, move |task, i| {
+                let store = store.clone();
+                async move {
+                    let stream = StreamId::new("cart", format!("p1-{round}-{variant}-{task}"));
+                    let options = if with_id {
+                        AppendOptions::with_append_id(format!("p1-{round}-{task}-{i}"))
+                    } else {
+                        AppendOptions::default()
+                    };
+                    let expected = ExpectedVersion::Exact(i as u64);
+                    store
+                        .append(&stream, expected, vec![new_event(i as u64)?], &options)
+                        .await?;
+                    Ok(())
+                }
+            })
+            .await?;
+            best[variant] = best[variant].max(per_second(appends, elapsed));
+        }
+        let raw = raw.clone();
+        let (elapsed, _) = concurrently(CONCURRENCY, sizes.p1_appends, move |task, i| {
+            let mut raw = raw.clone();
+            async move {
+                let mut command = redis::cmd("XADD");
+                command.arg("raw:{cart}:events").arg("*");
+                raw_entry(&mut command, &format!("p1-{task}"), i as u64 + 1, i as u64);
+                let _: String = command.query_async(&mut raw).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        best_raw = best_raw.max(per_second(appends, elapsed));
+    }
+    let row = |id, what: &str, rate: f64| Row {
+        id,
+        what: what.to_owned(),
+        framework: format!("{} appends/s", thousands(rate)),
+        raw: format!("{} XADD/s", thousands(best_raw)),
+        ratio: Some(rate / best_raw),
+        ratio_means: "",
+        target: Target::AtLeast(0.7),
+    };
+    let untargeted = |row: Row| Row {
+        target: Target::None,
+        ..row
+    };
+    Ok(vec![
+        row(
+            "P1",
+            "single-event appends, expected version, 50 aggregates",
+            best[0],
+        ),
+        untargeted(row(
+            "P1'",
+            "the same with an append id (as the repository sends)",
+            best[1],
+        )),
+        untargeted(row(
+            "P1\"",
+            "the same as P1, each append sent alone (`append_batch(1)`)",
+            best[2],
+        )),
+    ])
+}
+
+/// The store's append script, exactly as es-redis loads it.
+pub(crate) const ES_APPEND: &str = concat!(
+    "#!lua\n",
+    include_str!("../../../es-redis/src/scripts/entry_ids.lua"),
+    include_str!("../../../es-redis/src/scripts/append.lua")
+);
+
+/// The smallest Lua append there can be: check the version (`LLEN` of the index), `XADD`
+/// the entry, index it (`RPUSH`); 50 appends per call. `KEYS` are stream, index pairs; each
+/// append's `ARGV` are its type, aggregate id and four field pairs.
+pub(crate) const MINIMAL_APPEND: &str = r"
+local at = 1
+for a = 1, #KEYS / 2 do
+  local index = KEYS[2 * a]
+  local version = redis.call('LLEN', index)
+  local id = redis.call('XADD', KEYS[2 * a - 1], '*', 'type', ARGV[at], 'aggregate_id',
+    ARGV[at + 1], 'version', version + 1, unpack(ARGV, at + 2, at + 9))
+  redis.call('RPUSH', index, id)
+  at = at + 10
+end
+return 1
+";
+
+/// Server time (`INFO commandstats`, µs per call) of `command` since the last reset, and the
+/// number of calls.
+pub(crate) async fn server_time(
+    raw: &mut ConnectionManager,
+    command: &str,
+) -> Result<(f64, f64), BoxError> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(raw)
+        .await?;
+    let prefix = format!("cmdstat_{command}:");
+    let line = info
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .ok_or_else(|| format!("no {command} in INFO commandstats"))?;
+    let field = |name: &str| -> f64 {
+        line.split(',')
+            .find_map(|kv| kv.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    Ok((field("usec="), field("calls=")))
+}
+
+pub(crate) async fn reset_stats(raw: &mut ConnectionManager) -> Result<(), BoxError> {
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(raw)
+        .await?;
+    Ok(())
+}
+
+/// Loads `source`, resets the server's statistics and sends `calls` calls of it, each
+/// appending one event to each of [`CONCURRENCY`] new aggregates (`KEYS`: a stream and an
+/// index per append, under `prefix`); `header` are the arguments before the appends',
+/// `append` adds one append's. Returns Redis's time in the script, in µs.
+pub(crate) async fn script_time(
+    raw: &mut ConnectionManager,
+    source: &str,
+    prefix: &str,
+    calls: usize,
+    header: &[usize],
+    append: impl Fn(&mut redis::Cmd, String, u64),
+) -> Result<f64, BoxError> {
+    let script = redis::Script::new(source);
+    let _: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(source)
+        .query_async(raw)
+        .await?;
+    reset_stats(raw).await?;
+    for call in 0..calls {
+        let mut invocation = redis::cmd("EVALSHA");
+        invocation.arg(script.get_hash()).arg(2 * CONCURRENCY);
+        for a in 0..CONCURRENCY {
+            invocation
+                .arg(format!("{prefix}:{{cart}}:events"))
+                .arg(format!("{prefix}:{{cart}}:index:{call}-{a}"));
+        }
+        invocation.arg(header);
+        for a in 0..CONCURRENCY {
+            append(
+                &mut invocation,
+                format!("{call}-{a}"),
+                (call * CONCURRENCY + a) as u64,
+            );
+        }
+        let _: Value = invocation.query_async(raw).await?;
+    }
+    Ok(server_time(raw, "evalsha").await?.0)
+}
+
+/// What limits P1: Redis's own time per append (`INFO commandstats`) on a server with nothing
+/// else to do, for the store's append script and for the smallest Lua append there can be
+/// ([`MINIMAL_APPEND`]), both sent by hand 50 appends per call, and for a raw `XADD`. With
+/// the server as the bottleneck, these bound the rate any Lua append can reach against raw
+/// `XADD`.
+pub(crate) async fn p1_server_time(
+    sizes: &Sizes,
+    raw: &ConnectionManager,
+) -> Result<Vec<Row>, BoxError> {
+    let appends = CONCURRENCY * sizes.p1_appends;
+    let calls = appends.div_ceil(CONCURRENCY);
+    let mut raw = raw.clone();
+    // The store's own script: the remembered-id window and the number of appends, then per
+    // append its aggregate id, expected version (none yet), no append id, one event: its
+    // type and four field pairs.
+    let script_usec = script_time(
+        &mut raw,
+        ES_APPEND,
+        "es",
+        calls,
+        &[8, CONCURRENCY],
+        |c, id, n| {
+            c.arg(id).arg(0).arg("").arg(1).arg("ItemAdded").arg(4);
+            item_pairs(c, n);
+        },
+    )
+    .await?;
+    let minimal_usec = script_time(
+        &mut raw,
+        MINIMAL_APPEND,
+        "minimal",
+        calls,
+        &[],
+        |c, id, n| {
+            c.arg("ItemAdded").arg(id);
+            item_pairs(c, n);
+        },
+    )
+    .await?;
+
+    reset_stats(&mut raw).await?;
+    for call in 0..calls {
+        let mut pipe = redis::pipe();
+        for a in 0..CONCURRENCY {
+            let mut command = redis::cmd("XADD");
+            command.arg("raw:{cart}:events").arg("*");
+            raw_entry(
+                &mut command,
+                &format!("{call}-{a}"),
+                1,
+                (call * CONCURRENCY + a) as u64,
+            );
+            pipe.add_command(command);
+        }
+        let _: Vec<String> = pipe.query_async(&mut raw).await?;
+    }
+    let (xadd_usec, xadd_calls) = server_time(&mut raw, "xadd").await?;
+    let per_xadd = xadd_usec / xadd_calls.max(1.0);
+
+    let row = |what: String, per_append: f64| Row {
+        id: "P1 server",
+        what,
+        framework: format!("{per_append:.1} µs/append"),
+        raw: format!("{per_xadd:.1} µs/XADD"),
+        ratio: Some(per_xadd / per_append),
+        ratio_means: " (Redis time: XADD / append)",
+        target: Target::None,
+    };
+    Ok(vec![
+        row(
+            format!("Redis time per append, es-redis append script ({CONCURRENCY} per call)"),
+            script_usec / appends as f64,
+        ),
+        row(
+            format!(
+                "Redis time per append, smallest Lua append (LLEN + XADD + RPUSH, {CONCURRENCY} per call)"
+            ),
+            minimal_usec / appends as f64,
+        ),
+    ])
+}
+
+/// P2: 100 events per append, 4 appenders; the raw baseline sends the same 100 entries as
+/// one pipeline of XADDs.
+pub(crate) async fn p2_batch_appends(
+    sizes: &Sizes,
+    store: &RedisEventStore,
+    raw: &ConnectionManager,
+) -> Result<Row, BoxError> {
+    let events = P2_APPENDERS * sizes.p2_calls * BATCH;
+    let mut best_framework = 0f64;
+    let mut best_raw = 0f64;
+    for round in 0..sizes.rounds {
+        let store = store.clone();
+        let (elapsed, _) = concurrently(P2_APPENDERS, sizes.p2_calls, move |task, i| {
+            let store = store.clone();
+            async move {
+                let stream = StreamId::new("cart", format!("p2-{round}-{task}"));
+                let first = (i * BATCH) as u64;
+                let batch = (first..first + BATCH as u64)
+                    .map(new_event)
+                    .collect::<Result<Vec<_>, _>>()?;
+                store
+                    .append(
+                        &stream,
+                        ExpectedVersion::Exact(first),
+                        batch,
+                        &AppendOptions::default(),
+                    )
+                    .await?;
+                Ok(())
+            }
+        })
+        .await?;
+        best_framework = best_framework.max(per_second(events, elapsed));
+
+        let raw = raw.clone();
+        let (elapsed, _) = concurrently(P2_APPENDERS, sizes.p2_calls, move |task, i| {
+            let mut raw = raw.clone();
+            async move {
+                let mut pipeline = redis::pipe();
+                let first = (i * BATCH) as u64;
+                for n in first..first + BATCH as u64 {
+                    let mut command = redis::cmd("XADD");
+                    command.arg("raw:{cart}:events").arg("*");
+                    raw_entry(&mut command, &format!("p2-{task}"), n + 1, n);
+                    pipeline.add_command(command);
+                }
+                let ids: Vec<String> = pipeline.query_async(&mut raw).await?;
+                black_box(ids);
+                Ok(())
+            }
+        })
+        .await?;
+        best_raw = best_raw.max(per_second(events, elapsed));
+    }
+    Ok(Row {
+        id: "P2",
+        what: "batch appends, 100 events per call, 4 appenders".to_owned(),
+        framework: format!("{} events/s", thousands(best_framework)),
+        raw: format!("{} events/s (pipelined XADD)", thousands(best_raw)),
+        ratio: Some(best_framework / best_raw),
+        ratio_means: "",
+        target: Target::AtLeast(0.8),
+    })
+}

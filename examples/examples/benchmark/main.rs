@@ -1,0 +1,176 @@
+//! The framework against raw Redis, side by side, in one run (issue 6).
+//!
+//! ```text
+//! cargo run --release --example benchmark             # the full run (a few minutes)
+//! cargo run --release --example benchmark -- --quick  # a smoke run of a few seconds
+//! cargo run --release --example benchmark -- --only P1,P6 --commandstats
+//! ```
+//!
+//! `--only` runs some measurements; `--commandstats` prints the server's time per command
+//! after each one, which tells a script's own cost from the commands it calls.
+//!
+//! Starts its own `redis-server` (never the one on port 6379) and measures each framework
+//! figure next to a baseline doing the same work with raw commands through the same client
+//! library (`redis`, one multiplexed connection each), then prints one table with the
+//! absolute numbers, the ratio and whether the issue's target is met. The figures and the
+//! machine they came from are in `BENCHMARKS.md`.
+
+mod appends;
+mod commands;
+mod common;
+mod loads;
+mod memory;
+mod projection;
+
+use appends::{p1_server_time, p1_single_appends, p2_batch_appends};
+use commands::p3_commands;
+use common::{BoxError, Sizes, FULL, QUICK};
+use loads::{p5_codec, p6_loads};
+use memory::p7_memory;
+use projection::p4_projection;
+
+use es_redis::testing::RedisServer;
+use es_redis::RedisEventStore;
+use redis::aio::ConnectionManager;
+
+/// The command line: `[--quick] [--only P1,P6] [--commandstats]`.
+struct Options {
+    quick: bool,
+    /// Only these measurements.
+    only: Option<Vec<String>>,
+    /// After each measurement, print the server's time per call of each command (for
+    /// telling server time from client time).
+    commandstats: bool,
+}
+
+fn main() -> Result<(), BoxError> {
+    let mut options = Options {
+        quick: false,
+        only: None,
+        commandstats: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => options.quick = true,
+            "--commandstats" => options.commandstats = true,
+            "--only" => {
+                let list = args.next().ok_or("--only needs a list, e.g. P1,P6")?;
+                options.only = Some(list.split(',').map(str::to_owned).collect());
+            }
+            other => return Err(format!("unknown argument {other:?}").into()),
+        }
+    }
+    let sizes = if options.quick { &QUICK } else { &FULL };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(sizes, options))
+}
+
+/// Prints (with `--commandstats`) the server's calls and microseconds per call of each
+/// command since the last reset, then resets them.
+async fn commandstats(
+    options: &Options,
+    section: &str,
+    connection: &mut ConnectionManager,
+) -> Result<(), BoxError> {
+    if !options.commandstats {
+        return Ok(());
+    }
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(connection)
+        .await?;
+    println!("{section} server time:");
+    for line in info.lines().filter(|l| l.starts_with("cmdstat_")) {
+        println!("  {line}");
+    }
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(connection)
+        .await?;
+    Ok(())
+}
+
+async fn run(sizes: &Sizes, options: Options) -> Result<(), BoxError> {
+    let quick = options.quick;
+    let server = RedisServer::start()?;
+    let store = server.store("bench").await?;
+    let mut raw = server.config("raw").connect().await?;
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut raw)
+        .await?;
+    let version = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .unwrap_or("?")
+        .trim()
+        .to_owned();
+    println!(
+        "es-redis benchmark{}: redis {version} on 127.0.0.1:{}, {} cores",
+        if quick { " (--quick)" } else { "" },
+        server.port(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    let wanted = |id: &str| {
+        options
+            .only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|o| o.eq_ignore_ascii_case(id)))
+    };
+    let mut rows = Vec::new();
+    if wanted("P1") {
+        let unbatched = RedisEventStore::connect(&server.config("bench").append_batch(1)).await?;
+        rows.extend(p1_single_appends(sizes, &store, &unbatched, &raw).await?);
+        commandstats(&options, "P1", &mut raw).await?;
+        rows.extend(p1_server_time(sizes, &raw).await?);
+    }
+    if wanted("P2") {
+        rows.push(p2_batch_appends(sizes, &store, &raw).await?);
+        commandstats(&options, "P2", &mut raw).await?;
+    }
+    if wanted("P3") {
+        rows.extend(p3_commands(sizes, &store, &raw).await?);
+        commandstats(&options, "P3", &mut raw).await?;
+    }
+    if wanted("P4") {
+        rows.push(p4_projection(sizes, &server, &store, &raw).await?);
+        commandstats(&options, "P4", &mut raw).await?;
+    }
+    if wanted("P5") {
+        rows.extend(p5_codec(sizes));
+    }
+    if wanted("P6") {
+        rows.extend(p6_loads(sizes, &store, &raw).await?);
+        commandstats(&options, "P6", &mut raw).await?;
+    }
+    drop(store);
+    drop(server);
+    if wanted("P7") {
+        rows.push(p7_memory(sizes).await?);
+    }
+
+    println!();
+    println!("| | measurement | framework | raw Redis | ratio | target | |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for row in &rows {
+        let ratio = match row.ratio {
+            Some(r) => format!("{r:.2}{}", row.ratio_means),
+            None => "-".to_owned(),
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            row.id,
+            row.what,
+            row.framework,
+            row.raw,
+            ratio,
+            row.target_text(),
+            row.verdict()
+        );
+    }
+    Ok(())
+}
