@@ -130,16 +130,6 @@ impl Page {
     }
 }
 
-/// What a read knows of one wanted entry.
-enum Fetched {
-    Unknown,
-    Found(RawEntry),
-    Missing,
-}
-
-/// Entries read per `XRANGE` in the first round of [`RedisEventStore::fetch_entries`].
-const FETCH_CHUNK: usize = 64;
-
 impl RedisEventStore {
     /// Connects with `config`: to the single server, or to the cluster.
     pub async fn connect(config: &RedisConfig) -> Result<Self, Error> {
@@ -259,113 +249,84 @@ impl RedisEventStore {
         }
     }
 
-    /// Reads the entries `ids` names (ascending) from stream `key`; an entry the stream no
-    /// longer holds comes back without fields.
+    /// Reads the entries `ids` names (ascending) from stream `key` in one round trip; an
+    /// entry the stream no longer holds comes back without fields.
     ///
-    /// An aggregate's entries often sit together in the category stream (appended in one
-    /// call, or while the category was quiet), so the first round reads them as ranges: the
-    /// ids are cut into chunks of [`FETCH_CHUNK`], and each chunk is one
-    /// `XRANGE <first> <last> COUNT <chunk length>`, all in one pipeline. A chunk whose
-    /// entries lie together comes back whole; where other aggregates' entries are in
-    /// between, the range stops early (it never returns more entries than the chunk
-    /// wants), and a second round reads what is left one entry at a time, again in one
-    /// pipeline. At most two round trips, and never more than twice the wanted entries
-    /// read.
+    /// Ids are cut into runs that nothing else can sit between: ids of one millisecond
+    /// with consecutive sequence numbers (the events of one append, or appends sent
+    /// together). Each run is one `XRANGE <first> <last>`, all in one pipeline, so exactly
+    /// the wanted entries are read however the aggregate's events interleave with others'.
     pub(crate) async fn fetch_entries(
         &self,
         key: &str,
         ids: Vec<String>,
     ) -> Result<Vec<RawEntry>, Error> {
         let positions: Vec<Option<Position>> = ids.iter().map(|id| id.parse().ok()).collect();
-        // An id that is not an entry id cannot be read (XRANGE would refuse it).
-        let mut slots: Vec<Fetched> = positions
-            .iter()
-            .map(|p| {
-                if p.is_some() {
-                    Fetched::Unknown
-                } else {
-                    Fetched::Missing
+        // Runs [start, end) of readable ids; an id that is not an entry id cannot be read
+        // (XRANGE would refuse it) and stays missing.
+        let mut runs = Vec::new();
+        let mut i = 0;
+        while i < ids.len() {
+            let Some(first) = positions[i] else {
+                i += 1;
+                continue;
+            };
+            let mut end = i + 1;
+            let mut last = first;
+            while let Some(Some(next)) = positions.get(end) {
+                if next.millis != last.millis || Some(next.seq) != last.seq.checked_add(1) {
+                    break;
                 }
-            })
-            .collect();
-        let operation = format!("XRANGE of {key}");
-        for round in 0..2 {
-            // Chunks of consecutive unknown slots: [start, end).
-            let mut chunks = Vec::new();
-            let width = if round == 0 { FETCH_CHUNK } else { 1 };
-            let mut i = 0;
-            while i < slots.len() {
-                if !matches!(slots[i], Fetched::Unknown) {
-                    i += 1;
-                    continue;
-                }
-                let mut end = i;
-                while end < slots.len() && end - i < width && matches!(slots[end], Fetched::Unknown)
-                {
-                    end += 1;
-                }
-                chunks.push((i, end));
-                i = end;
+                last = *next;
+                end += 1;
             }
-            if chunks.is_empty() {
-                break;
-            }
+            runs.push((i, end));
+            i = end;
+        }
+        let mut found: Vec<Option<RawEntry>> = (0..ids.len()).map(|_| None).collect();
+        if !runs.is_empty() {
+            let operation = format!("XRANGE of {key}");
             let mut pipe = redis::pipe();
-            for &(start, end) in &chunks {
+            for &(start, end) in &runs {
+                // Canonical `<ms>-<seq>` bounds: a bare `<ms>` would mean the whole
+                // millisecond as an end.
                 pipe.cmd("XRANGE")
                     .arg(key)
-                    .arg(&ids[start])
-                    .arg(&ids[end - 1])
-                    .arg("COUNT")
-                    .arg(end - start);
+                    .arg(positions[start].map(|p| p.to_string()))
+                    .arg(positions[end - 1].map(|p| p.to_string()));
             }
             let mut connection = self.connection.clone();
             let replies: Vec<Value> = pipe
                 .query_async(&mut connection)
                 .await
                 .map_err(|e| Error::redis(&operation, e))?;
-            if replies.len() != chunks.len() {
+            if replies.len() != runs.len() {
                 return Err(Error::unexpected(&operation, "a reply per range"));
             }
-            for (&(start, end), reply) in chunks.iter().zip(replies) {
-                let entries = into_array(reply, &operation)?;
-                let complete = entries.len() < end - start;
+            for (&(start, end), reply) in runs.iter().zip(replies) {
                 let mut next = start;
-                for item in entries {
+                for item in into_array(reply, &operation)? {
                     let entry = RawEntry::parse(item, &operation)?;
                     let at: Option<Position> = entry.id.parse().ok();
-                    while next < end {
-                        if ids[next] == entry.id {
-                            slots[next] = Fetched::Found(entry);
-                            next += 1;
-                            break;
-                        } else if positions[next] < at {
-                            // The range returns everything from its start in order: an id
-                            // below this entry is not in the stream.
-                            slots[next] = Fetched::Missing;
-                            next += 1;
-                        } else {
-                            break; // another aggregate's entry
-                        }
+                    // Entries come in order; skip the wanted ids the stream no longer holds.
+                    while next < end && positions[next] != at {
+                        next += 1;
                     }
-                }
-                if complete || round == 1 {
-                    // The range was read to its end: what it lacks is not in the stream.
-                    for slot in &mut slots[next..end] {
-                        if matches!(slot, Fetched::Unknown) {
-                            *slot = Fetched::Missing;
-                        }
+                    if next == end {
+                        return Err(Error::unexpected(
+                            &operation,
+                            format!("entry {} outside the range read", entry.id),
+                        ));
                     }
+                    found[next] = Some(entry);
+                    next += 1;
                 }
             }
         }
-        Ok(slots
+        Ok(found
             .into_iter()
             .zip(ids)
-            .map(|(slot, id)| match slot {
-                Fetched::Found(entry) => entry,
-                Fetched::Unknown | Fetched::Missing => RawEntry { id, pairs: None },
-            })
+            .map(|(entry, id)| entry.unwrap_or(RawEntry { id, pairs: None }))
             .collect())
     }
 
