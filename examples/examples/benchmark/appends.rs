@@ -1,6 +1,7 @@
 //! P1 and P2: appends against raw `XADD`s, and Redis's own time per append.
 
 use std::hint::black_box;
+use std::sync::Arc;
 
 use es_core::{AppendOptions, EventStore, ExpectedVersion, StreamId};
 use es_redis::RedisEventStore;
@@ -27,25 +28,9 @@ pub(crate) async fn p1_single_appends(
             .into_iter()
             .enumerate()
         {
-            let store = store.clone();
-            let (elapsed, _) = concurrently(CONCURRENCY, sizes.p1_appends, move |task, i| {
-                let store = store.clone();
-                async move {
-                    let stream = StreamId::new("cart", format!("p1-{round}-{variant}-{task}"));
-                    let options = if with_id {
-                        AppendOptions::with_append_id(format!("p1-{round}-{task}-{i}"))
-                    } else {
-                        AppendOptions::default()
-                    };
-                    let expected = ExpectedVersion::Exact(i as u64);
-                    store
-                        .append(&stream, expected, vec![new_event(i as u64)?], &options)
-                        .await?;
-                    Ok(())
-                }
-            })
-            .await?;
-            best[variant] = best[variant].max(per_second(appends, elapsed));
+            let prefix = format!("p1-{round}-{variant}");
+            let rate = append_rate(store, prefix, sizes.p1_appends, with_id).await?;
+            best[variant] = best[variant].max(rate);
         }
         let raw = raw.clone();
         let (elapsed, _) = concurrently(CONCURRENCY, sizes.p1_appends, move |task, i| {
@@ -91,6 +76,38 @@ pub(crate) async fn p1_single_appends(
             best[2],
         )),
     ])
+}
+
+/// Appends/s of [`CONCURRENCY`] tasks each appending `per_task` single events, one at a
+/// time, to its own aggregate (`<prefix>-<task>`) with an exact expected version, and with
+/// an append id if `with_id` (as the repository sends).
+pub(crate) async fn append_rate(
+    store: &RedisEventStore,
+    prefix: String,
+    per_task: usize,
+    with_id: bool,
+) -> Result<f64, BoxError> {
+    let store = store.clone();
+    let prefix = Arc::new(prefix);
+    let (elapsed, _) = concurrently(CONCURRENCY, per_task, move |task, i| {
+        let store = store.clone();
+        let prefix = prefix.clone();
+        async move {
+            let stream = StreamId::new("cart", format!("{prefix}-{task}"));
+            let options = if with_id {
+                AppendOptions::with_append_id(format!("{prefix}-{task}-{i}"))
+            } else {
+                AppendOptions::default()
+            };
+            let expected = ExpectedVersion::Exact(i as u64);
+            store
+                .append(&stream, expected, vec![new_event(i as u64)?], &options)
+                .await?;
+            Ok(())
+        }
+    })
+    .await?;
+    Ok(per_second(CONCURRENCY * per_task, elapsed))
 }
 
 /// The store's append script, exactly as es-redis loads it.

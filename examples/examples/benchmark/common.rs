@@ -114,8 +114,10 @@ pub(crate) struct Sizes {
     pub(crate) p1_appends: usize,
     /// P2: 100-event calls per appender (4 appenders).
     pub(crate) p2_calls: usize,
-    /// P3: commands per aggregate (50 aggregates).
+    /// P3 cold: commands per aggregate (50 aggregates).
     pub(crate) p3_commands: usize,
+    /// P3 hot: commands per aggregate (50 aggregates).
+    pub(crate) p3_hot_commands: usize,
     /// P4: events the projection catches up on.
     pub(crate) p4_events: usize,
     /// P5: encodes and decodes of each kind.
@@ -133,6 +135,7 @@ pub(crate) const FULL: Sizes = Sizes {
     p1_appends: 400,
     p2_calls: 50,
     p3_commands: 200,
+    p3_hot_commands: 100,
     p4_events: 100_000,
     p5_iterations: 1_000_000,
     p6_events: 10_000,
@@ -145,6 +148,7 @@ pub(crate) const QUICK: Sizes = Sizes {
     p1_appends: 20,
     p2_calls: 5,
     p3_commands: 20,
+    p3_hot_commands: 20,
     p4_events: 5_000,
     p5_iterations: 20_000,
     p6_events: 1_000,

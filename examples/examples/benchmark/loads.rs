@@ -4,7 +4,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use es_core::codec::Fields;
-use es_core::{Event, Repository, SnapshotPolicy};
+use es_core::{Event, Repository, SnapshotPolicy, StreamId};
 use es_redis::RedisEventStore;
 use redis::aio::ConnectionManager;
 use redis::Value;
@@ -113,13 +113,46 @@ pub(crate) async fn p6_loads(
         let command = AddItems { count: 1, seed: i };
         snapshotting.execute("p6-snapshot-tail", &command).await?;
     }
+    // The same tail, interleaved: after its snapshot, the aggregate and 49 others append one
+    // event each in turn, so no two of its tail entries are next to each other.
+    let command = AddItems {
+        count: SNAPSHOT_EVERY as usize,
+        seed: 0,
+    };
+    snapshotting.execute("p6-interleaved", &command).await?;
+    for i in 0..SNAPSHOT_EVERY - 1 {
+        let command = AddItems { count: 1, seed: i };
+        for other in 0..CONCURRENCY - 1 {
+            snapshotting
+                .execute(&format!("p6-neighbour-{other}"), &command)
+                .await?;
+        }
+        snapshotting.execute("p6-interleaved", &command).await?;
+    }
 
     let loads = sizes.p6_loads;
     let mut replay = Duration::MAX;
     let mut snapshot = Duration::MAX;
     let mut snapshot_tail = Duration::MAX;
+    let mut interleaved = Duration::MAX;
     let mut xrange = Duration::MAX;
+    let mut xrange_99 = Duration::MAX;
     let key = store.keys().category_stream("cart");
+    // The interleaved tail's entry ids, as the index holds them (`ms * 1024 + seq`).
+    let index = store.keys().index(&StreamId::new("cart", "p6-interleaved"));
+    let packed: Vec<u64> = redis::cmd("LRANGE")
+        .arg(&index)
+        .arg(SNAPSHOT_EVERY + 1)
+        .arg(-1)
+        .query_async(&mut raw.clone())
+        .await?;
+    let tail_ids: Vec<String> = packed
+        .iter()
+        .map(|p| format!("{}-{}", p / 1024, p % 1024))
+        .collect();
+    let mut pipelined = Duration::MAX;
+    let mut xread = Duration::MAX;
+    let mut in_lua = Duration::MAX;
     for _ in 0..sizes.rounds {
         let started = Instant::now();
         for _ in 0..(loads / 10).max(1) {
@@ -136,20 +169,63 @@ pub(crate) async fn p6_loads(
             black_box(snapshotting.load("p6-snapshot-tail").await?);
         }
         snapshot_tail = snapshot_tail.min(started.elapsed() / loads as u32);
+        let started = Instant::now();
+        for _ in 0..loads {
+            black_box(snapshotting.load("p6-interleaved").await?);
+        }
+        interleaved = interleaved.min(started.elapsed() / loads as u32);
         let mut raw = raw.clone();
         let started = Instant::now();
         for _ in 0..loads {
-            let entries: Value = redis::cmd("XRANGE")
-                .arg(&key)
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(100)
-                .query_async(&mut raw)
+            let mut pipe = redis::pipe();
+            for id in &tail_ids {
+                pipe.cmd("XRANGE").arg(&key).arg(id).arg(id);
+            }
+            let entries: Vec<Value> = pipe.query_async(&mut raw).await?;
+            black_box(entries);
+        }
+        pipelined = pipelined.min(started.elapsed() / loads as u32);
+        let started = Instant::now();
+        for _ in 0..loads {
+            let mut command = redis::cmd("XREAD");
+            command.arg("COUNT").arg(1).arg("STREAMS");
+            for _ in &tail_ids {
+                command.arg(&key);
+            }
+            for id in &tail_ids {
+                let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+                let seq: u64 = seq.parse()?;
+                command.arg(format!("{ms}-{}", seq.saturating_sub(1)));
+            }
+            let entries: Value = command.query_async(&mut raw).await?;
+            black_box(entries);
+        }
+        xread = xread.min(started.elapsed() / loads as u32);
+        let started = Instant::now();
+        for _ in 0..loads {
+            let entries: Value = redis::Script::new(READ_ENTRIES_IN_LUA)
+                .key(&key)
+                .arg(&tail_ids)
+                .invoke_async(&mut raw)
                 .await?;
             black_box(entries);
         }
-        xrange = xrange.min(started.elapsed() / loads as u32);
+        in_lua = in_lua.min(started.elapsed() / loads as u32);
+        for (count, best) in [(100, &mut xrange), (99, &mut xrange_99)] {
+            let started = Instant::now();
+            for _ in 0..loads {
+                let entries: Value = redis::cmd("XRANGE")
+                    .arg(&key)
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(count)
+                    .query_async(&mut raw)
+                    .await?;
+                black_box(entries);
+            }
+            *best = (*best).min(started.elapsed() / loads as u32);
+        }
     }
     let events = sizes.p6_events;
     let row = |what: String, time: Duration, target| Row {
@@ -183,5 +259,63 @@ pub(crate) async fn p6_loads(
             snapshot_tail,
             Target::AtMost(2.0),
         ),
+        Row {
+            id: "P6 interleaved",
+            raw: format!("{} (XRANGE COUNT 99)", micros(xrange_99)),
+            ratio: Some(interleaved.as_secs_f64() / xrange_99.as_secs_f64()),
+            ..row(
+                "load 100 + 99 events, snapshot every 100, the 99-event tail interleaved \
+                 with 49 other aggregates' events"
+                    .to_owned(),
+                interleaved,
+                Target::AtMost(2.0),
+            )
+        },
+        Row {
+            id: "P6 interleaved",
+            what: format!(
+                "raw only: the same {} tail entries as one pipeline of single-entry XRANGEs",
+                tail_ids.len()
+            ),
+            framework: "-".to_owned(),
+            raw: format!("{} (XRANGE COUNT 99)", micros(xrange_99)),
+            ratio: Some(pipelined.as_secs_f64() / xrange_99.as_secs_f64()),
+            ratio_means: "× the time",
+            target: Target::None,
+        },
+        Row {
+            id: "P6 interleaved",
+            what: format!(
+                "raw only: the same {} tail entries as one XREAD COUNT 1 naming the stream once per entry",
+                tail_ids.len()
+            ),
+            framework: "-".to_owned(),
+            raw: format!("{} (XRANGE COUNT 99)", micros(xrange_99)),
+            ratio: Some(xread.as_secs_f64() / xrange_99.as_secs_f64()),
+            ratio_means: "× the time",
+            target: Target::None,
+        },
+        Row {
+            id: "P6 interleaved",
+            what: format!(
+                "raw only: the same {} tail entries read by a script (XRANGE id id each) that returns them",
+                tail_ids.len()
+            ),
+            framework: "-".to_owned(),
+            raw: format!("{} (XRANGE COUNT 99)", micros(xrange_99)),
+            ratio: Some(in_lua.as_secs_f64() / xrange_99.as_secs_f64()),
+            ratio_means: "× the time",
+            target: Target::None,
+        },
     ])
 }
+
+/// A candidate for reading an interleaved tail: a script that reads each entry and returns
+/// them all (one round trip; the entries pass through Lua tables).
+const READ_ENTRIES_IN_LUA: &str = r"
+local out = {}
+for i, id in ipairs(ARGV) do
+  out[i] = redis.call('XRANGE', KEYS[1], id, id)[1]
+end
+return out
+";

@@ -23,7 +23,7 @@ mod memory;
 mod projection;
 
 use appends::{p1_server_time, p1_single_appends, p2_batch_appends};
-use commands::p3_commands;
+use commands::{p3_cold_commands, p3_hot_commands};
 use common::{BoxError, Sizes, FULL, QUICK};
 use loads::{p5_codec, p6_loads};
 use memory::p7_memory;
@@ -133,7 +133,8 @@ async fn run(sizes: &Sizes, options: Options) -> Result<(), BoxError> {
         commandstats(&options, "P2", &mut raw).await?;
     }
     if wanted("P3") {
-        rows.extend(p3_commands(sizes, &store, &raw).await?);
+        rows.extend(p3_hot_commands(sizes, &store).await?);
+        rows.extend(p3_cold_commands(sizes, &store, &raw).await?);
         commandstats(&options, "P3", &mut raw).await?;
     }
     if wanted("P4") {
