@@ -22,7 +22,7 @@ use crate::store::Position;
 /// # use es_core::{Aggregate, Apply, CacheConfig, Event, InMemoryStore, Repository};
 /// # #[derive(Event)] struct Noted { text: String }
 /// # #[derive(Event)] enum NoteEvent { Noted(Noted) }
-/// # #[derive(Aggregate, Default)] #[aggregate(event = NoteEvent)] struct Notebook { notes: Vec<String> }
+/// # #[derive(Aggregate, Default)] #[aggregate(event = NoteEvent)] struct Notebook { #[aggregate(json)] notes: Vec<String> }
 /// # impl Apply<Noted> for Notebook { fn apply(&mut self, e: &Noted) { self.notes.push(e.text.clone()); } }
 /// // At most 1,000 notebooks, and at most about 64 MiB of notes between them.
 /// let notebooks = Repository::<Notebook, _>::new(InMemoryStore::new()).with_cache(
