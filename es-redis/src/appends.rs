@@ -18,12 +18,24 @@ use crate::entry::{as_u64, into_array};
 use crate::error::Error;
 use crate::scripts::SCRIPTS;
 
+/// The append script's settings, the same for every call of one store.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AppendSettings {
+    /// How many append ids each aggregate remembers.
+    pub remembered_append_ids: usize,
+    /// How many tail copies each aggregate keeps (0: none, and calls carry no tail key).
+    pub tail_copies: usize,
+}
+
 /// One append, encoded for the append script.
 pub(crate) struct AppendCall {
     /// The category stream it writes to.
     pub stream_key: String,
     /// The aggregate's index.
     pub index_key: String,
+    /// Its tail copies, with [`RedisConfig::tail_copies`](crate::RedisConfig::tail_copies)
+    /// (every append of one store has one, or none does).
+    pub tail_key: Option<String>,
     /// Its arguments: aggregate id, expected version, append id, event count, events.
     pub args: Vec<Vec<u8>>,
     /// How many events it holds.
@@ -39,14 +51,20 @@ const MAX_EVENTS_PER_CALL: usize = 1_000;
 /// Runs `calls` in one call of the append script; replies with one reply per call.
 pub(crate) async fn invoke(
     connection: &RedisConnection,
-    remembered_append_ids: usize,
+    settings: AppendSettings,
     calls: &[AppendCall],
 ) -> Result<Vec<Value>, Error> {
     let mut invocation = SCRIPTS.append.prepare_invoke();
     for call in calls {
         invocation.key(&call.stream_key).key(&call.index_key);
+        if let Some(tail) = &call.tail_key {
+            invocation.key(tail);
+        }
     }
-    invocation.arg(remembered_append_ids).arg(calls.len());
+    invocation
+        .arg(settings.remembered_append_ids)
+        .arg(calls.len())
+        .arg(settings.tail_copies);
     for call in calls {
         for arg in &call.args {
             invocation.arg(arg.as_slice());
@@ -101,7 +119,7 @@ struct Queued {
 /// The queue of appends of one store (shared by its clones), and the task that sends it.
 pub(crate) struct AppendQueue {
     connection: RedisConnection,
-    remembered_append_ids: usize,
+    settings: AppendSettings,
     max_appends: usize,
     /// Started by the first append, on its runtime; the task ends when the queue is dropped.
     sender: OnceLock<mpsc::UnboundedSender<Queued>>,
@@ -110,12 +128,12 @@ pub(crate) struct AppendQueue {
 impl AppendQueue {
     pub(crate) fn new(
         connection: RedisConnection,
-        remembered_append_ids: usize,
+        settings: AppendSettings,
         max_appends: usize,
     ) -> Arc<Self> {
         Arc::new(AppendQueue {
             connection,
-            remembered_append_ids,
+            settings,
             max_appends,
             sender: OnceLock::new(),
         })
@@ -131,7 +149,7 @@ impl AppendQueue {
             tokio::spawn(send_queued(
                 receiver,
                 self.connection.clone(),
-                self.remembered_append_ids,
+                self.settings,
                 self.max_appends,
             ));
             sender
@@ -155,12 +173,8 @@ impl AppendQueue {
     }
 
     async fn alone(&self, call: AppendCall) -> Result<Value, Error> {
-        let mut replies = invoke(
-            &self.connection,
-            self.remembered_append_ids,
-            std::slice::from_ref(&call),
-        )
-        .await?;
+        let mut replies =
+            invoke(&self.connection, self.settings, std::slice::from_ref(&call)).await?;
         Ok(replies.swap_remove(0))
     }
 }
@@ -170,7 +184,7 @@ impl AppendQueue {
 async fn send_queued(
     mut receiver: mpsc::UnboundedReceiver<Queued>,
     connection: RedisConnection,
-    remembered_append_ids: usize,
+    settings: AppendSettings,
     max_appends: usize,
 ) {
     let mut in_flight = JoinSet::new();
@@ -206,15 +220,15 @@ async fn send_queued(
                 Err(_) => break,
             }
         }
-        in_flight.spawn(send_batch(connection.clone(), remembered_append_ids, batch));
+        in_flight.spawn(send_batch(connection.clone(), settings, batch));
     }
     while in_flight.join_next().await.is_some() {}
 }
 
-async fn send_batch(connection: RedisConnection, remembered_append_ids: usize, batch: Vec<Queued>) {
+async fn send_batch(connection: RedisConnection, settings: AppendSettings, batch: Vec<Queued>) {
     let (calls, replies): (Vec<AppendCall>, Vec<_>) =
         batch.into_iter().map(|q| (q.call, q.reply)).unzip();
-    match invoke(&connection, remembered_append_ids, &calls).await {
+    match invoke(&connection, settings, &calls).await {
         Ok(values) => {
             for (value, reply) in values.into_iter().zip(replies) {
                 let _ = reply.send(Ok(value));

@@ -45,6 +45,7 @@ pub struct RedisConfig {
     page_size: usize,
     remembered_append_ids: usize,
     append_batch: usize,
+    tail_copies: usize,
 }
 
 /// Where Redis is.
@@ -93,6 +94,7 @@ impl RedisConfig {
             page_size: 1_000,
             remembered_append_ids: 8,
             append_batch: 64,
+            tail_copies: 0,
         }
     }
 
@@ -148,6 +150,26 @@ impl RedisConfig {
     /// about 20 bytes per aggregate; 0 turns idempotent retries off.
     pub fn remembered_append_ids(mut self, appends: usize) -> Self {
         self.remembered_append_ids = appends;
+        self
+    }
+
+    /// Keeps a compact copy of each aggregate's newest events, up to `max` per aggregate, in
+    /// a list beside its index (`<prefix>:tail:<id>`), so that loading an aggregate reads
+    /// its snapshot and the events after it in **one** round trip, however its events
+    /// interleave with other aggregates' in the category stream (default 0: off).
+    ///
+    /// It trades memory for load speed: each copied event costs about as much again as its
+    /// stream entry. Saving a snapshot drops the copies it covers, so with snapshots every
+    /// *N* events an aggregate holds at most about *N* copies; `max` bounds aggregates that
+    /// are never snapshotted (when a list passes `max`, it is cut to its newest `max / 2`).
+    /// Choose `max` at least twice the snapshot interval. Copies are only a cache of the
+    /// category stream, which stays the log of record: a load that finds them missing,
+    /// short or out of step with the index reads the stream instead. Every process
+    /// appending to a category should use the same setting (a process without it appends
+    /// no copies, and loads after that read the stream). See BENCHMARKS.md (P6, P7) for
+    /// both figures.
+    pub fn tail_copies(mut self, max: usize) -> Self {
+        self.tail_copies = max;
         self
     }
 
@@ -209,6 +231,10 @@ impl RedisConfig {
 
     pub(crate) fn append_batch_value(&self) -> usize {
         self.append_batch
+    }
+
+    pub(crate) fn tail_copies_value(&self) -> usize {
+        self.tail_copies
     }
 
     /// Checks the settings without connecting.
@@ -363,6 +389,7 @@ impl fmt::Debug for RedisConfig {
             .field("page_size", &self.page_size)
             .field("remembered_append_ids", &self.remembered_append_ids)
             .field("append_batch", &self.append_batch)
+            .field("tail_copies", &self.tail_copies)
             .finish()
     }
 }

@@ -28,11 +28,13 @@ pub(crate) const MAX_EVENT_FIELDS: usize = 3_000;
 /// The event type reported in envelope errors when the entry has no readable `type`.
 const UNKNOWN_TYPE: &str = "<unknown type>";
 
-/// Checks `event` and adds it to the append script's arguments: type, pair count, pairs.
+/// Checks `event` and adds it to the append script's arguments: type, pair count, pairs,
+/// and with `copy` its tail copy ([`crate::copies`]).
 pub(crate) fn push_append_args(
     args: &mut Vec<Vec<u8>>,
     stream: &StreamId,
     event: NewEvent,
+    copy: bool,
 ) -> Result<(), StoreError> {
     if let Some((name, _)) = event
         .fields
@@ -66,6 +68,7 @@ pub(crate) fn push_append_args(
             event.event_type
         )));
     }
+    let start = args.len();
     args.push(event.event_type.into_owned().into_bytes());
     args.push(pair_count.to_string().into_bytes());
     for (name, value) in optional {
@@ -77,6 +80,11 @@ pub(crate) fn push_append_args(
     for (name, value) in event.fields {
         args.push(name.into_owned().into_bytes());
         args.push(value);
+    }
+    if copy {
+        let copied =
+            crate::copies::encode(&args[start], args[start + 2..].iter().map(Vec::as_slice));
+        args.push(copied);
     }
     Ok(())
 }
@@ -424,7 +432,7 @@ mod tests {
             fields,
             metadata: Metadata::default(),
         };
-        let error = push_append_args(&mut Vec::new(), &StreamId::new("user", "1"), event)
+        let error = push_append_args(&mut Vec::new(), &StreamId::new("user", "1"), event, false)
             .expect_err("reserved");
         assert!(matches!(error, StoreError::InvalidRequest(_)), "{error}");
     }

@@ -154,6 +154,16 @@ impl KeyLayout {
         )
     }
 
+    /// The aggregate's tail copies (with [`RedisConfig::tail_copies`](crate::RedisConfig::tail_copies)):
+    /// a list of compact copies of its newest events, each `<index element> <copy>`.
+    pub fn tail(&self, stream: &StreamId) -> String {
+        format!(
+            "{}:tail:{}",
+            self.aggregate_prefix(stream),
+            encode_key_part(&stream.id)
+        )
+    }
+
     /// The aggregate's snapshot hash.
     pub fn snapshot(&self, stream: &StreamId) -> String {
         format!(

@@ -3,6 +3,7 @@
 mod appends;
 pub mod config;
 pub mod connection;
+mod copies;
 mod entry;
 pub mod error;
 pub mod keys;

@@ -42,8 +42,13 @@ impl SnapshotStore for RedisEventStore {
             }
         }
         let mut invocation = SCRIPTS.save_snapshot.prepare_invoke();
+        invocation.key(self.keys().snapshot(stream));
+        if self.tail_copies() > 0 {
+            invocation
+                .key(self.keys().index(stream))
+                .key(self.keys().tail(stream));
+        }
         invocation
-            .key(self.keys().snapshot(stream))
             .arg(snapshot.version)
             .arg(snapshot.position.to_string())
             .arg(snapshot.schema)
@@ -79,9 +84,11 @@ impl SnapshotStore for RedisEventStore {
         invocation
             .key(self.keys().aggregate_stream(stream))
             .key(self.keys().index(stream))
-            .key(&snapshot_key)
-            .arg(schema)
-            .arg(self.page_size());
+            .key(&snapshot_key);
+        if self.tail_copies() > 0 {
+            invocation.key(self.keys().tail(stream));
+        }
+        invocation.arg(schema).arg(self.page_size());
         let operation = "load_snapshot_and_tail";
         let reply = self.run_script(operation, &invocation).await?;
         let mut parts = into_array(reply, operation)?.into_iter();

@@ -12,7 +12,7 @@ use es_core::{
 };
 use redis::{Cmd, ScriptInvocation, Value};
 
-use crate::appends::{AppendCall, AppendQueue};
+use crate::appends::{AppendCall, AppendQueue, AppendSettings};
 use crate::config::RedisConfig;
 use crate::connection::RedisConnection;
 use crate::entry::{self, as_u64, into_array, into_bytes, EntrySource, RawEntry};
@@ -67,6 +67,7 @@ pub struct RedisEventStore {
     keys: KeyLayout,
     page_size: usize,
     remembered_append_ids: usize,
+    tail_copies: usize,
     appends: Arc<AppendQueue>,
 }
 
@@ -80,15 +81,32 @@ impl std::fmt::Debug for RedisEventStore {
     }
 }
 
-/// One page of an aggregate's index, as the read scripts reply: which entries hold its
-/// events (the entries themselves are read by [`RedisEventStore::fetch_entries`]).
+/// One page of an aggregate's events, as the read scripts reply: which entries hold them
+/// (read by [`RedisEventStore::fetch_entries`]), or their tail copies.
 pub(crate) struct Page {
     /// The aggregate's version when the page was read.
     version: u64,
     /// Whether the range ends with this page.
     done: bool,
-    /// The entry ids, for consecutive versions.
-    ids: Vec<String>,
+    /// The events, for consecutive versions.
+    elements: PageElements,
+}
+
+/// What a page holds of each event.
+enum PageElements {
+    /// The entry ids.
+    Ids(Vec<String>),
+    /// The tail copies, `<index element> <copy>` each (see [`crate::copies`]).
+    Copies(Vec<Vec<u8>>),
+}
+
+impl PageElements {
+    fn len(&self) -> usize {
+        match self {
+            PageElements::Ids(ids) => ids.len(),
+            PageElements::Copies(copies) => copies.len(),
+        }
+    }
 }
 
 /// How the index packs an entry id `<ms>-<seq>` into one integer, `ms * 1024 + seq`
@@ -96,7 +114,7 @@ pub(crate) struct Page {
 const PACKED_SEQS: u64 = 1024;
 
 /// The entry id an index element stands for.
-fn unpack_entry_id(element: Vec<u8>) -> String {
+pub(crate) fn unpack_entry_id(element: Vec<u8>) -> String {
     let text = String::from_utf8_lossy(&element);
     if !text.contains('-') {
         if let Ok(packed) = text.parse::<u64>() {
@@ -107,25 +125,34 @@ fn unpack_entry_id(element: Vec<u8>) -> String {
 }
 
 impl Page {
-    /// Parses `[version, done, index element…]`.
+    /// Parses `[version, done, copies, element…]`: index elements, or tail copies if
+    /// `copies` is 1.
     pub(crate) fn parse(value: Value, operation: &str) -> Result<Self, Error> {
         let mut items = into_array(value, operation)?.into_iter();
-        let (Some(version), Some(done)) = (
+        let (Some(version), Some(done), Some(copies)) = (
+            items.next().as_ref().and_then(as_u64),
             items.next().as_ref().and_then(as_u64),
             items.next().as_ref().and_then(as_u64),
         ) else {
             return Err(Error::unexpected(operation, "a page without its header"));
         };
+        let mut elements = items.map(|item| {
+            into_bytes(item)
+                .ok_or_else(|| Error::unexpected(operation, "a page element that is not a string"))
+        });
         Ok(Page {
             version,
             done: done == 1,
-            ids: items
-                .map(|item| {
-                    into_bytes(item).map(unpack_entry_id).ok_or_else(|| {
-                        Error::unexpected(operation, "an index element that is not a string")
-                    })
-                })
-                .collect::<Result<_, _>>()?,
+            elements: if copies == 1 {
+                PageElements::Copies(elements.collect::<Result<_, _>>()?)
+            } else {
+                PageElements::Ids(
+                    elements
+                        .by_ref()
+                        .map(|element| element.map(unpack_entry_id))
+                        .collect::<Result<_, _>>()?,
+                )
+            },
         })
     }
 }
@@ -149,13 +176,17 @@ impl RedisEventStore {
         Ok(RedisEventStore {
             appends: AppendQueue::new(
                 connection.clone(),
-                config.remembered_append_ids_value(),
+                AppendSettings {
+                    remembered_append_ids: config.remembered_append_ids_value(),
+                    tail_copies: config.tail_copies_value(),
+                },
                 config.append_batch_value(),
             ),
             connection,
             keys: config.keys(),
             page_size: config.page_size_value(),
             remembered_append_ids: config.remembered_append_ids_value(),
+            tail_copies: config.tail_copies_value(),
         })
     }
 
@@ -172,6 +203,12 @@ impl RedisEventStore {
 
     pub(crate) fn page_size(&self) -> usize {
         self.page_size
+    }
+
+    /// How many tail copies each aggregate keeps (0: none; see
+    /// [`RedisConfig::tail_copies`]).
+    pub(crate) fn tail_copies(&self) -> usize {
+        self.tail_copies
     }
 
     pub(crate) async fn run_script(
@@ -204,7 +241,11 @@ impl RedisEventStore {
         let mut invocation = SCRIPTS.read_stream.prepare_invoke();
         invocation
             .key(self.keys.aggregate_stream(stream))
-            .key(self.keys.index(stream))
+            .key(self.keys.index(stream));
+        if self.tail_copies > 0 {
+            invocation.key(self.keys.tail(stream));
+        }
+        invocation
             .arg(from)
             .arg(to.map(|v| v.to_string()).unwrap_or_default())
             .arg(until_millis.map(|v| v.to_string()).unwrap_or_default())
@@ -236,8 +277,13 @@ impl RedisEventStore {
         let to = Some(to.map_or(page.version, |to| to.min(page.version)));
         let mut events = Vec::new();
         loop {
-            let read = page.ids.len() as u64;
-            let entries = self.fetch_entries(&storage_key, page.ids).await?;
+            let read = page.elements.len() as u64;
+            let entries = match page.elements {
+                PageElements::Ids(ids) => self.fetch_entries(&storage_key, ids).await?,
+                PageElements::Copies(copies) => {
+                    self.entries_of_copies(&storage_key, stream, from, copies).await?
+                }
+            };
             for (version, raw) in (from..).zip(entries) {
                 events.push(self.decode_indexed(&source, stream, version, raw)?);
             }
@@ -247,6 +293,33 @@ impl RedisEventStore {
             from += read;
             page = self.read_page(stream, from, to, until_millis).await?;
         }
+    }
+
+    /// The entries that `copies` (tail copies of versions `from`…) copy. Copies are only a
+    /// cache: if one does not decode, the entries are read from the stream instead.
+    async fn entries_of_copies(
+        &self,
+        key: &str,
+        stream: &StreamId,
+        from: u64,
+        copies: Vec<Vec<u8>>,
+    ) -> Result<Vec<RawEntry>, Error> {
+        let decoded: Option<Vec<RawEntry>> = (from..)
+            .zip(&copies)
+            .map(|(version, copy)| crate::copies::decode(copy, &stream.id, version))
+            .collect();
+        if let Some(entries) = decoded {
+            return Ok(entries);
+        }
+        tracing::warn!(%stream, "a tail copy does not decode; reading the stream instead");
+        let ids = copies
+            .into_iter()
+            .map(|copy| {
+                let id = copy.split(|&b| b == b' ').next().unwrap_or_default();
+                unpack_entry_id(id.to_vec())
+            })
+            .collect();
+        self.fetch_entries(key, ids).await
     }
 
     /// Reads the entries `ids` names (ascending) from stream `key` in one round trip; an
@@ -411,16 +484,17 @@ impl EventStore for RedisEventStore {
             None => None,
         };
         args.push(match append_id {
-            Some(id) => format!("={id}").into_bytes(),
+            Some(id) => append_id_digest(&id).into_bytes(),
             None => Vec::new(),
         });
         args.push(count.to_string().into_bytes());
         for event in events {
-            entry::push_append_args(&mut args, stream, event)?;
+            entry::push_append_args(&mut args, stream, event, self.tail_copies > 0)?;
         }
         let call = AppendCall {
             stream_key: self.keys.aggregate_stream(stream),
             index_key: self.keys.index(stream),
+            tail_key: (self.tail_copies > 0).then(|| self.keys.tail(stream)),
             args,
             events: count,
         };
@@ -604,6 +678,13 @@ fn parse_append_reply(
             String::from_utf8_lossy(other)
         ))),
     }
+}
+
+/// What the index remembers of an append id: the first 12 hex digits of its SHA-1.
+fn append_id_digest(id: &str) -> String {
+    let mut digest = sha1_smol::Sha1::from(id).digest().to_string();
+    digest.truncate(12);
+    digest
 }
 
 /// A unique append id for appends sent without one (on a cluster): process-random prefix,

@@ -70,6 +70,12 @@ mod partitioned {
         unknown_event_type_gives_typed_decode_error,
         empty_append_is_rejected,
         repository_retries_conflicts_and_snapshots,
+        one_repository_serialises_commands_to_an_aggregate,
+        two_cached_repositories_interleave_without_losing_commands,
+        a_stale_cached_aggregate_catches_up,
+        a_lost_reply_evicts_and_the_next_command_reloads,
+        the_cache_stays_within_its_bounds,
+        reads_never_come_from_the_cache,
     );
 }
 

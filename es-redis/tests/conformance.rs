@@ -10,3 +10,20 @@ es_core::conformance_tests!(|| async {
         .await
         .unwrap_or_else(|e| panic!("cannot connect to the test server: {e}"))
 });
+
+/// The same suite with tail copies on (`RedisConfig::tail_copies`): every case holds when
+/// loads read the copies instead of the stream.
+mod with_tail_copies {
+    use super::*;
+    use es_redis::RedisEventStore;
+
+    es_core::conformance_tests!(|| async {
+        let server = RedisServer::shared().unwrap_or_else(|e| panic!("{e}"));
+        let config = server
+            .config(&unique_namespace("conformance-copies"))
+            .tail_copies(16);
+        RedisEventStore::connect(&config)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to the test server: {e}"))
+    });
+}

@@ -2,6 +2,7 @@
 -- after it: one round trip for the common load.
 --
 -- KEYS[1]  the category stream   KEYS[2]  the aggregate's index   KEYS[3]  its snapshot
+-- KEYS[4]  its tail copies (optional: only with RedisConfig::tail_copies)
 -- ARGV[1]  the wanted snapshot layout (`_schema`)   ARGV[2]  page size
 --
 -- Replies {snapshot field pairs (empty if none or of another layout), first version read,
@@ -23,4 +24,4 @@ if schema == ARGV[1] then
 else
   snapshot = {}
 end
-return { snapshot, from, read_page(KEYS[1], KEYS[2], from, nil, nil, tonumber(ARGV[2])) }
+return { snapshot, from, read_page(KEYS[1], KEYS[2], from, nil, nil, tonumber(ARGV[2]), KEYS[4]) }

@@ -1,6 +1,8 @@
 -- Saves an aggregate's snapshot unless the stored one has a higher version.
 --
 -- KEYS[1]  the snapshot hash
+-- KEYS[2], KEYS[3]  the aggregate's index and tail copies (optional: only with
+--                   RedisConfig::tail_copies): the copies the snapshot covers are dropped
 -- ARGV[1]  _version   ARGV[2]  _position   ARGV[3]  _schema
 -- ARGV[4]  _fields (the field names, in order)   ARGV[5...]  the field pairs
 --
@@ -32,5 +34,18 @@ redis.call('DEL', key)
 redis.call('HSET', key, '_version', ARGV[1], '_position', ARGV[2], '_schema', ARGV[3], '_fields', ARGV[4])
 for first = 5, #ARGV, 1000 do
   redis.call('HSET', key, unpack(ARGV, first, math.min(first + 999, #ARGV)))
+end
+if KEYS[3] then
+  -- Copies are a cache (loads check them against the index): a failure here, say a key of
+  -- another type, must not fail the saved snapshot.
+  local length = redis.pcall('LLEN', KEYS[2])
+  if type(length) == 'number' and length > 0 then
+    local keep = (length - 1) - tonumber(offered)
+    if keep <= 0 then
+      redis.pcall('DEL', KEYS[3])
+    else
+      redis.pcall('LTRIM', KEYS[3], string.format('%d', -keep), -1)
+    end
+  end
 end
 return 1

@@ -161,6 +161,9 @@ pub(crate) const CONCURRENCY: usize = 50;
 pub(crate) const P2_APPENDERS: usize = 4;
 pub(crate) const BATCH: usize = 100;
 pub(crate) const SNAPSHOT_EVERY: u64 = 100;
+/// The tail copies of the rows that measure them (`RedisConfig::tail_copies`): twice the
+/// snapshot interval.
+pub(crate) const TAIL_COPIES: usize = 2 * SNAPSHOT_EVERY as usize;
 
 /// Which way a ratio should go to meet its target.
 #[derive(Clone, Copy)]

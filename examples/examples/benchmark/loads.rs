@@ -91,9 +91,13 @@ pub(crate) fn p5_codec(sizes: &Sizes) -> Vec<Row> {
 /// P6: loading an aggregate of 10,000 events without snapshots, and with a snapshot every
 /// 100 events (right after a snapshot, and with the longest tail, 99 events), against one
 /// XRANGE of 100 entries.
+///
+/// The interleaved tail is also loaded through `copies`, a store with tail copies
+/// (`RedisConfig::tail_copies`).
 pub(crate) async fn p6_loads(
     sizes: &Sizes,
     store: &RedisEventStore,
+    copies: &RedisEventStore,
     raw: &ConnectionManager,
 ) -> Result<Vec<Row>, BoxError> {
     let plain = Repository::<Cart, _>::new(store.clone());
@@ -115,19 +119,23 @@ pub(crate) async fn p6_loads(
     }
     // The same tail, interleaved: after its snapshot, the aggregate and 49 others append one
     // event each in turn, so no two of its tail entries are next to each other.
-    let command = AddItems {
-        count: SNAPSHOT_EVERY as usize,
-        seed: 0,
-    };
-    snapshotting.execute("p6-interleaved", &command).await?;
-    for i in 0..SNAPSHOT_EVERY - 1 {
-        let command = AddItems { count: 1, seed: i };
-        for other in 0..CONCURRENCY - 1 {
-            snapshotting
-                .execute(&format!("p6-neighbour-{other}"), &command)
-                .await?;
+    let copying = Repository::<Cart, _>::new(copies.clone())
+        .with_snapshot_policy(SnapshotPolicy::EveryNEvents(SNAPSHOT_EVERY));
+    for repository in [&snapshotting, &copying] {
+        let command = AddItems {
+            count: SNAPSHOT_EVERY as usize,
+            seed: 0,
+        };
+        repository.execute("p6-interleaved", &command).await?;
+        for i in 0..SNAPSHOT_EVERY - 1 {
+            let command = AddItems { count: 1, seed: i };
+            for other in 0..CONCURRENCY - 1 {
+                repository
+                    .execute(&format!("p6-neighbour-{other}"), &command)
+                    .await?;
+            }
+            repository.execute("p6-interleaved", &command).await?;
         }
-        snapshotting.execute("p6-interleaved", &command).await?;
     }
 
     let loads = sizes.p6_loads;
@@ -135,6 +143,7 @@ pub(crate) async fn p6_loads(
     let mut snapshot = Duration::MAX;
     let mut snapshot_tail = Duration::MAX;
     let mut interleaved = Duration::MAX;
+    let mut interleaved_copies = Duration::MAX;
     let mut xrange = Duration::MAX;
     let mut xrange_99 = Duration::MAX;
     let key = store.keys().category_stream("cart");
@@ -174,6 +183,11 @@ pub(crate) async fn p6_loads(
             black_box(snapshotting.load("p6-interleaved").await?);
         }
         interleaved = interleaved.min(started.elapsed() / loads as u32);
+        let started = Instant::now();
+        for _ in 0..loads {
+            black_box(copying.load("p6-interleaved").await?);
+        }
+        interleaved_copies = interleaved_copies.min(started.elapsed() / loads as u32);
         let mut raw = raw.clone();
         let started = Instant::now();
         for _ in 0..loads {
@@ -270,6 +284,17 @@ pub(crate) async fn p6_loads(
                 interleaved,
                 Target::AtMost(2.0),
             )
+        },
+        Row {
+            id: "P6 interleaved copies",
+            what: format!(
+                "the same with `tail_copies({TAIL_COPIES})`: snapshot and tail in one round trip"
+            ),
+            framework: micros(interleaved_copies),
+            raw: format!("{} (XRANGE COUNT 99)", micros(xrange_99)),
+            ratio: Some(interleaved_copies.as_secs_f64() / xrange_99.as_secs_f64()),
+            ratio_means: "× the time",
+            target: Target::AtMost(2.0),
         },
         Row {
             id: "P6 interleaved",

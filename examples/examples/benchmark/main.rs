@@ -24,7 +24,7 @@ mod projection;
 
 use appends::{p1_server_time, p1_single_appends, p2_batch_appends};
 use commands::{p3_cold_commands, p3_hot_commands};
-use common::{BoxError, Sizes, FULL, QUICK};
+use common::{BoxError, Sizes, FULL, QUICK, TAIL_COPIES};
 use loads::{p5_codec, p6_loads};
 use memory::p7_memory;
 use projection::p4_projection;
@@ -115,6 +115,10 @@ async fn run(sizes: &Sizes, options: Options) -> Result<(), BoxError> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
+    // The same store with tail copies (RedisConfig::tail_copies), for the rows that show
+    // what they buy and cost.
+    let copies =
+        RedisEventStore::connect(&server.config("bench-copies").tail_copies(TAIL_COPIES)).await?;
     let wanted = |id: &str| {
         options
             .only
@@ -134,7 +138,7 @@ async fn run(sizes: &Sizes, options: Options) -> Result<(), BoxError> {
     }
     if wanted("P3") {
         rows.extend(p3_hot_commands(sizes, &store).await?);
-        rows.extend(p3_cold_commands(sizes, &store, &raw).await?);
+        rows.extend(p3_cold_commands(sizes, &store, &copies, &raw).await?);
         commandstats(&options, "P3", &mut raw).await?;
     }
     if wanted("P4") {
@@ -145,13 +149,14 @@ async fn run(sizes: &Sizes, options: Options) -> Result<(), BoxError> {
         rows.extend(p5_codec(sizes));
     }
     if wanted("P6") {
-        rows.extend(p6_loads(sizes, &store, &raw).await?);
+        rows.extend(p6_loads(sizes, &store, &copies, &raw).await?);
         commandstats(&options, "P6", &mut raw).await?;
     }
     drop(store);
+    drop(copies);
     drop(server);
     if wanted("P7") {
-        rows.push(p7_memory(sizes).await?);
+        rows.extend(p7_memory(sizes).await?);
     }
 
     println!();
