@@ -33,6 +33,8 @@ pub(crate) struct AppendCall {
     pub stream_key: String,
     /// The aggregate's index.
     pub index_key: String,
+    /// Its recent append ids.
+    pub append_ids_key: String,
     /// Its tail copies, with [`RedisConfig::tail_copies`](crate::RedisConfig::tail_copies)
     /// (every append of one store has one, or none does).
     pub tail_key: Option<String>,
@@ -56,7 +58,10 @@ pub(crate) async fn invoke(
 ) -> Result<Vec<Value>, Error> {
     let mut invocation = SCRIPTS.append.prepare_invoke();
     for call in calls {
-        invocation.key(&call.stream_key).key(&call.index_key);
+        invocation
+            .key(&call.stream_key)
+            .key(&call.index_key)
+            .key(&call.append_ids_key);
         if let Some(tail) = &call.tail_key {
             invocation.key(tail);
         }

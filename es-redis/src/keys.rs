@@ -6,7 +6,9 @@
 //! | key | type | holds |
 //! | --- | --- | --- |
 //! | `es:{user}:events` | stream | every `user` event, in category order (the log of record) |
-//! | `es:{user}:index:42` | list | element 0: recent append ids; element *v*: the entry id of version *v* |
+//! | `es:{user}:index:42` | list | element *v*: the entry id of version *v* (element 0: a placeholder) |
+//! | `es:{user}:appends:42` | hash | recent append ids' digests → the append's last version (`:<events>` if not 1) |
+//! | `es:{user}:tail:42` | list | with [`RedisConfig::tail_copies`]: copies of the newest events, `<entry id> <copy>` |
 //! | `es:{user}:snapshot:42` | hash | the snapshot's fields plus `_version`, `_position`, `_schema`, `_fields` |
 //! | `es:{user}:dead:profiles` | stream | events of `user` projection `profiles` could not process |
 //! | `es:{user}:failures:profiles` | hash | the last handler error of each entry `profiles` will retry |
@@ -144,11 +146,23 @@ impl KeyLayout {
         self.partition_prefix(&stream.category, self.partition_of(stream))
     }
 
-    /// The aggregate's index: a list whose element 0 holds its recent append ids and whose
-    /// element *v* is the category stream entry id of version *v*.
+    /// The aggregate's index: a list whose element *v* (from 1) is the category stream
+    /// entry id of version *v* (element 0 is a placeholder, so its length is the version
+    /// plus one).
     pub fn index(&self, stream: &StreamId) -> String {
         format!(
             "{}:index:{}",
+            self.aggregate_prefix(stream),
+            encode_key_part(&stream.id)
+        )
+    }
+
+    /// The aggregate's recent append ids: a hash from each remembered append id's digest
+    /// (the first 12 hex digits of its SHA-1) to the append's result, its last version
+    /// (then `:<event count>` when that is not 1).
+    pub fn append_ids(&self, stream: &StreamId) -> String {
+        format!(
+            "{}:appends:{}",
             self.aggregate_prefix(stream),
             encode_key_part(&stream.id)
         )

@@ -109,8 +109,8 @@ impl PageElements {
     }
 }
 
-/// How the index packs an entry id `<ms>-<seq>` into one integer, `ms * 1024 + seq`
-/// (`scripts/entry_ids.lua`); ids that do not fit are kept as they are.
+/// How indexes written by earlier versions packed an entry id `<ms>-<seq>` into one
+/// integer, `ms * 1024 + seq` (`scripts/entry_ids.lua`); indexes now hold ids as they are.
 const PACKED_SEQS: u64 = 1024;
 
 /// The entry id an index element stands for.
@@ -281,7 +281,8 @@ impl RedisEventStore {
             let entries = match page.elements {
                 PageElements::Ids(ids) => self.fetch_entries(&storage_key, ids).await?,
                 PageElements::Copies(copies) => {
-                    self.entries_of_copies(&storage_key, stream, from, copies).await?
+                    self.entries_of_copies(&storage_key, stream, from, copies)
+                        .await?
                 }
             };
             for (version, raw) in (from..).zip(entries) {
@@ -494,6 +495,7 @@ impl EventStore for RedisEventStore {
         let call = AppendCall {
             stream_key: self.keys.aggregate_stream(stream),
             index_key: self.keys.index(stream),
+            append_ids_key: self.keys.append_ids(stream),
             tail_key: (self.tail_copies > 0).then(|| self.keys.tail(stream)),
             args,
             events: count,

@@ -655,7 +655,8 @@ async fn append_ids_are_remembered_for_the_configured_number_of_appends() {
                 .expect("append"),
         );
     }
-    // The last three are remembered, the first two forgotten.
+    // The last three are remembered, and more (up to twice the window) may be: records are
+    // cut back to the newest three each time the version passes a multiple of three.
     for (i, first) in results.iter().enumerate().skip(2) {
         let options = AppendOptions::with_append_id(format!("append-{i}"));
         let again = store
@@ -669,17 +670,49 @@ async fn append_ids_are_remembered_for_the_configured_number_of_appends() {
             .expect("remembered");
         assert_eq!(&again, first);
     }
-    let forgotten = store
+    // Version 6 passes a multiple of three: only the newest three records are kept
+    // (appends 2 to 4, versions 3 to 5), so appends 0 and 1 are forgotten.
+    store
         .append(
             &stream,
-            ExpectedVersion::Exact(0),
+            ExpectedVersion::Exact(5),
             numbered(0..1),
-            &AppendOptions::with_append_id("append-0"),
+            &AppendOptions::default(),
         )
         .await
-        .expect_err("forgotten: an ordinary append that conflicts");
-    assert_eq!(forgotten.as_conflict().map(|c| c.actual), Some(5));
-    assert_eq!(store.stream_version(&stream).await.expect("version"), 5);
+        .expect("append");
+    for i in 0..2u64 {
+        let forgotten = store
+            .append(
+                &stream,
+                ExpectedVersion::Exact(i),
+                numbered(0..1),
+                &AppendOptions::with_append_id(format!("append-{i}")),
+            )
+            .await
+            .expect_err("forgotten: an ordinary append that conflicts");
+        assert_eq!(forgotten.as_conflict().map(|c| c.actual), Some(6));
+    }
+    for (i, first) in results.iter().enumerate().skip(2) {
+        let options = AppendOptions::with_append_id(format!("append-{i}"));
+        let again = store
+            .append(
+                &stream,
+                ExpectedVersion::Exact(i as u64),
+                numbered(0..1),
+                &options,
+            )
+            .await
+            .expect("still remembered");
+        assert_eq!(&again, first);
+    }
+    let records: usize = run(
+        &mut store.connection(),
+        redis::cmd("HLEN").arg(store.keys().append_ids(&stream)),
+    )
+    .await;
+    assert_eq!(records, 3, "the newest three records are kept");
+    assert_eq!(store.stream_version(&stream).await.expect("version"), 6);
 }
 
 #[tokio::test]
@@ -1111,17 +1144,15 @@ async fn concurrent_appends_share_script_calls_but_keep_their_own_outcomes() {
             .await;
         ("broken", 0, outcome)
     });
-    // An index whose header was corrupted by hand (a record for the append id, without its
-    // version and count) fails that append alone, even as a runtime error of the script.
+    // An append-id record corrupted by hand (the append id's record, without its version)
+    // fails that append alone, even as a runtime error of the script.
     let corrupt = StreamId::new("user", "corrupt");
     let _: () = run(
         &mut connection,
         redis::cmd("EVAL")
-            .arg(
-                "redis.call('RPUSH', KEYS[1], string.sub(redis.sha1hex(ARGV[1]), 1, 12) .. ':x:y')",
-            )
+            .arg("redis.call('HSET', KEYS[1], string.sub(redis.sha1hex(ARGV[1]), 1, 12), 'x:y')")
             .arg(1)
-            .arg(store.keys().index(&corrupt))
+            .arg(store.keys().append_ids(&corrupt))
             .arg("mangled"),
     )
     .await;

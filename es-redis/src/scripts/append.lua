@@ -3,10 +3,11 @@
 -- RedisConfig::append_batch).
 --
 -- KEYS        per append a, K keys: its category stream, its aggregate's index (a list),
---             and with tail copies (K = 3) the aggregate's tail copies (a list)
--- ARGV[1]     how many append ids to remember per aggregate
+--             its recent append ids (a hash), and with tail copies (K = 4) its tail
+--             copies (a list); K = 3 without
+-- ARGV[1]     how many append ids to remember per aggregate (at least)
 -- ARGV[2]     how many appends follow
--- ARGV[3]     how many tail copies to keep per aggregate (0: none, and K = 2)
+-- ARGV[3]     how many tail copies to keep per aggregate (0: none, and K = 3)
 -- then each append:
 --               the aggregate id,
 --               the expected version: '' for any, else the exact version (0: no stream yet),
@@ -23,10 +24,11 @@
 --   'error', 0, 1, message              refused: a key has the wrong type
 -- A refused append writes nothing.
 --
--- The index's element 0 is a header: the last appends that carried an id, as
--- `<digest>:<last version>:<event count>` records joined by ';' (the digest is the first 12
--- hex digits of the SHA-1 of the append id). Element v (v >= 1) is the entry id of version
--- v, packed by pack_entry_id.
+-- The index's element 0 is a placeholder (''; indexes written before the append-id hash
+-- hold the old record header there, now unused), so element v (v >= 1) is the entry id of
+-- version v, as XADD returned it (older indexes may hold packed ids: see entry_ids.lua).
+-- The append-id hash maps each remembered digest to the append's result: its last version,
+-- followed by `:<event count>` when that is not 1.
 --
 -- Tail copies (RedisConfig::tail_copies) are a cache that loads check against the index:
 -- each written event's `<index element> <copy>` is pushed onto the tail list, which is cut
@@ -39,15 +41,16 @@
 --
 -- What an append costs the server, besides its commands (measured on Redis 7.0, 50 appends
 -- a call): mostly the strings it makes, each hashed into Lua's string table and later
--- collected (~0.3-0.5 us apiece), then C function calls. So: no string is made that is not
--- needed (headers are built in one concatenation, a record is found with a plain find and
--- byte checks), counts are looked up rather than parsed, indexes are passed to Redis as
--- constant strings (a Lua number is formatted by Redis with "%.17g", slower), library
--- functions are held in locals, the reply's length is kept in a counter (`#` searches the
--- table), and one pcall runs all the appends (resumed after a failure) instead of one each.
+-- collected (~0.3-0.5 us apiece), then C function calls. So: an append with an id costs
+-- one HSETNX, which both checks and remembers it; entry ids go to the index as XADD
+-- returned them; counts are looked up rather than parsed; indexes are passed to Redis as
+-- constant strings (a Lua number is formatted by Redis with "%.17g", slower); library
+-- functions are held in locals; the reply's length is kept in a counter (`#` searches the
+-- table); and one pcall runs all the appends (resumed after a failure) instead of one each.
 
-local find, sub, format, byte = string.find, string.sub, string.format, string.byte
+local find, format, match = string.find, string.format, string.match
 local tonumber, tostring, type, unpack = tonumber, tostring, type, unpack
+local floor = math.floor
 local rcall, rpcall = redis.call, redis.pcall
 
 -- Counts as the client writes them (tonumber gives the same numbers, and parses the rest).
@@ -86,9 +89,9 @@ end
 local window = tonumber(ARGV[1]) or 0
 local appends = tonumber(ARGV[2])
 local copies = tonumber(ARGV[3]) or 0
-local keys_per_append, copy_args = 2, 0
+local keys_per_append, copy_args = 3, 0
 if copies > 0 then
-  keys_per_append, copy_args = 3, 1
+  keys_per_append, copy_args = 4, 1
 end
 if appends == nil or appends < 1 or #KEYS ~= keys_per_append * appends then
   return redis.error_reply('ESINVALID malformed arguments: ' .. tostring(ARGV[2]) .. ' appends')
@@ -124,43 +127,42 @@ if at ~= argc + 1 then
   return redis.error_reply('ESINVALID trailing arguments after the last event')
 end
 
--- The header with the record `digest:last:count` added, keeping the newest `window` records
--- (dropping whole records from the front; a window of 0 or less keeps none).
-local function remember(header, digest, last, count)
-  if window <= 0 then
-    return ''
+-- Keeps the newest `window` records of `ids` (a hash of digest -> `last[:count]`): run
+-- whenever an aggregate's version passes a multiple of `window`, so it holds at most about
+-- twice that many between cuts.
+local function forget_old_ids(ids)
+  local all = rpcall('HGETALL', ids)
+  if all['err'] then
+    return -- another type: records are not kept there (HSETNX refuses such appends)
   end
-  if header ~= '' then
-    local first = find(header, ';', 1, true)
-    local semicolons, semicolon = 0, first
-    while semicolon do
-      semicolons = semicolons + 1
-      semicolon = find(header, ';', semicolon + 1, true)
-    end
-    -- With the new record there are semicolons + 2: drop the excess.
-    local drop = semicolons + 2 - window
-    if not (drop >= 1) then
-      return header .. ';' .. digest .. ':' .. last .. ':' .. count
-    elseif drop < semicolons + 1 then
-      semicolon = first
-      for _ = 2, drop do
-        semicolon = find(header, ';', semicolon + 1, true)
-      end
-      return sub(header, semicolon + 1) .. ';' .. digest .. ':' .. last .. ':' .. count
-    end
+  local records = #all / 2
+  if records <= window then
+    return
   end
-  return digest .. ':' .. last .. ':' .. count
+  local order = {}
+  for i = 1, #all, 2 do
+    order[#order + 1] = { tonumber(match(all[i + 1], '^%d+')) or 0, all[i] }
+  end
+  table.sort(order, function(x, y) return x[1] > y[1] end)
+  local drop = {}
+  for i = window + 1, records do
+    drop[#drop + 1] = order[i][2]
+  end
+  rcall('HDEL', ids, unpack(drop))
 end
 
 -- Keeps the newest `copies` copies in `tail`, cutting it to its newest half past that.
-local keep_copies = format('%d', -math.max(1, math.floor(copies / 2)))
+local keep_copies = format('%d', -math.max(1, floor(copies / 2)))
 local function copied(tail, held)
   if type(held) == 'number' and held > copies then
     rpcall('LTRIM', tail, keep_copies, '-1')
   end
 end
 
-local function append(stream, index, tail, at)
+-- The append-id record the running append made, dropped if the append then fails.
+local recorded_ids, recorded_digest
+
+local function append(stream, index, ids, tail, at)
   local aggregate, expected, digest, count_text = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
   local count = NUMBERS[count_text]
   if count == nil then
@@ -175,48 +177,46 @@ local function append(stream, index, tail, at)
   if length > 0 then
     version = length - 1
   end
-
-  local header
-  if digest == '' then
-    digest = nil
-  else
-    header = ''
-    if length > 0 then
-      header = rcall('LINDEX', index, '0')
-    end
-    -- A record starts at the start or after a ';' (59), its digest followed by ':' (58).
-    local found = find(header, digest, 1, true)
-    while found and (byte(header, found + 12) ~= 58 or found > 1 and byte(header, found - 1) ~= 59) do
-      found = find(header, digest, found + 1, true)
-    end
-    if found then
-      local last, events = string.match(header, '^:(%d+):(%d+)', found + 12)
-      last, events = tonumber(last), tonumber(events)
-      local ids = {}
-      for i, element in ipairs(rcall('LRANGE', index, format('%d', last - events + 1), format('%d', last))) do
-        ids[i] = unpack_entry_id(element)
-      end
-      return reply('done', last, ids)
-    end
-  end
-
-  if expected ~= '' and (NUMBERS[expected] or tonumber(expected)) ~= version then
-    out[n + 1], out[n + 2], out[n + 3] = 'conflict', version, 0
-    n = n + 3
-    return
-  end
-
   local new_version = version + count
   local first_version = '1'
   if version > 0 then
     first_version = format('%d', version + 1)
   end
-  if digest then
-    local last = first_version
+
+  if digest ~= '' and window > 0 then
+    -- One command checks and remembers: a digest already there is a retry.
+    local record = first_version
     if count ~= 1 then
-      last = format('%d', new_version)
+      record = format('%d', new_version) .. ':' .. count_text
     end
-    header = remember(header, digest, last, count_text)
+    local added = rpcall('HSETNX', ids, digest, record)
+    if type(added) == 'table' then
+      return refused(ids, 'hash', added)
+    end
+    if added == 0 then
+      local found = rcall('HGET', ids, digest)
+      local last, events = match(found, '^(%d+):?(%d*)$')
+      last, events = tonumber(last), tonumber(events) or 1
+      if last == nil then
+        error('append id record ' .. digest .. ' of ' .. ids .. ' is malformed: ' .. found)
+      end
+      local entry_ids = {}
+      for i, element in ipairs(rcall('LRANGE', index, format('%d', last - events + 1), format('%d', last))) do
+        entry_ids[i] = unpack_entry_id(element)
+      end
+      return reply('done', last, entry_ids)
+    end
+    recorded_ids, recorded_digest = ids, digest
+  end
+
+  if expected ~= '' and (NUMBERS[expected] or tonumber(expected)) ~= version then
+    if recorded_ids then
+      rcall('HDEL', ids, digest)
+      recorded_ids = nil
+    end
+    out[n + 1], out[n + 2], out[n + 3] = 'conflict', version, 0
+    n = n + 3
+    return
   end
 
   -- Writes. The first XADD could only fail if the stream's last id were the largest
@@ -227,36 +227,40 @@ local function append(stream, index, tail, at)
   local id = rpcall('XADD', stream, '*', 'type', ARGV[at], 'aggregate_id', aggregate,
     'version', first_version, unpack(ARGV, at + 2, last_pair))
   if type(id) == 'table' then
+    if recorded_ids then
+      rcall('HDEL', ids, digest)
+      recorded_ids = nil
+    end
     return refused(stream, 'stream', id)
   end
+  recorded_ids = nil
   out[n + 1], out[n + 2], out[n + 3], out[n + 4] = 'ok', new_version, count, id
   n = n + 4
+  if window > 0 and floor(new_version / window) > floor(version / window) then
+    forget_old_ids(ids)
+  end
 
   if count == 1 then -- the usual append: no table of elements
-    local packed = pack_entry_id(id)
     if length == 0 then
-      rcall('RPUSH', index, header or '', packed)
+      rcall('RPUSH', index, '', id)
     else
-      if digest then
-        rcall('LSET', index, '0', header)
-      end
-      rcall('RPUSH', index, packed)
+      rcall('RPUSH', index, id)
     end
     if tail then
-      copied(tail, rpcall('RPUSH', tail, packed .. ' ' .. ARGV[last_pair + 1]))
+      copied(tail, rpcall('RPUSH', tail, id .. ' ' .. ARGV[last_pair + 1]))
     end
     return
   end
 
   local elements, size = {}, 0
   if length == 0 then
-    elements[1], size = header or '', 1
+    elements[1], size = '', 1
   end
   size = size + 1
-  elements[size] = pack_entry_id(id)
+  elements[size] = id
   local tail_copies
   if tail then
-    tail_copies = { elements[size] .. ' ' .. ARGV[last_pair + 1] }
+    tail_copies = { id .. ' ' .. ARGV[last_pair + 1] }
   end
   at = last_pair + 1 + copy_args
   for e = 2, count do
@@ -267,14 +271,11 @@ local function append(stream, index, tail, at)
     n = n + 1
     out[n] = id
     size = size + 1
-    elements[size] = pack_entry_id(id)
+    elements[size] = id
     if tail then
-      tail_copies[e] = elements[size] .. ' ' .. ARGV[last_pair + 1]
+      tail_copies[e] = id .. ' ' .. ARGV[last_pair + 1]
     end
     at = last_pair + 1 + copy_args
-  end
-  if length > 0 and digest then
-    rcall('LSET', index, '0', header)
   end
   for first = 1, size, 1000 do
     rcall('RPUSH', index, unpack(elements, first, math.min(first + 999, size)))
@@ -289,17 +290,18 @@ local function append(stream, index, tail, at)
 end
 
 -- Pass 2: the appends, in order (a later append to the same aggregate sees the earlier).
--- A runtime error in one (say, a header corrupted by hand) fails that append alone: its
--- output so far is dropped for an error, and the appends after it run in a new pcall.
+-- A runtime error in one (say, an append-id record corrupted by hand) fails that append
+-- alone: its output so far is dropped for an error, its append-id record (if it made one)
+-- is forgotten, and the appends after it run in a new pcall.
 local current, mark = 0, 0
 local function run(from)
   for a = from, appends do
     current, mark = a, n
     local k, tail = keys_per_append * (a - 1), nil
     if copy_args == 1 then
-      tail = KEYS[k + 3]
+      tail = KEYS[k + 4]
     end
-    append(KEYS[k + 1], KEYS[k + 2], tail, starts[a])
+    append(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], tail, starts[a])
   end
 end
 local from = 1
@@ -312,6 +314,10 @@ while from <= appends do
     out[i] = nil
   end
   n = mark
+  if recorded_ids then
+    rpcall('HDEL', recorded_ids, recorded_digest)
+    recorded_ids = nil
+  end
   if type(failure) == 'table' then
     failure = failure['err']
   end
