@@ -55,6 +55,16 @@ pub trait Aggregate: Default + Send + Sync + 'static {
     /// Rebuilds the state from snapshot fields.
     fn decode_snapshot(fields: &Fields) -> Result<Self, DecodeError>;
 
+    /// A copy of the state, if the aggregate can make one. `#[derive(Aggregate)]` makes it
+    /// with `Clone` when the aggregate implements `Clone`, and returns `None` otherwise.
+    ///
+    /// The [`Repository`](crate::Repository) uses it when a caller still holds the cached
+    /// state a command must change (an earlier [`Executed::state`](crate::Executed)):
+    /// with a copy the command starts from memory, without one it loads the aggregate.
+    fn try_clone(&self) -> Option<Self> {
+        None
+    }
+
     /// The category name as a `Cow`, for [`StreamId`](crate::StreamId)s.
     fn category() -> Cow<'static, str> {
         Cow::Borrowed(Self::NAME)

@@ -56,7 +56,7 @@ impl<A> CacheConfig<A> {
     /// one aggregate's state weighs. Each aggregate counts for at least
     /// `max_weight / max_aggregates`, so the count bound still holds. The cache is split
     /// into up to 16 shards, each bounded by its share of the weight (at least 32 average
-    /// aggregates' worth): an aggregate heavier than one share is not kept.
+    /// aggregates' worth): an aggregate heavier than 95% of one share is not kept.
     pub fn weighing(
         mut self,
         max_weight: u64,
@@ -104,9 +104,10 @@ pub struct CacheStats {
     pub capacity_weight: u64,
 }
 
-/// One cached aggregate: its state after `version`, whose last event is at `position`.
+/// One cached aggregate: its state after `version`, whose last event is at `position`; or,
+/// while a command works on it, a marker that holds its place (`state: None`).
 pub(crate) struct Hot<A> {
-    pub(crate) state: Arc<A>,
+    pub(crate) state: Option<Arc<A>>,
     pub(crate) version: u64,
     pub(crate) position: Position,
     weight: u64,
@@ -145,6 +146,9 @@ pub(crate) struct AggregateCache<A> {
     locks: AggregateLocks,
 }
 
+/// quick_cache admits an entry only if it weighs at most this share of its shard.
+const ADMITTED_SHARE: f64 = 0.95;
+
 impl<A> AggregateCache<A> {
     pub(crate) fn new(config: CacheConfig<A>) -> Self {
         let max = config.max_aggregates;
@@ -152,44 +156,51 @@ impl<A> AggregateCache<A> {
             Some((weight, weigher)) => (weight, Some(weigher)),
             None => (max as u64, None),
         };
+        let off = AggregateCache {
+            entries: None,
+            least_weight: 1,
+            weigher: None,
+            capacity_aggregates: 0,
+            locks: AggregateLocks::default(),
+        };
         if max == 0 || max_weight == 0 {
-            return AggregateCache {
-                entries: None,
-                least_weight: 1,
-                weigher: None,
-                capacity_aggregates: 0,
-                locks: AggregateLocks::default(),
-            };
+            return off;
         }
-        let least_weight = max_weight.div_ceil(max as u64).max(1);
         // quick_cache bounds each shard by an equal share of the weight; with shards that
         // divide the bound, the whole cache never holds more than it. At least 32
         // aggregates per shard, as quick_cache wants.
         let mut shards = 16usize;
-        while shards > 1 && (max / shards < 32 || max_weight / (shards as u64) < least_weight) {
+        while shards > 1 && max / shards < 32 {
             shards /= 2;
         }
-        let capacity = max_weight / shards as u64 * shards as u64;
+        let share = max_weight / shards as u64;
+        if share == 0 {
+            return off;
+        }
+        // Every entry counts for at least `max_weight / max`, so at most `max` fit; but no
+        // more than a shard admits (only a one-aggregate cache comes near that, and one
+        // entry of that weight is still all it holds).
+        let least_weight = max_weight
+            .div_ceil(max as u64)
+            .min((share as f64 * ADMITTED_SHARE) as u64)
+            .max(1);
         let options = quick_cache::OptionsBuilder::new()
             .shards(shards)
             .estimated_items_capacity(max)
-            .weight_capacity(capacity)
+            .weight_capacity(share * shards as u64)
             .build();
         let entries = match options {
-            Ok(options) => Some(Entries::with_options(
-                options,
-                HotWeighter,
-                Default::default(),
-                Default::default(),
-            )),
+            Ok(options) => {
+                Entries::with_options(options, HotWeighter, Default::default(), Default::default())
+            }
             Err(error) => {
                 tracing::warn!(%error, "aggregate cache turned off: invalid bounds");
-                None
+                return off;
             }
         };
         AggregateCache {
-            capacity_aggregates: if entries.is_some() { max } else { 0 },
-            entries,
+            capacity_aggregates: max,
+            entries: Some(entries),
             least_weight,
             weigher,
             locks: AggregateLocks::default(),
@@ -201,14 +212,30 @@ impl<A> AggregateCache<A> {
         self.locks.lock(id).await
     }
 
-    /// Takes aggregate `id` out of the cache (the caller holds its lock, and puts it back
-    /// with [`keep`](Self::keep) once its command succeeded).
-    pub(crate) fn take(&self, id: &str) -> Option<Hot<A>> {
-        self.entries.as_ref()?.remove(id).map(|(_, hot)| hot)
+    /// Lends aggregate `id` to a command (which holds its lock): its cached state, if any,
+    /// comes out of the cache while the entry keeps its place there. The command gives it
+    /// back with [`Lent::keep`]; otherwise (an error, or the command was cancelled) the
+    /// aggregate is forgotten.
+    pub(crate) fn lend(&self, id: &str) -> Lent<'_, A> {
+        let hot = self.entries.as_ref().and_then(|entries| {
+            let hot = entries.get(id)?;
+            // A marker in its place, so the entry keeps what the cache knows of its use.
+            let marker = Hot {
+                state: None,
+                ..hot.clone()
+            };
+            let _ = entries.replace(id.to_owned(), marker, true);
+            Some(hot)
+        });
+        Lent {
+            cache: self,
+            id: id.to_owned(),
+            hot,
+            kept: false,
+        }
     }
 
-    /// Keeps `state` of aggregate `id` at `version` / `position`.
-    pub(crate) fn keep(&self, id: &str, state: Arc<A>, version: u64, position: Position) {
+    fn insert(&self, id: String, state: Arc<A>, version: u64, position: Position) {
         let Some(entries) = &self.entries else {
             return;
         };
@@ -218,9 +245,9 @@ impl<A> AggregateCache<A> {
             .map_or(0, |weigh| weigh(&state))
             .max(self.least_weight);
         entries.insert(
-            id.to_owned(),
+            id,
             Hot {
-                state,
+                state: Some(state),
                 version,
                 position,
                 weight,
@@ -241,6 +268,39 @@ impl<A> AggregateCache<A> {
     }
 }
 
+/// An aggregate lent to a command: see [`AggregateCache::lend`].
+pub(crate) struct Lent<'a, A> {
+    cache: &'a AggregateCache<A>,
+    id: String,
+    hot: Option<Hot<A>>,
+    kept: bool,
+}
+
+impl<A> Lent<'_, A> {
+    /// The cached state with its version and position, if the cache held it.
+    pub(crate) fn take(&mut self) -> Option<(Arc<A>, u64, Position)> {
+        let hot = self.hot.take()?;
+        Some((hot.state?, hot.version, hot.position))
+    }
+
+    /// Gives the aggregate back to the cache at `state` / `version` / `position`.
+    pub(crate) fn keep(mut self, state: Arc<A>, version: u64, position: Position) {
+        self.kept = true;
+        self.cache
+            .insert(std::mem::take(&mut self.id), state, version, position);
+    }
+}
+
+impl<A> Drop for Lent<'_, A> {
+    fn drop(&mut self) {
+        if !self.kept {
+            if let Some(entries) = &self.cache.entries {
+                entries.remove(&self.id);
+            }
+        }
+    }
+}
+
 /// One async mutex per aggregate with a command in flight; an entry is dropped with its
 /// last guard, so the table holds only aggregates being worked on.
 #[derive(Default)]
@@ -254,13 +314,16 @@ impl AggregateLocks {
             let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
             table.entry(id.to_owned()).or_default().clone()
         };
-        let guard = mutex.clone().lock_owned().await;
-        AggregateGuard {
+        // The guard exists before the wait, so a caller cancelled while waiting still
+        // takes its table entry away with it.
+        let mut guard = AggregateGuard {
             locks: self,
             id: id.to_owned(),
-            mutex,
-            guard: Some(guard),
-        }
+            mutex: mutex.clone(),
+            guard: None,
+        };
+        guard.guard = Some(mutex.lock_owned().await);
+        guard
     }
 }
 

@@ -42,6 +42,34 @@ pub mod __private {
     pub use ::core;
     pub use ::std::vec::Vec;
 
+    /// Wraps an aggregate for `Aggregate::try_clone`'s generated body.
+    pub struct CloneProbe<'a, T>(pub &'a T);
+
+    /// Chosen for aggregates that implement `Clone` (the impl is on `&CloneProbe`, which
+    /// method resolution tries first).
+    pub trait CloneIfClone<T> {
+        /// A clone.
+        fn __es_try_clone(&self) -> ::core::option::Option<T>;
+    }
+
+    impl<T: Clone> CloneIfClone<T> for &CloneProbe<'_, T> {
+        fn __es_try_clone(&self) -> ::core::option::Option<T> {
+            ::core::option::Option::Some(self.0.clone())
+        }
+    }
+
+    /// Chosen for the others.
+    pub trait NoClone<T> {
+        /// No clone.
+        fn __es_try_clone(&self) -> ::core::option::Option<T>;
+    }
+
+    impl<T> NoClone<T> for CloneProbe<'_, T> {
+        fn __es_try_clone(&self) -> ::core::option::Option<T> {
+            ::core::option::Option::None
+        }
+    }
+
     /// `a == b` in a const context (for the duplicate event type check).
     pub const fn str_eq(a: &str, b: &str) -> bool {
         let (a, b) = (a.as_bytes(), b.as_bytes());

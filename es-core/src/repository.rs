@@ -312,23 +312,24 @@ impl<A: Aggregate, S: SnapshotStore> Repository<A, S> {
         let _serialised = self.cache.lock(id).await;
         // The aggregate is out of the cache until the command succeeds: an error, or a
         // cancelled call, leaves it forgotten.
-        let (mut loaded, mut from_cache) = match self.cache.take(id) {
-            Some(hot) => match Arc::try_unwrap(hot.state) {
-                Ok(state) => (
-                    Loaded {
-                        stream: self.stream_id(id),
-                        state,
-                        version: hot.version,
-                        position: hot.position,
-                    },
-                    true,
-                ),
-                // A caller still holds this state (an earlier `Executed`): start afresh.
-                Err(_) => (self.load(id).await?, false),
-            },
+        let mut lent = self.cache.lend(id);
+        let cached = lent.take().and_then(|(state, version, position)| {
+            // A caller may still hold this state (an earlier `Executed`): then a copy, if
+            // the aggregate can make one, else a load.
+            let state = Arc::try_unwrap(state).or_else(|shared| shared.try_clone().ok_or(()));
+            Some(Loaded {
+                stream: self.stream_id(id),
+                state: state.ok()?,
+                version,
+                position,
+            })
+        });
+        let (mut loaded, mut from_cache) = match cached {
+            Some(loaded) => (loaded, true),
             None => (self.load(id).await?, false),
         };
         let mut conflicts = 0;
+        let mut attempts = 0;
         loop {
             let decided = loaded.state.handle(command);
             let writes = matches!(&decided, Ok(events) if !events.is_empty());
@@ -338,22 +339,23 @@ impl<A: Aggregate, S: SnapshotStore> Repository<A, S> {
                 from_cache = false;
                 let stored = self.store.stream_version(&loaded.stream).await?;
                 if stored != loaded.version {
-                    loaded = self.catch_up(loaded).await?;
+                    loaded = self.refresh(loaded, stored).await?;
                     continue;
                 }
             }
             let events = match decided {
                 Err(rejection) => {
-                    self.keep(id, loaded);
+                    lent.keep(Arc::new(loaded.state), loaded.version, loaded.position);
                     return Err(RepositoryError::Rejected(rejection));
                 }
                 Ok(events) => events,
             };
             if events.is_empty() {
-                let version = loaded.version;
+                let state = Arc::new(loaded.state);
+                lent.keep(state.clone(), loaded.version, loaded.position);
                 return Ok(Executed {
-                    state: self.keep(id, loaded),
-                    version,
+                    state,
+                    version: loaded.version,
                     appended: 0,
                     conflicts_retried: conflicts,
                 });
@@ -381,29 +383,51 @@ impl<A: Aggregate, S: SnapshotStore> Repository<A, S> {
                     if self.snapshot_policy.due(old_version, loaded.version) {
                         self.save_snapshot(&loaded).await;
                     }
-                    let version = loaded.version;
+                    let state = Arc::new(loaded.state);
+                    lent.keep(state.clone(), loaded.version, loaded.position);
                     return Ok(Executed {
-                        state: self.keep(id, loaded),
-                        version,
+                        state,
+                        version: loaded.version,
                         appended: events.len(),
                         conflicts_retried: conflicts,
                     });
                 }
                 Err(StoreError::Conflict(conflict)) => {
                     conflicts += 1;
-                    if conflicts >= self.max_attempts {
+                    // A cached state that another writer moved past is not an attempt: the
+                    // command has not yet been tried on the stored state.
+                    if !from_cache {
+                        attempts += 1;
+                    }
+                    if attempts >= self.max_attempts {
                         return Err(RepositoryError::TooManyConflicts {
-                            attempts: conflicts,
+                            attempts,
                             last: conflict,
                         });
                     }
-                    tracing::debug!(%conflict, attempt = conflicts, "catching up after a version conflict");
+                    tracing::debug!(%conflict, attempts, "catching up after a version conflict");
                     from_cache = false;
-                    loaded = self.catch_up(loaded).await?;
+                    loaded = self.refresh(loaded, conflict.actual).await?;
                 }
                 Err(other) => return Err(RepositoryError::Store(other)),
             }
         }
+    }
+
+    /// Brings `loaded` up to the store's version `stored`: reads only the newer events, or,
+    /// if the store is behind it (a failover lost acknowledged appends, or the data was
+    /// removed), loads the aggregate afresh.
+    async fn refresh(&self, loaded: Loaded<A>, stored: u64) -> Result<Loaded<A>, StoreError> {
+        if stored < loaded.version {
+            tracing::warn!(
+                stream = %loaded.stream,
+                held = loaded.version,
+                stored,
+                "the store is behind the state this repository held; reloading"
+            );
+            return self.load(&loaded.stream.id).await;
+        }
+        self.catch_up(loaded).await
     }
 
     /// Reads the events after `loaded`'s version and applies them.
@@ -416,14 +440,6 @@ impl<A: Aggregate, S: SnapshotStore> Repository<A, S> {
             )
             .await?;
         fold(loaded, tail)
-    }
-
-    /// Puts `loaded` in the cache (if it is on) and returns its state, shared.
-    fn keep(&self, id: &str, loaded: Loaded<A>) -> Arc<A> {
-        let state = Arc::new(loaded.state);
-        self.cache
-            .keep(id, state.clone(), loaded.version, loaded.position);
-        state
     }
 
     /// Appends; when the reply is lost (a connection error), sends the same append again with

@@ -345,6 +345,14 @@ fn aggregate_impl(input: &AggregateInput) -> TokenStream {
             ) -> ::core::result::Result<Self, ::es_core::__private::DecodeError> {
                 ::core::result::Result::Ok(#decode)
             }
+
+            fn try_clone(&self) -> ::core::option::Option<Self> {
+                // `Clone` if the aggregate implements it (method resolution prefers the
+                // impl on `&CloneProbe`, which needs `Clone`), else `None`.
+                #[allow(unused_imports)]
+                use ::es_core::__private::{CloneIfClone as _, NoClone as _};
+                (&&::es_core::__private::CloneProbe(self)).__es_try_clone()
+            }
         }
     }
 }

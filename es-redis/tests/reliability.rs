@@ -115,34 +115,40 @@ async fn assert_consistent(
     assert_consistent_with(store, stream, &category).await
 }
 
+/// Runs `tasks` tasks of `commands_per_task` commands, each task through a repository of
+/// its own (with its own cache, as separate processes would), so they conflict and retry.
+/// Returns the commands accepted and the conflicts retried.
 async fn run_commands(
-    repository: Arc<Repository<Counter, RedisEventStore>>,
+    repository: impl Fn() -> Repository<Counter, RedisEventStore>,
     tasks: u64,
     commands_per_task: u64,
     aggregates: u64,
-) -> u64 {
+) -> (u64, u64) {
     let handles: Vec<_> = (0..tasks)
         .map(|task| {
-            let repository = repository.clone();
+            let repository = repository();
             tokio::spawn(async move {
-                let mut accepted = 0;
+                let (mut accepted, mut conflicts) = (0, 0);
                 for i in 0..commands_per_task {
                     let id = format!("c{}", (task * commands_per_task + i) % aggregates);
-                    repository
+                    let done = repository
                         .execute(&id, &Increment { by: i + 1, task })
                         .await
                         .unwrap_or_else(|e| panic!("task {task}: {e}"));
                     accepted += 1;
+                    conflicts += u64::from(done.conflicts_retried);
                 }
-                accepted
+                (accepted, conflicts)
             })
         })
         .collect();
-    let mut accepted = 0;
+    let (mut accepted, mut conflicts) = (0, 0);
     for handle in handles {
-        accepted += handle.await.expect("task");
+        let (a, c) = handle.await.expect("task");
+        accepted += a;
+        conflicts += c;
     }
-    accepted
+    (accepted, conflicts)
 }
 
 async fn check_counters(
@@ -193,38 +199,40 @@ async fn check_counters(
     assert_eq!(seen.len() as u64, tasks * commands_per_task);
 }
 
-/// Scenario 1: 16 tasks × 500 commands on one aggregate through the repository with retries.
+/// Scenario 1: 16 writers × 500 commands on one aggregate, each through a repository of its
+/// own: they conflict, retry, and lose or duplicate nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_on_one_aggregate_lose_and_duplicate_nothing() {
     let store = shared()
         .store(&unique_namespace("one-aggregate"))
         .await
         .expect("connect");
-    let repository = Arc::new(
-        Repository::<Counter, _>::new(store)
+    let repository = || {
+        Repository::<Counter, _>::new(store.clone())
             .with_snapshot_policy(SnapshotPolicy::EveryNEvents(100))
-            .with_max_attempts(10_000),
-    );
-    let accepted = run_commands(repository.clone(), 16, 500, 1).await;
+            .with_max_attempts(10_000)
+    };
+    let (accepted, conflicts) = run_commands(repository, 16, 500, 1).await;
     assert_eq!(accepted, 8_000);
-    check_counters(&repository, 16, 500, 1).await;
+    assert!(conflicts > 0, "16 writers on one aggregate conflicted");
+    check_counters(&repository(), 16, 500, 1).await;
 }
 
-/// Scenario 1, spread: 16 tasks × 500 commands over 200 aggregates.
+/// Scenario 1, spread: 16 writers × 500 commands over 200 aggregates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_on_200_aggregates_lose_and_duplicate_nothing() {
     let store = shared()
         .store(&unique_namespace("many-aggregates"))
         .await
         .expect("connect");
-    let repository = Arc::new(
-        Repository::<Counter, _>::new(store)
+    let repository = || {
+        Repository::<Counter, _>::new(store.clone())
             .with_snapshot_policy(SnapshotPolicy::EveryNEvents(10))
-            .with_max_attempts(1_000),
-    );
-    let accepted = run_commands(repository.clone(), 16, 500, 200).await;
+            .with_max_attempts(1_000)
+    };
+    let (accepted, _) = run_commands(repository, 16, 500, 200).await;
     assert_eq!(accepted, 8_000);
-    check_counters(&repository, 16, 500, 200).await;
+    check_counters(&repository(), 16, 500, 200).await;
 }
 
 fn timeouts(config: RedisConfig) -> RedisConfig {

@@ -98,9 +98,9 @@ async fn note<S: es_core::SnapshotStore>(repository: &Repository<Notes, S>, id: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_load_reads_snapshot_and_tail_from_copies_without_the_stream() {
-    let config = server()
-        .config(&unique_namespace("copies-load"))
-        .tail_copies(64);
+    // A server of its own: the test counts the server's XRANGE calls.
+    let own = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let config = own.config(&unique_namespace("copies-load")).tail_copies(64);
     let store = connect(&config).await;
     let repository = Repository::<Notes, _>::new(store.clone())
         .with_snapshot_policy(SnapshotPolicy::EveryNEvents(10))
@@ -110,7 +110,7 @@ async fn a_load_reads_snapshot_and_tail_from_copies_without_the_stream() {
         repository.execute("a", &Note(n)).await.expect("execute");
         repository.execute("b", &Note(n)).await.expect("execute");
     }
-    let mut raw = raw().await;
+    let mut raw = own.config("raw").connect().await.expect("connect");
     let before = xrange_calls(&mut raw).await;
     let loaded = repository.load("a").await.expect("load");
     assert_eq!(
@@ -125,7 +125,7 @@ async fn a_load_reads_snapshot_and_tail_from_copies_without_the_stream() {
     assert!(loaded.state.last.contains("3:x and a \0 byte"));
 
     // The copies read back exactly what the stream holds.
-    let uncopied = connect(&server().config(config.keys().namespace())).await;
+    let uncopied = connect(&own.config(config.keys().namespace())).await;
     let stream = StreamId::new("notes", "a");
     let from_copies = store
         .read_stream(&stream, &ReadRange::all().from_version(21))
@@ -232,4 +232,47 @@ async fn a_corrupt_copy_is_read_from_the_stream_instead() {
         .await
         .expect("read falls back to the stream");
     assert_eq!(read, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_several_pages_use_copies_page_by_page() {
+    let namespace = unique_namespace("copies-pages");
+    let copying = connect(&server().config(&namespace).tail_copies(64).page_size(3)).await;
+    let uncopied = connect(&server().config(&namespace)).await;
+    let repository = Repository::<Notes, _>::new(copying.clone())
+        .with_snapshot_policy(SnapshotPolicy::EveryNEvents(4))
+        .without_cache();
+    for n in 1..=11 {
+        repository.execute("a", &Note(n)).await.expect("execute");
+        repository.execute("b", &Note(n)).await.expect("execute");
+    }
+    let stream = StreamId::new("notes", "a");
+    let expected = uncopied
+        .read_stream(&stream, &ReadRange::all())
+        .await
+        .expect("read");
+    for from in 1..=11u64 {
+        let read = copying
+            .read_stream(&stream, &ReadRange::all().from_version(from))
+            .await
+            .expect("read");
+        assert_eq!(read, expected[from as usize - 1..], "from version {from}");
+    }
+    // Time travel with copies: up to the timestamp of version 10.
+    let until = expected[9].timestamp;
+    let read = copying
+        .read_stream(
+            &stream,
+            &ReadRange::all().from_version(9).until_millis(until),
+        )
+        .await
+        .expect("read");
+    let wanted: Vec<_> = expected[8..]
+        .iter()
+        .filter(|e| e.timestamp <= until)
+        .cloned()
+        .collect();
+    assert_eq!(read, wanted);
+    let loaded = repository.load("a").await.expect("load");
+    assert_eq!((loaded.version, loaded.state.sum), (11, 66));
 }

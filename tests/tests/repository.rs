@@ -457,6 +457,80 @@ async fn a_resend_the_store_no_longer_recognises_is_reported_not_written_twice()
     );
 }
 
+#[tokio::test]
+async fn a_store_behind_the_cached_state_is_reloaded_not_trusted() {
+    // The repository caches "a" at version 3 (balance 15); then its store loses versions 2
+    // and 3, as a failover can lose acknowledged appends.
+    let before = InMemoryStore::new();
+    let after = InMemoryStore::new();
+    accounts(after.clone())
+        .execute("a", &Open("duffy"))
+        .await
+        .unwrap();
+    let switching = SwitchingStore {
+        inner: Switch {
+            stores: [before, after],
+            current: Default::default(),
+        },
+    };
+    let repo = Repository::<Account, _>::new(switching).with_max_attempts(1);
+    repo.execute("a", &Open("duffy")).await.unwrap();
+    repo.execute("a", &Deposit(10)).await.unwrap();
+    repo.execute("a", &Deposit(5)).await.unwrap();
+    repo.store()
+        .inner
+        .current
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    // Rejected on the cached balance (15); the stored version (1) is behind: reloaded, and
+    // rejected on the stored balance.
+    match repo.execute("a", &Withdraw(20)).await {
+        Err(RepositoryError::Rejected(AccountError::Overdraft { balance: 0, .. })) => {}
+        other => panic!("expected a rejection on the stored balance 0, got {other:?}"),
+    }
+    // Accepted on the cached balance; the append conflicts with a version behind it.
+    let repo = Repository::<Account, _>::new(repo.store().clone_switched()).with_max_attempts(1);
+    repo.execute("a", &Deposit(1)).await.unwrap();
+    repo.store()
+        .inner
+        .current
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    let done = repo.execute("a", &Deposit(7)).await.unwrap();
+    assert_eq!(
+        (done.version, done.state.balance),
+        (2, 7),
+        "reloaded from the store"
+    );
+}
+
+/// Forwards to one of two stores (a store that loses data, seen from the repository).
+struct SwitchingStore {
+    inner: Switch,
+}
+
+struct Switch {
+    stores: [InMemoryStore; 2],
+    current: std::sync::atomic::AtomicUsize,
+}
+
+impl std::ops::Deref for Switch {
+    type Target = InMemoryStore;
+    fn deref(&self) -> &InMemoryStore {
+        &self.stores[self.current.load(std::sync::atomic::Ordering::SeqCst)]
+    }
+}
+
+impl SwitchingStore {
+    /// The same two stores, switched back to the first.
+    fn clone_switched(&self) -> SwitchingStore {
+        SwitchingStore {
+            inner: Switch {
+                stores: self.inner.stores.clone(),
+                current: Default::default(),
+            },
+        }
+    }
+}
+
 /// Performs each append but reports its reply as lost, `lose` times.
 struct LosingRepliesStore {
     inner: InMemoryStore,
@@ -590,3 +664,7 @@ forward_store!(
 
 forward_store!(AlwaysRacingStore, |this, stream| race(&this.inner, stream)
     .await);
+
+forward_store!(SwitchingStore, |this, stream| {
+    let _ = (this, stream);
+});

@@ -50,6 +50,9 @@ macro_rules! conformance_tests {
             a_lost_reply_evicts_and_the_next_command_reloads,
             the_cache_stays_within_its_bounds,
             reads_never_come_from_the_cache,
+            a_held_state_is_copied_or_reloaded,
+            a_cancelled_command_forgets_the_aggregate,
+            cached_commands_snapshot_by_policy,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {$(

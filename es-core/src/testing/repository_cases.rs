@@ -79,33 +79,40 @@ impl Handle<Withdraw> for Counter {
     }
 }
 
-/// The repository on this backend: concurrent commands all land (conflicts are caught up
-/// and retried), snapshots are taken by policy and loads agree with a full replay.
+/// The repository on this backend: concurrent writers, each through a repository of its
+/// own (as separate processes), all land (conflicts are caught up and retried), snapshots
+/// are taken by policy and loads agree with a full replay.
 pub async fn repository_retries_conflicts_and_snapshots<S>(store: S)
 where
     S: SnapshotStore + 'static,
 {
-    let repository = Arc::new(
-        Repository::<Counter, _>::new(Arc::new(store))
+    let store = Arc::new(store);
+    let repository = || {
+        Repository::<Counter, _>::new(store.clone())
             .with_snapshot_policy(SnapshotPolicy::EveryNEvents(5))
-            .with_max_attempts(100),
-    );
+            .with_max_attempts(100)
+    };
     let tasks: Vec<_> = (0..4)
         .map(|task| {
-            let repository = repository.clone();
+            let repository = repository();
             tokio::spawn(async move {
+                let mut conflicts = 0;
                 for i in 0..10 {
-                    repository
+                    let done = repository
                         .execute("shared", &Deposit(task * 100 + i))
                         .await
                         .expect("execute");
+                    conflicts += done.conflicts_retried;
+                    tokio::task::yield_now().await;
                 }
+                conflicts
             })
         })
         .collect();
     for task in tasks {
         task.await.expect("task");
     }
+    let repository = repository();
     let loaded = repository.load("shared").await.expect("load");
     assert_eq!(loaded.version, 40);
     assert_eq!(loaded.state.deposits, 40);
@@ -234,7 +241,9 @@ where
     S: SnapshotStore + 'static,
 {
     let store = Arc::new(CountingStore::new(store));
-    let mine = Repository::<Counter, _>::new(store.clone());
+    // One attempt: a conflict met by a cached state is not an attempt, the command has not
+    // been tried on the stored state yet.
+    let mine = Repository::<Counter, _>::new(store.clone()).with_max_attempts(1);
     let theirs = Repository::<Counter, _>::new(store.clone());
     mine.execute("a", &Deposit(1)).await.expect("deposit");
     theirs.execute("a", &Deposit(10)).await.expect("deposit");
@@ -353,12 +362,150 @@ where
     assert_eq!(events.len(), 3);
 }
 
+/// A caller that still holds an earlier `Executed::state` does not make the next command
+/// wrong or lose the cache: an aggregate that implements `Clone` is copied, one that does
+/// not is loaded again.
+pub async fn a_held_state_is_copied_or_reloaded<S>(store: S)
+where
+    S: SnapshotStore + 'static,
+{
+    let store = Arc::new(CountingStore::new(store));
+    let counters = Repository::<Counter, _>::new(store.clone());
+    let held = counters.execute("a", &Deposit(1)).await.expect("deposit");
+    let reads = store.reads();
+    let done = counters.execute("a", &Deposit(2)).await.expect("deposit");
+    assert_eq!(
+        store.reads(),
+        reads,
+        "a Clone aggregate is copied, not read"
+    );
+    assert_eq!(
+        (held.state.total, done.state.total),
+        (1, 3),
+        "the held state is unchanged"
+    );
+
+    let tallies = Repository::<Tally, _>::new(store.clone());
+    let held = tallies.execute("t", &Count).await.expect("count");
+    let reads = store.reads();
+    let done = tallies.execute("t", &Count).await.expect("count");
+    assert_eq!(
+        store.reads(),
+        reads + 1,
+        "an aggregate without Clone is loaded again"
+    );
+    assert_eq!((held.state.count, done.state.count), (1, 2));
+    drop((held, done));
+    let reads = store.reads();
+    tallies.execute("t", &Count).await.expect("count");
+    assert_eq!(
+        store.reads(),
+        reads,
+        "once no one holds it, it is used in place"
+    );
+}
+
+/// A command cancelled while its append is on its way (its future dropped) leaves the
+/// aggregate forgotten: the append's outcome is unknown, and the next command loads it.
+pub async fn a_cancelled_command_forgets_the_aggregate<S>(store: S)
+where
+    S: SnapshotStore + 'static,
+{
+    let store = Arc::new(CountingStore::new(store));
+    let repository = Arc::new(Repository::<Counter, _>::new(store.clone()));
+    repository.execute("a", &Deposit(1)).await.expect("deposit");
+    assert_eq!(repository.cache_stats().aggregates, 1);
+
+    let held = store.hold_appends.clone().lock_owned().await;
+    let command = {
+        let repository = repository.clone();
+        tokio::spawn(async move { repository.execute("a", &Deposit(2)).await })
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while store.appends_waiting.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("waited 10 s for the command's append to reach the store");
+    command.abort();
+    assert!(command.await.expect_err("aborted").is_cancelled());
+    drop(held);
+    assert_eq!(repository.cache_stats().aggregates, 0, "forgotten");
+    let reads = store.reads();
+    let done = repository.execute("a", &Deposit(4)).await.expect("deposit");
+    assert_eq!(store.reads(), reads + 1, "loaded again");
+    assert_eq!(
+        (done.version, done.state.total),
+        (2, 5),
+        "the cancelled append never ran"
+    );
+}
+
+/// Commands served from the cache still save snapshots by the policy, and loads use them.
+pub async fn cached_commands_snapshot_by_policy<S>(store: S)
+where
+    S: SnapshotStore + 'static,
+{
+    let store = Arc::new(store);
+    let repository = Repository::<Counter, _>::new(store.clone())
+        .with_snapshot_policy(SnapshotPolicy::EveryNEvents(3));
+    for n in 1..=7 {
+        repository.execute("a", &Deposit(n)).await.expect("deposit");
+    }
+    let snapshot = store
+        .load_snapshot(&repository.stream_id("a"))
+        .await
+        .expect("load snapshot")
+        .expect("a snapshot was saved");
+    assert_eq!(snapshot.version, 6);
+    let loaded = Repository::<Counter, _>::new(store.clone())
+        .load("a")
+        .await
+        .expect("load");
+    assert_eq!((loaded.version, loaded.state.total), (7, 28));
+}
+
+#[derive(crate::Event, Debug, PartialEq)]
+struct Counted;
+
+#[derive(crate::Event, Debug, PartialEq)]
+enum TallyEvent {
+    Counted(Counted),
+}
+
+/// An aggregate that does not implement `Clone`.
+#[derive(crate::Aggregate, Default, Debug)]
+#[aggregate(event = TallyEvent, name = "tally")]
+struct Tally {
+    count: u64,
+}
+
+impl Apply<Counted> for Tally {
+    fn apply(&mut self, _: &Counted) {
+        self.count += 1;
+    }
+}
+
+struct Count;
+
+impl Handle<Count> for Tally {
+    type Error = std::convert::Infallible;
+    fn handle(&self, _: &Count) -> Result<Vec<TallyEvent>, Self::Error> {
+        Ok(vec![Counted.into()])
+    }
+}
+
 /// Forwards to a store, counting the reads a command makes (loads, tail reads and version
 /// checks) and losing the replies of the next `lose_replies` appends (after writing them).
+///
+/// While a test holds `hold_appends`, appends wait for it (counted in `appends_waiting`).
 struct CountingStore<S> {
     inner: S,
     reads: AtomicUsize,
     lose_replies: AtomicU32,
+    hold_appends: Arc<tokio::sync::Mutex<()>>,
+    appends_waiting: AtomicUsize,
 }
 
 impl<S> CountingStore<S> {
@@ -367,6 +514,8 @@ impl<S> CountingStore<S> {
             inner,
             reads: AtomicUsize::new(0),
             lose_replies: AtomicU32::new(0),
+            hold_appends: Arc::default(),
+            appends_waiting: AtomicUsize::new(0),
         }
     }
 
@@ -388,6 +537,10 @@ impl<S: SnapshotStore> EventStore for CountingStore<S> {
         events: Vec<NewEvent>,
         options: &AppendOptions,
     ) -> Result<AppendResult, StoreError> {
+        self.appends_waiting.fetch_add(1, Ordering::SeqCst);
+        let held = self.hold_appends.lock().await;
+        self.appends_waiting.fetch_sub(1, Ordering::SeqCst);
+        drop(held);
         let written = self.inner.append(stream, expected, events, options).await?;
         let lose = self
             .lose_replies

@@ -21,14 +21,19 @@
 --   'ok', version, n, entry ids...      written
 --   'done', version, n, entry ids...    a retry of a remembered append: its first result
 --   'conflict', actual version, 0       refused: another version was expected
---   'error', 0, 1, message              refused: a key has the wrong type
+--   'error', 0, 1, message              refused: a key has the wrong type (ESLAYOUT), or
+--                                       failed (ESAPPEND: a runtime error, say a corrupt record)
 -- A refused append writes nothing.
 --
 -- The index's element 0 is a placeholder (''; indexes written before the append-id hash
 -- hold the old record header there, now unused), so element v (v >= 1) is the entry id of
 -- version v, as XADD returned it (older indexes may hold packed ids: see entry_ids.lua).
 -- The append-id hash maps each remembered digest to the append's result: its last version,
--- followed by `:<event count>` when that is not 1.
+-- followed by `:<event count>` when that is not 1. It holds the newest `window` (ARGV[1],
+-- rounded down; below 1: no ids are remembered) records at least: whenever a written
+-- append's versions pass a multiple of `window`, the hash is cut back to its `window`
+-- newest records by version (more only if versions tie, as records edited by hand may),
+-- so it holds at most 2 * window (+ ties) between cuts.
 --
 -- Tail copies (RedisConfig::tail_copies) are a cache that loads check against the index:
 -- each written event's `<index element> <copy>` is pushed onto the tail list, which is cut
@@ -39,19 +44,27 @@
 -- Lua scripts have no rollback: everything that can fail is checked before the first write
 -- of each append, and the arguments of every append before the first write of all.
 --
--- What an append costs the server, besides its commands (measured on Redis 7.0, 50 appends
--- a call): mostly the strings it makes, each hashed into Lua's string table and later
--- collected (~0.3-0.5 us apiece), then C function calls. So: an append with an id costs
--- one HSETNX, which both checks and remembers it; entry ids go to the index as XADD
--- returned them; counts are looked up rather than parsed; indexes are passed to Redis as
--- constant strings (a Lua number is formatted by Redis with "%.17g", slower); library
--- functions are held in locals; the reply's length is kept in a counter (`#` searches the
--- table); and one pcall runs all the appends (resumed after a failure) instead of one each.
+-- What an append costs the server (Redis 7.0, 50 appends a call, against the smallest Lua
+-- append: LLEN, XADD, RPUSH): its longer arguments and reply, ~0.2 of that; with an id, the
+-- HSETNX (~0.3, a write to the hash's listpack) and the cuts (~0.05); then the Lua: each VM
+-- instruction ~5 ns, each C function ~20-150 ns, each new string more. So: an append with
+-- an id costs one HSETNX, which both checks and remembers it; a conflict is found before it
+-- (then one HGET tells a retry from a conflict, and nothing is written); entry ids go to
+-- the index as XADD returned them; counts are looked up rather than parsed; versions go to
+-- Redis as strings formatted with '%d' (a Lua number is formatted by Redis with "%.17g",
+-- slower, and in exponent form by Redis 7.2.0-7.2.4 when large); the hot loop holds what
+-- it uses in locals (an upvalue or a global costs an instruction more per use); the
+-- reply's length is kept in a counter (`#` searches the table); a cut sorts plain numbers
+-- (no comparison function); and no key's type is checked on the way: the commands that
+-- meet each key first run with redis.call, a failure ends the pcall that runs the appends,
+-- and only then does TYPE tell which key was wrong (the first XADD runs with redis.pcall,
+-- its failure answered on the spot).
 
 local find, format, match = string.find, string.format, string.match
 local tonumber, tostring, type, unpack = tonumber, tostring, type, unpack
-local floor = math.floor
+local floor, min, sort = math.floor, math.min, table.sort
 local rcall, rpcall = redis.call, redis.pcall
+local KEYS, ARGV = KEYS, ARGV
 
 -- Counts as the client writes them (tonumber gives the same numbers, and parses the rest).
 local NUMBERS = {
@@ -60,33 +73,15 @@ local NUMBERS = {
   ['15'] = 15, ['16'] = 16,
 }
 
--- A key of another type is refused before anything is written. Checking it with TYPE on
--- every append costs two calls; instead the first command on each key runs under pcall
--- and only a failure asks TYPE what the key holds.
-local out, n = {}, 0
-local function reply(status, number, items)
-  out[n + 1] = status
-  out[n + 2] = number
-  out[n + 3] = #items
-  n = n + 3
-  for i = 1, #items do
-    n = n + 1
-    out[n] = items[i]
-  end
-end
-
-local function refused(key, wanted, failure)
-  local found = rcall('TYPE', key)['ok']
-  if found ~= 'none' and found ~= wanted then
-    return reply('error', 0, { 'ESLAYOUT key ' .. key .. ' holds a ' .. found .. ', not a ' .. wanted })
-  end
-  return reply('error', 0, { failure['err'] })
-end
-
 -- Pass 1: find where each append's arguments start, checking their shape. `unpack` is
 -- bounded by Lua's C stack (8000 values), so the client rejects events with too many fields;
 -- this re-checks.
 local window = tonumber(ARGV[1]) or 0
+if window >= 1 then
+  window = floor(window)
+else
+  window = 0 -- NaN too
+end
 local appends = tonumber(ARGV[2])
 local copies = tonumber(ARGV[3]) or 0
 local keys_per_append, copy_args = 3, 0
@@ -113,42 +108,103 @@ for a = 1, appends do
   for e = 1, count do
     local pairs_count = ARGV[at + 1]
     pairs_count = NUMBERS[pairs_count] or tonumber(pairs_count)
-    if ARGV[at] == nil or pairs_count == nil or pairs_count < 0
-        or at + 1 + 2 * pairs_count + copy_args > argc then
+    local last = pairs_count and at + 1 + 2 * pairs_count + copy_args
+    if last == nil or last > argc or pairs_count < 0 or pairs_count > 3000 then
+      if last and last <= argc and pairs_count > 3000 then
+        return redis.error_reply('ESINVALID event ' .. e .. ' has more than 3000 fields')
+      end
       return redis.error_reply('ESINVALID malformed arguments for event ' .. e)
     end
-    if pairs_count > 3000 then
-      return redis.error_reply('ESINVALID event ' .. e .. ' has more than 3000 fields')
-    end
-    at = at + 2 + 2 * pairs_count + copy_args
+    at = last + 1
   end
 end
 if at ~= argc + 1 then
   return redis.error_reply('ESINVALID trailing arguments after the last event')
 end
+starts[appends + 1] = at -- so a one-event append's pairs end at the next start - 1 - copy_args
 
--- Keeps the newest `window` records of `ids` (a hash of digest -> `last[:count]`): run
--- whenever an aggregate's version passes a multiple of `window`, so it holds at most about
--- twice that many between cuts.
+-- The reply, flat; `n` is its length (`#` would search the table).
+local out, n = {}, 0
+local function reply(status, number, items)
+  out[n + 1] = status
+  out[n + 2] = number
+  out[n + 3] = #items
+  n = n + 3
+  for i = 1, #items do
+    n = n + 1
+    out[n] = items[i]
+  end
+end
+
+-- Keeps the `window` newest records (by version) in `ids`, a hash of digest ->
+-- `last[:count]`: the versions sort as plain numbers, then every record older than the
+-- `window`-th newest goes.
 local function forget_old_ids(ids)
   local all = rpcall('HGETALL', ids)
-  if all['err'] then
-    return -- another type: records are not kept there (HSETNX refuses such appends)
-  end
-  local records = #all / 2
+  local size = #all -- 0 for an error: records are not kept in a key of another type
+  local records = size / 2
   if records <= window then
     return
   end
-  local order = {}
-  for i = 1, #all, 2 do
-    order[#order + 1] = { tonumber(match(all[i + 1], '^%d+')) or 0, all[i] }
+  local versions = {}
+  for i = 2, size, 2 do
+    local last = all[i]
+    last = tonumber(last) or tonumber(match(last, '^%d+')) or 0
+    all[i] = last
+    versions[i / 2] = last
   end
-  table.sort(order, function(x, y) return x[1] > y[1] end)
-  local drop = {}
-  for i = window + 1, records do
-    drop[#drop + 1] = order[i][2]
+  sort(versions)
+  local oldest_kept = versions[records - window + 1]
+  local drop, dropped = {}, 0
+  for i = 2, size, 2 do
+    if all[i] < oldest_kept then
+      dropped = dropped + 1
+      drop[dropped] = all[i - 1]
+    end
   end
-  rcall('HDEL', ids, unpack(drop))
+  if dropped > 0 then
+    rcall('HDEL', ids, unpack(drop, 1, dropped))
+  end
+end
+
+-- Replies to a retry with the result its record (`last[:count]`) gives.
+local function done(ids, digest, index, found)
+  local last, events = match(found, '^(%d+):?(%d*)$')
+  last, events = tonumber(last), tonumber(events) or 1
+  if last == nil then
+    error('append id record ' .. digest .. ' of ' .. ids .. ' is malformed: ' .. found)
+  end
+  local entry_ids = {}
+  for i, element in ipairs(rcall('LRANGE', index, format('%d', last - events + 1), format('%d', last))) do
+    entry_ids[i] = unpack_entry_id(element)
+  end
+  reply('done', last, entry_ids)
+end
+
+-- Replies to an append whose expected version is not `version`: a retry's first result,
+-- else a conflict. Writes nothing.
+local function conflict(ids, digest, index, version)
+  if digest ~= '' and window > 0 then
+    local found = rcall('HGET', ids, digest)
+    if found then
+      return done(ids, digest, index, found)
+    end
+  end
+  out[n + 1], out[n + 2], out[n + 3] = 'conflict', version, 0
+  n = n + 3
+end
+
+-- Refuses an append: `key` holds another type than `wanted` (ESLAYOUT), or else a
+-- command failed on it with `failure`. Returns whether it did.
+local function refused(key, wanted, failure)
+  local found = rcall('TYPE', key)['ok']
+  if found ~= 'none' and found ~= wanted then
+    failure = 'ESLAYOUT key ' .. key .. ' holds a ' .. found .. ', not a ' .. wanted
+  elseif failure == nil then
+    return false
+  end
+  reply('error', 0, { failure })
+  return true
 end
 
 -- Keeps the newest `copies` copies in `tail`, cutting it to its newest half past that.
@@ -159,99 +215,17 @@ local function copied(tail, held)
   end
 end
 
--- The append-id record the running append made, dropped if the append then fails.
-local recorded_ids, recorded_digest
-
-local function append(stream, index, ids, tail, at)
-  local aggregate, expected, digest, count_text = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
-  local count = NUMBERS[count_text]
-  if count == nil then
-    count = tonumber(count_text)
-    count_text = tostring(count) -- as `..` writes a number
-  end
-  local length = rpcall('LLEN', index)
-  if type(length) == 'table' then
-    return refused(index, 'list', length)
-  end
-  local version = 0
-  if length > 0 then
-    version = length - 1
-  end
-  local new_version = version + count
-  local first_version = '1'
-  if version > 0 then
-    first_version = format('%d', version + 1)
-  end
-
-  if digest ~= '' and window > 0 then
-    -- One command checks and remembers: a digest already there is a retry.
-    local record = first_version
-    if count ~= 1 then
-      record = format('%d', new_version) .. ':' .. count_text
-    end
-    local added = rpcall('HSETNX', ids, digest, record)
-    if type(added) == 'table' then
-      return refused(ids, 'hash', added)
-    end
-    if added == 0 then
-      local found = rcall('HGET', ids, digest)
-      local last, events = match(found, '^(%d+):?(%d*)$')
-      last, events = tonumber(last), tonumber(events) or 1
-      if last == nil then
-        error('append id record ' .. digest .. ' of ' .. ids .. ' is malformed: ' .. found)
-      end
-      local entry_ids = {}
-      for i, element in ipairs(rcall('LRANGE', index, format('%d', last - events + 1), format('%d', last))) do
-        entry_ids[i] = unpack_entry_id(element)
-      end
-      return reply('done', last, entry_ids)
-    end
-    recorded_ids, recorded_digest = ids, digest
-  end
-
-  if expected ~= '' and (NUMBERS[expected] or tonumber(expected)) ~= version then
-    if recorded_ids then
-      rcall('HDEL', ids, digest)
-      recorded_ids = nil
-    end
-    out[n + 1], out[n + 2], out[n + 3] = 'conflict', version, 0
-    n = n + 3
-    return
-  end
-
-  -- Writes. The first XADD could only fail if the stream's last id were the largest
-  -- possible one (set by hand) or the key had another type; then nothing is written yet.
-  at = at + 4
-  local pairs_count = ARGV[at + 1]
-  local last_pair = at + 1 + 2 * (NUMBERS[pairs_count] or tonumber(pairs_count))
-  local id = rpcall('XADD', stream, '*', 'type', ARGV[at], 'aggregate_id', aggregate,
-    'version', first_version, unpack(ARGV, at + 2, last_pair))
-  if type(id) == 'table' then
-    if recorded_ids then
-      rcall('HDEL', ids, digest)
-      recorded_ids = nil
-    end
-    return refused(stream, 'stream', id)
-  end
-  recorded_ids = nil
-  out[n + 1], out[n + 2], out[n + 3], out[n + 4] = 'ok', new_version, count, id
+-- The rest of an append of several events or with tail copies, once its first event is in
+-- the stream as `id`: the other events, the index, the tail copies. Its reply starts at
+-- `mark` while it runs, so that a failure drops it.
+local mark
+local function write_rest(stream, index, tail, at, count, version, length, id)
+  mark = n
+  out[n + 1], out[n + 2], out[n + 3], out[n + 4] = 'ok', version + count, count, id
   n = n + 4
-  if window > 0 and floor(new_version / window) > floor(version / window) then
-    forget_old_ids(ids)
-  end
-
-  if count == 1 then -- the usual append: no table of elements
-    if length == 0 then
-      rcall('RPUSH', index, '', id)
-    else
-      rcall('RPUSH', index, id)
-    end
-    if tail then
-      copied(tail, rpcall('RPUSH', tail, id .. ' ' .. ARGV[last_pair + 1]))
-    end
-    return
-  end
-
+  local aggregate = ARGV[at]
+  at = at + 4
+  local last_pair = at + 1 + 2 * (NUMBERS[ARGV[at + 1]] or tonumber(ARGV[at + 1]))
   local elements, size = {}, 0
   if length == 0 then
     elements[1], size = '', 1
@@ -264,7 +238,7 @@ local function append(stream, index, ids, tail, at)
   end
   at = last_pair + 1 + copy_args
   for e = 2, count do
-    pairs_count = ARGV[at + 1]
+    local pairs_count = ARGV[at + 1]
     last_pair = at + 1 + 2 * (NUMBERS[pairs_count] or tonumber(pairs_count))
     id = rcall('XADD', stream, '*', 'type', ARGV[at], 'aggregate_id', aggregate,
       'version', format('%d', version + e), unpack(ARGV, at + 2, last_pair))
@@ -278,50 +252,123 @@ local function append(stream, index, ids, tail, at)
     at = last_pair + 1 + copy_args
   end
   for first = 1, size, 1000 do
-    rcall('RPUSH', index, unpack(elements, first, math.min(first + 999, size)))
+    rcall('RPUSH', index, unpack(elements, first, min(first + 999, size)))
   end
   if tail then
     local held
     for first = 1, count, 1000 do
-      held = rpcall('RPUSH', tail, unpack(tail_copies, first, math.min(first + 999, count)))
+      held = rpcall('RPUSH', tail, unpack(tail_copies, first, min(first + 999, count)))
     end
     copied(tail, held)
   end
+  mark = nil
 end
 
 -- Pass 2: the appends, in order (a later append to the same aggregate sees the earlier).
--- A runtime error in one (say, an append-id record corrupted by hand) fails that append
--- alone: its output so far is dropped for an error, its append-id record (if it made one)
--- is forgotten, and the appends after it run in a new pcall.
-local current, mark = 0, 0
+-- The usual append (one event, no tail copies) is written here; the others finish in
+-- write_rest. `current` is the running append. The commands that would be the first to
+-- meet a key of another type run with redis.call (the index's LLEN, the append ids' HGET
+-- or HSETNX): the failure ends the pcall below, which asks TYPE. The first XADD runs with
+-- redis.pcall: its failure (another type, or the stream's last id the largest possible,
+-- set by hand) is answered here, once the append-id record it made is deleted.
+local current = 0
 local function run(from)
+  local ARGV, KEYS, NUMBERS, starts, out = ARGV, KEYS, NUMBERS, starts, out
+  local rcall, rpcall, format, tonumber, unpack = rcall, rpcall, format, tonumber, unpack
+  local window, copy_args, keys_per_append = window, copy_args, keys_per_append
+  local k = keys_per_append * (from - 1)
   for a = from, appends do
-    current, mark = a, n
-    local k, tail = keys_per_append * (a - 1), nil
-    if copy_args == 1 then
-      tail = KEYS[k + 4]
+    current = a
+    local at, index = starts[a], KEYS[k + 2]
+    local length = rcall('LLEN', index)
+    local version, first_version = 0, '1'
+    if length > 1 then
+      version, first_version = length - 1, format('%d', length)
     end
-    append(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], tail, starts[a])
+    local expected, digest = ARGV[at + 1], ARGV[at + 2]
+    if expected ~= '' and (NUMBERS[expected] or tonumber(expected)) ~= version then
+      conflict(KEYS[k + 3], digest, index, version)
+    else
+      local count_text = ARGV[at + 3]
+      local count = NUMBERS[count_text] or tonumber(count_text)
+      local ids, added = KEYS[k + 3], nil
+      if digest ~= '' and window > 0 then
+        -- One command checks and remembers: a digest already there is a retry.
+        local record = first_version
+        if count ~= 1 then
+          if NUMBERS[count_text] == nil then
+            count_text = tostring(count) -- as `..` writes a number
+          end
+          record = format('%d', version + count) .. ':' .. count_text
+        end
+        added = rcall('HSETNX', ids, digest, record)
+        if added == 0 then
+          done(ids, digest, index, rcall('HGET', ids, digest))
+        end
+      end
+      if added ~= 0 then
+        local stream = KEYS[k + 1]
+        local pairs_end -- of the first event
+        if count == 1 then
+          pairs_end = starts[a + 1] - 1 - copy_args
+        else
+          pairs_end = at + 5 + 2 * (NUMBERS[ARGV[at + 5]] or tonumber(ARGV[at + 5]))
+        end
+        local id = rpcall('XADD', stream, '*', 'type', ARGV[at + 4], 'aggregate_id', ARGV[at],
+          'version', first_version, unpack(ARGV, at + 6, pairs_end))
+        if id.err then -- an entry id is a string: its `err` is string.err, nil
+          if added == 1 then
+            rcall('HDEL', ids, digest)
+          end
+          refused(stream, 'stream', id.err)
+        else
+          if count == 1 and copy_args == 0 then
+            if length == 0 then
+              rcall('RPUSH', index, '', id)
+            else
+              rcall('RPUSH', index, id)
+            end
+            local m = n
+            out[m + 1], out[m + 2], out[m + 3], out[m + 4] = 'ok', version + 1, 1, id
+            n = m + 4
+          else
+            write_rest(stream, index, KEYS[k + 4], at, count, version, length, id)
+          end
+          -- Past a multiple of `window` (exact: whole numbers), the old records go.
+          if window > 0 and (version + count) % window < count then
+            forget_old_ids(ids)
+          end
+        end
+      end
+    end
+    k = k + keys_per_append
   end
 end
+
+-- A failure in one append (a key of another type, or a runtime error, say an append-id
+-- record corrupted by hand) fails it alone: its reply so far is dropped for an 'error'
+-- (ESLAYOUT naming the key, else ESAPPEND), and the appends after it run in a new pcall.
 local from = 1
 while from <= appends do
   local ok, failure = pcall(run, from)
   if ok then
     break
   end
-  for i = n, mark + 1, -1 do
-    out[i] = nil
-  end
-  n = mark
-  if recorded_ids then
-    rpcall('HDEL', recorded_ids, recorded_digest)
-    recorded_ids = nil
+  if mark then
+    for i = n, mark + 1, -1 do
+      out[i] = nil
+    end
+    n, mark = mark, nil
   end
   if type(failure) == 'table' then
     failure = failure['err']
   end
-  reply('error', 0, { 'ESAPPEND ' .. tostring(failure) })
+  local k = keys_per_append * (current - 1)
+  local digest = ARGV[starts[current] + 2]
+  if not refused(KEYS[k + 2], 'list')
+      and not (digest ~= '' and window > 0 and refused(KEYS[k + 3], 'hash')) then
+    reply('error', 0, { 'ESAPPEND ' .. tostring(failure) })
+  end
   from = current + 1
 end
 return out

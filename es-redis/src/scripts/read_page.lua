@@ -31,9 +31,11 @@ local function read_page(stream, index, from, to, until_ms, page_size, tail)
     return reply
   end
   local elements
-  if tail ~= nil then
+  -- Copies are a cache: a tail key of another type is read past, never an error.
+  local held = tail and redis.pcall('LLEN', tail)
+  if type(held) == 'number' then
     -- The list copies the newest versions: its first element is version `first`.
-    local first = version - redis.call('LLEN', tail) + 1
+    local first = version - held + 1
     if first <= from then
       local copies = redis.call('LRANGE', tail, from - first, page_last - first)
       -- In step with the index, unless a process without copies appended in between
