@@ -158,7 +158,7 @@ impl KeyLayout {
     }
 
     /// The aggregate's recent append ids: a hash from each remembered append id's digest
-    /// (the first 12 hex digits of its SHA-1) to the append's result, its last version
+    /// (the first 6 bytes of its SHA-1) to the append's result, its last version
     /// (then `:<event count>` when that is not 1).
     pub fn append_ids(&self, stream: &StreamId) -> String {
         format!(

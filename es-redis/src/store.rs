@@ -485,7 +485,7 @@ impl EventStore for RedisEventStore {
             None => None,
         };
         args.push(match append_id {
-            Some(id) => append_id_digest(&id).into_bytes(),
+            Some(id) => append_id_digest(&id),
             None => Vec::new(),
         });
         args.push(count.to_string().into_bytes());
@@ -682,11 +682,10 @@ fn parse_append_reply(
     }
 }
 
-/// What the index remembers of an append id: the first 12 hex digits of its SHA-1.
-fn append_id_digest(id: &str) -> String {
-    let mut digest = sha1_smol::Sha1::from(id).digest().to_string();
-    digest.truncate(12);
-    digest
+/// What the aggregate's append-ids hash remembers of an append id: the first 6 bytes
+/// (48 bits) of its SHA-1.
+fn append_id_digest(id: &str) -> Vec<u8> {
+    sha1_smol::Sha1::from(id).digest().bytes()[..6].to_vec()
 }
 
 /// A unique append id for appends sent without one (on a cluster): process-random prefix,

@@ -1150,7 +1150,11 @@ async fn concurrent_appends_share_script_calls_but_keep_their_own_outcomes() {
     let _: () = run(
         &mut connection,
         redis::cmd("EVAL")
-            .arg("redis.call('HSET', KEYS[1], string.sub(redis.sha1hex(ARGV[1]), 1, 12), 'x:y')")
+            .arg(
+                "local digest = string.gsub(string.sub(redis.sha1hex(ARGV[1]), 1, 12), '..', \
+                 function(h) return string.char(tonumber(h, 16)) end) \
+                 redis.call('HSET', KEYS[1], digest, 'x:y')",
+            )
             .arg(1)
             .arg(store.keys().append_ids(&corrupt))
             .arg("mangled"),

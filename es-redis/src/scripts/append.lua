@@ -11,8 +11,9 @@
 -- then each append:
 --               the aggregate id,
 --               the expected version: '' for any, else the exact version (0: no stream yet),
---               '' if the append carries no id, else the id's digest: the first 12 hex
---               digits of its SHA-1 (the client hashes it),
+--               '' if the append carries no id, else the id's digest: the first 6 bytes
+--               of its SHA-1 (the client hashes it; 48 bits, kept as they are to save
+--               memory),
 --               how many events follow, then each event: type, number of field pairs, pairs,
 --               and with tail copies its copy (see src/copies.rs)
 --
@@ -96,8 +97,8 @@ local starts, at = {}, 4
 for a = 1, appends do
   starts[a] = at
   local digest = ARGV[at + 2]
-  if digest ~= '' and (digest == nil or #digest ~= 12 or find(digest, '[^0-9a-f]')) then
-    return redis.error_reply('ESINVALID an append id digest is 12 hex digits')
+  if digest ~= '' and (digest == nil or #digest ~= 6) then
+    return redis.error_reply('ESINVALID an append id digest is 6 bytes')
   end
   local count = ARGV[at + 3]
   count = NUMBERS[count] or tonumber(count)
@@ -172,7 +173,8 @@ local function done(ids, digest, index, found)
   local last, events = match(found, '^(%d+):?(%d*)$')
   last, events = tonumber(last), tonumber(events) or 1
   if last == nil then
-    error('append id record ' .. digest .. ' of ' .. ids .. ' is malformed: ' .. found)
+    local hex = string.gsub(digest, '.', function(c) return format('%02x', string.byte(c)) end)
+    error('append id record ' .. hex .. ' of ' .. ids .. ' is malformed: ' .. found)
   end
   local entry_ids = {}
   for i, element in ipairs(rcall('LRANGE', index, format('%d', last - events + 1), format('%d', last))) do
