@@ -165,59 +165,59 @@ pub(crate) async fn reset_stats(raw: &mut ConnectionManager) -> Result<(), BoxEr
     Ok(())
 }
 
-/// Loads `source`, resets the server's statistics and sends `calls` calls of it, each
-/// appending one event to each of [`CONCURRENCY`] aggregates `<call>-<a>` (`KEYS`: per
-/// append the stream, then each of `aggregate_keys` for the aggregate, all under `prefix`;
-/// new the first time a prefix is used);
-/// `header` are the arguments before the appends', `append` adds one append's. Returns
-/// Redis's time in the script, in µs. A reply naming a conflict or an error fails the
-/// measurement (it would time appends that wrote nothing).
-pub(crate) async fn script_time(
+/// The server's total time in `EVALSHA` so far (`INFO commandstats`), in µs.
+async fn evalsha_usec(raw: &mut ConnectionManager) -> Result<f64, BoxError> {
+    Ok(server_time(raw, "evalsha")
+        .await
+        .map_or(0.0, |(usec, _)| usec))
+}
+
+/// Sends one call of the script `source` (loaded by the caller) appending one event to each
+/// of [`CONCURRENCY`] aggregates `<call>-<a>` (`KEYS`: per append the stream, then each of
+/// `aggregate_keys` for the aggregate, all under `prefix`; new the first time a prefix and
+/// call are used); `header` are the arguments before the appends', `append` adds one
+/// append's. Returns Redis's time in the call, in µs. A reply naming a conflict or an
+/// error fails the measurement (it would time appends that wrote nothing).
+#[allow(clippy::too_many_arguments)]
+async fn script_call(
     raw: &mut ConnectionManager,
     source: &str,
     prefix: &str,
-    calls: usize,
+    call: usize,
     aggregate_keys: &[&str],
     header: &[usize],
-    append: impl Fn(&mut redis::Cmd, String, u64),
+    append: &impl Fn(&mut redis::Cmd, String, u64),
 ) -> Result<f64, BoxError> {
-    let script = redis::Script::new(source);
-    let _: String = redis::cmd("SCRIPT")
-        .arg("LOAD")
-        .arg(source)
-        .query_async(raw)
-        .await?;
-    reset_stats(raw).await?;
-    for call in 0..calls {
-        let mut invocation = redis::cmd("EVALSHA");
-        invocation
-            .arg(script.get_hash())
-            .arg((1 + aggregate_keys.len()) * CONCURRENCY);
-        for a in 0..CONCURRENCY {
-            invocation.arg(format!("{prefix}:{{cart}}:events"));
-            for key in aggregate_keys {
-                invocation.arg(format!("{prefix}:{{cart}}:{key}:{call}-{a}"));
-            }
-        }
-        invocation.arg(header);
-        for a in 0..CONCURRENCY {
-            append(
-                &mut invocation,
-                format!("{call}-{a}"),
-                (call * CONCURRENCY + a) as u64,
-            );
-        }
-        let reply: Value = invocation.query_async(raw).await?;
-        if let Value::Array(items) = &reply {
-            let refused = items.iter().any(
-                |item| matches!(item, Value::BulkString(s) if s == b"conflict" || s == b"error"),
-            );
-            if refused {
-                return Err(format!("{prefix}: an append was refused: {reply:?}").into());
-            }
+    let mut invocation = redis::cmd("EVALSHA");
+    invocation
+        .arg(redis::Script::new(source).get_hash())
+        .arg((1 + aggregate_keys.len()) * CONCURRENCY);
+    for a in 0..CONCURRENCY {
+        invocation.arg(format!("{prefix}:{{cart}}:events"));
+        for key in aggregate_keys {
+            invocation.arg(format!("{prefix}:{{cart}}:{key}:{call}-{a}"));
         }
     }
-    Ok(server_time(raw, "evalsha").await?.0)
+    invocation.arg(header);
+    for a in 0..CONCURRENCY {
+        append(
+            &mut invocation,
+            format!("{call}-{a}"),
+            (call * CONCURRENCY + a) as u64,
+        );
+    }
+    let before = evalsha_usec(raw).await?;
+    let reply: Value = invocation.query_async(raw).await?;
+    let after = evalsha_usec(raw).await?;
+    if let Value::Array(items) = &reply {
+        let refused = items
+            .iter()
+            .any(|item| matches!(item, Value::BulkString(s) if s == b"conflict" || s == b"error"));
+        if refused {
+            return Err(format!("{prefix}: an append was refused: {reply:?}").into());
+        }
+    }
+    Ok(after - before)
 }
 
 /// What limits P1: Redis's own time per append (`INFO commandstats`) on a server with nothing
@@ -232,54 +232,61 @@ pub(crate) async fn p1_server_time(
     let appends = CONCURRENCY * sizes.p1_appends;
     let calls = appends.div_ceil(CONCURRENCY);
     let mut raw = raw.clone();
-    // Best (least) server time per append of each script and case, over the rounds; each
-    // round writes new aggregates, then appends once more to the same ones.
-    let mut es = [[f64::MAX; 2]; 2]; // [new, existing][no id, with id]
-    let mut minimal = [f64::MAX; 2]; // [new, existing]
-    for round in 0..sizes.rounds {
-        for (case, existing) in [false, true].into_iter().enumerate() {
-            let expected = usize::from(existing);
-            for (with_id, best) in es[case].iter_mut().enumerate() {
+    for source in [ES_APPEND, MINIMAL_APPEND] {
+        let _: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(source)
+            .query_async(&mut raw)
+            .await?;
+    }
+    // Server time per append of each script and case. The scripts take turns call by call,
+    // so the machine's noise falls on all of them alike: first on new aggregates, then once
+    // more on the same ones.
+    let mut es = [[0f64; 2]; 2]; // [new, existing][no id, with id]
+    let mut minimal = [0f64; 2]; // [new, existing]
+    for (case, existing) in [false, true].into_iter().enumerate() {
+        let expected = usize::from(existing);
+        for call in 0..calls {
+            for (with_id, total) in es[case].iter_mut().enumerate() {
                 // The store's own script: the remembered-id window, the number of appends,
                 // no tail copies; then per append its aggregate id, expected version, the
-                // append id's digest (or none), one event: its type and four field pairs.
-                let usec = script_time(
-                    &mut raw,
-                    ES_APPEND,
-                    &format!("es-{round}-{with_id}"),
-                    calls,
-                    &["index", "appends"],
-                    &[8, CONCURRENCY, 0],
-                    |c, id, n| {
-                        let digest = if with_id == 1 {
-                            format!("{:012x}", n * 2 + expected as u64)
-                        } else {
-                            String::new()
-                        };
-                        c.arg(id).arg(expected).arg(digest).arg(1);
-                        c.arg("ItemAdded").arg(4);
-                        item_pairs(c, n);
-                    },
-                )
-                .await?;
-                *best = best.min(usec / appends as f64);
+                // append id's digest (6 bytes, unique per append) or none, one event: its
+                // type and four field pairs.
+                let append = |c: &mut redis::Cmd, id: String, n: u64| {
+                    let digest = if with_id == 1 {
+                        (n * 2 + expected as u64).to_be_bytes()[2..].to_vec()
+                    } else {
+                        Vec::new()
+                    };
+                    c.arg(id).arg(expected).arg(digest).arg(1);
+                    c.arg("ItemAdded").arg(4);
+                    item_pairs(c, n);
+                };
+                let prefix = format!("es-{with_id}");
+                let keys = ["index", "appends"];
+                let header = [8, CONCURRENCY, 0];
+                *total += script_call(&mut raw, ES_APPEND, &prefix, call, &keys, &header, &append)
+                    .await?;
             }
-            let usec = script_time(
+            let append = |c: &mut redis::Cmd, id: String, n: u64| {
+                c.arg("ItemAdded").arg(id);
+                item_pairs(c, n);
+            };
+            minimal[case] += script_call(
                 &mut raw,
                 MINIMAL_APPEND,
-                &format!("minimal-{round}"),
-                calls,
+                "minimal",
+                call,
                 &["index"],
                 &[],
-                |c, id, n| {
-                    c.arg("ItemAdded").arg(id);
-                    item_pairs(c, n);
-                },
+                &append,
             )
             .await?;
-            minimal[case] = minimal[case].min(usec / appends as f64);
         }
     }
+    let per_append = |usec: f64| usec / appends as f64;
+    let es = es.map(|case| case.map(per_append));
+    let minimal = minimal.map(per_append);
 
     reset_stats(&mut raw).await?;
     for call in 0..calls {

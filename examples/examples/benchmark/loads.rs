@@ -147,18 +147,14 @@ pub(crate) async fn p6_loads(
     let mut xrange = Duration::MAX;
     let mut xrange_99 = Duration::MAX;
     let key = store.keys().category_stream("cart");
-    // The interleaved tail's entry ids, as the index holds them (`ms * 1024 + seq`).
+    // The interleaved tail's entry ids, as the index holds them.
     let index = store.keys().index(&StreamId::new("cart", "p6-interleaved"));
-    let packed: Vec<u64> = redis::cmd("LRANGE")
+    let tail_ids: Vec<String> = redis::cmd("LRANGE")
         .arg(&index)
         .arg(SNAPSHOT_EVERY + 1)
         .arg(-1)
         .query_async(&mut raw.clone())
         .await?;
-    let tail_ids: Vec<String> = packed
-        .iter()
-        .map(|p| format!("{}-{}", p / 1024, p % 1024))
-        .collect();
     let mut pipelined = Duration::MAX;
     let mut xread = Duration::MAX;
     let mut in_lua = Duration::MAX;
