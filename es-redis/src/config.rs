@@ -158,7 +158,7 @@ impl RedisConfig {
     /// its snapshot and the events after it in **one** round trip, however its events
     /// interleave with other aggregates' in the category stream (default 0: off).
     ///
-    /// It trades memory for load speed: each copied event costs about as much again as its
+    /// It trades memory for load speed: each copied event costs about twice its raw
     /// stream entry. Saving a snapshot drops the copies it covers, so with snapshots every
     /// *N* events an aggregate holds at most about *N* copies; `max` bounds aggregates that
     /// are never snapshotted (when a list passes `max`, it is cut to its newest `max / 2`).
