@@ -34,7 +34,7 @@ fn push(out: &mut Vec<u8>, part: &[u8]) {
 /// and `version` put back), or `None` if the element is not a well-formed copy.
 pub(crate) fn decode(element: &[u8], aggregate_id: &str, version: u64) -> Option<RawEntry> {
     let space = element.iter().position(|&b| b == b' ')?;
-    let id = crate::store::unpack_entry_id(element[..space].to_vec());
+    let id = crate::index::unpack_entry_id(element[..space].to_vec());
     let mut rest = &element[space + 1..];
     let mut next = || -> Option<Option<Vec<u8>>> {
         if rest.is_empty() {

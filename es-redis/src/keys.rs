@@ -8,7 +8,7 @@
 //! | `es:{user}:events` | stream | every `user` event, in category order (the log of record) |
 //! | `es:{user}:index:42` | list | element *v*: the entry id of version *v* (element 0: a placeholder) |
 //! | `es:{user}:appends:42` | hash | recent append ids' digests → the append's last version (`:<events>` if not 1) |
-//! | `es:{user}:tail:42` | list | with [`RedisConfig::tail_copies`]: copies of the newest events, `<entry id> <copy>` |
+//! | `es:{user}:tail:42` | list | with [`RedisConfig::tail_copies`](crate::RedisConfig::tail_copies): copies of the newest events, `<entry id> <copy>` |
 //! | `es:{user}:snapshot:42` | hash | the snapshot's fields plus `_version`, `_position`, `_schema`, `_fields` |
 //! | `es:{user}:dead:profiles` | stream | events of `user` projection `profiles` could not process |
 //! | `es:{user}:failures:profiles` | hash | the last handler error of each entry `profiles` will retry |

@@ -14,8 +14,9 @@ use redis::Value;
 
 use crate::entry::{as_u64, into_array, into_bytes};
 use crate::error::Error;
+use crate::index::Page;
 use crate::scripts::SCRIPTS;
-use crate::store::{Page, RedisEventStore};
+use crate::store::RedisEventStore;
 
 /// Where a snapshot decode error points: a hash has no entry id, so errors name this.
 const SNAPSHOT_ENTRY: &str = "snapshot";
