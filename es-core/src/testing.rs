@@ -5,6 +5,7 @@ use std::fmt::Debug;
 
 use crate::aggregate::{Aggregate, Handle};
 
+mod cache_cases;
 pub mod conformance;
 mod repository_cases;
 

@@ -15,6 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use super::cache_cases::*;
 pub use super::repository_cases::*;
 use crate::codec::Fields;
 use crate::error::{DecodeError, StoreError};
