@@ -8,8 +8,9 @@ use async_trait::async_trait;
 
 use crate::error::{ConflictError, StoreError};
 use crate::store::{
-    millis_since_epoch, require_events, AppendOptions, AppendResult, EventStore, ExpectedVersion,
-    NewEvent, Position, ReadRange, Snapshot, SnapshotStore, StoredEvent, StreamId,
+    millis_since_epoch, validate_append, validate_snapshot, AppendOptions, AppendResult,
+    EventStore, ExpectedVersion, NewEvent, Position, ReadRange, Snapshot, SnapshotStore,
+    StoredEvent, StreamId,
 };
 
 /// How many appends with an id each stream remembers, as the Redis backend does by default:
@@ -111,7 +112,7 @@ impl EventStore for InMemoryStore {
         events: Vec<NewEvent>,
         options: &AppendOptions,
     ) -> Result<AppendResult, StoreError> {
-        require_events(stream, &events)?;
+        validate_append(stream, &events)?;
         let mut guard = self.lock();
         let state = &mut *guard;
         if let (Some(id), Some(done)) = (&options.append_id, state.appends.get(stream)) {
@@ -216,6 +217,7 @@ impl SnapshotStore for InMemoryStore {
         stream: &StreamId,
         snapshot: &Snapshot,
     ) -> Result<bool, StoreError> {
+        validate_snapshot(stream, snapshot)?;
         let mut state = self.lock();
         match state.snapshots.get(stream) {
             Some(stored) if stored.version > snapshot.version => Ok(false),

@@ -269,13 +269,52 @@ impl<E> RecordedEvent<E> {
     }
 }
 
-/// The error every backend returns for an append of no events (an append must write at
-/// least one; call it first in [`EventStore::append`]).
-pub fn require_events(stream: &StreamId, events: &[NewEvent]) -> Result<(), StoreError> {
+/// Checks an append before a backend writes anything: it carries at least one event, and
+/// no event has a field named like an envelope field
+/// ([`RESERVED_EVENT_FIELDS`](crate::event::RESERVED_EVENT_FIELDS)). Every backend calls it
+/// first in [`EventStore::append`], so every backend refuses the same appends with the same
+/// [`StoreError::InvalidRequest`] (the conformance suite checks it).
+pub fn validate_append(stream: &StreamId, events: &[NewEvent]) -> Result<(), StoreError> {
     if events.is_empty() {
         return Err(StoreError::InvalidRequest(format!(
             "an append to {stream} must carry at least one event"
         )));
+    }
+    for event in events {
+        if let Some((name, _)) = event
+            .fields
+            .iter()
+            .find(|(name, _)| crate::event::RESERVED_EVENT_FIELDS.contains(name))
+        {
+            return Err(StoreError::InvalidRequest(format!(
+                "event `{}` for {stream} has a field named `{name}`, which is reserved for the \
+                 envelope",
+                event.event_type
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a snapshot before a backend saves it: no field starts with
+/// [`RESERVED_SNAPSHOT_PREFIX`](crate::aggregate::RESERVED_SNAPSHOT_PREFIX) (those are the
+/// snapshot's own metadata) and no field appears twice. Every backend calls it first in
+/// [`SnapshotStore::save_snapshot`] (the conformance suite checks it).
+pub fn validate_snapshot(stream: &StreamId, snapshot: &Snapshot) -> Result<(), StoreError> {
+    use crate::aggregate::RESERVED_SNAPSHOT_PREFIX;
+    let mut seen = std::collections::HashSet::with_capacity(snapshot.fields.len());
+    for (name, _) in snapshot.fields.iter() {
+        if name.starts_with(RESERVED_SNAPSHOT_PREFIX) {
+            return Err(StoreError::InvalidRequest(format!(
+                "snapshot field `{name}` of {stream} starts with `{RESERVED_SNAPSHOT_PREFIX}`, \
+                 which is reserved for the snapshot's own metadata"
+            )));
+        }
+        if !seen.insert(name) {
+            return Err(StoreError::InvalidRequest(format!(
+                "snapshot of {stream} has field `{name}` twice"
+            )));
+        }
     }
     Ok(())
 }

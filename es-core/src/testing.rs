@@ -8,6 +8,7 @@ use crate::aggregate::{Aggregate, Handle};
 mod cache_cases;
 pub mod conformance;
 mod repository_cases;
+mod validation_cases;
 
 /// A given/when/then test of an aggregate's command handling, with no store involved.
 ///

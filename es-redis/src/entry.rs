@@ -5,7 +5,7 @@
 //!     [correlation_id …] [causation_id …] [metadata {"tenant":"acme"}] name Duffy surname Duck
 //! ```
 //!
-//! The envelope comes first, under the names of [`RESERVED_EVENT_FIELDS`]; `metadata` is a
+//! The envelope comes first, under the names of [`RESERVED_EVENT_FIELDS`](es_core::event::RESERVED_EVENT_FIELDS); `metadata` is a
 //! JSON object of [`Metadata::extra`] stored only when that is not empty; the event's own
 //! field pairs follow in order. The entry id is the event's [`Position`] and its
 //! milliseconds are its timestamp.
@@ -15,7 +15,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use es_core::codec::{FieldError, Fields};
-use es_core::event::RESERVED_EVENT_FIELDS;
 use es_core::{DecodeError, Metadata, NewEvent, Position, StoreError, StoredEvent, StreamId};
 use redis::Value;
 
@@ -36,16 +35,6 @@ pub(crate) fn push_append_args(
     event: NewEvent,
     copy: bool,
 ) -> Result<(), StoreError> {
-    if let Some((name, _)) = event
-        .fields
-        .iter()
-        .find(|(name, _)| RESERVED_EVENT_FIELDS.contains(name))
-    {
-        return Err(StoreError::InvalidRequest(format!(
-            "event `{}` for {stream} has a field named `{name}`, which is reserved for the envelope",
-            event.event_type
-        )));
-    }
     let metadata = event.metadata;
     let optional = [
         (
@@ -421,19 +410,5 @@ mod tests {
                 other => panic!("expected a decode error on {field}, got {other:?}"),
             }
         }
-    }
-
-    #[test]
-    fn reserved_field_names_are_rejected_before_sending() {
-        let mut fields = Fields::new();
-        fields.push("version", "3");
-        let event = NewEvent {
-            event_type: "A".into(),
-            fields,
-            metadata: Metadata::default(),
-        };
-        let error = push_append_args(&mut Vec::new(), &StreamId::new("user", "1"), event, false)
-            .expect_err("reserved");
-        assert!(matches!(error, StoreError::InvalidRequest(_)), "{error}");
     }
 }

@@ -4,11 +4,10 @@
 //! and `_fields` (the field names in order, so a snapshot reads back exactly as saved even
 //! when Redis stores a large hash unordered). Aggregate fields may not start with `_`.
 
-use std::collections::HashSet;
-
 use async_trait::async_trait;
 use es_core::aggregate::RESERVED_SNAPSHOT_PREFIX;
 use es_core::codec::{FieldError, Fields};
+use es_core::store::validate_snapshot;
 use es_core::{DecodeError, Position, Snapshot, SnapshotStore, StoreError, StoredEvent, StreamId};
 use redis::Value;
 
@@ -28,20 +27,7 @@ impl SnapshotStore for RedisEventStore {
         stream: &StreamId,
         snapshot: &Snapshot,
     ) -> Result<bool, StoreError> {
-        let mut seen = HashSet::with_capacity(snapshot.fields.len());
-        for (name, _) in snapshot.fields.iter() {
-            if name.starts_with(RESERVED_SNAPSHOT_PREFIX) {
-                return Err(StoreError::InvalidRequest(format!(
-                    "snapshot field `{name}` of {stream} starts with `{RESERVED_SNAPSHOT_PREFIX}`, \
-                     which is reserved for the snapshot's own metadata"
-                )));
-            }
-            if !seen.insert(name) {
-                return Err(StoreError::InvalidRequest(format!(
-                    "snapshot of {stream} has field `{name}` twice"
-                )));
-            }
-        }
+        validate_snapshot(stream, snapshot)?;
         let mut invocation = SCRIPTS.save_snapshot.prepare_invoke();
         invocation.key(self.keys().snapshot(stream));
         if self.tail_copies() > 0 {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use es_core::store::require_events;
+use es_core::store::validate_append;
 use es_core::{
     AppendOptions, AppendResult, ConflictError, EventStore, ExpectedVersion, NewEvent, Position,
     ReadRange, StoreError, StoredEvent, StreamId,
@@ -162,7 +162,7 @@ impl EventStore for RedisEventStore {
         events: Vec<NewEvent>,
         options: &AppendOptions,
     ) -> Result<AppendResult, StoreError> {
-        require_events(stream, &events)?;
+        validate_append(stream, &events)?;
         let expected_arg = match expected {
             ExpectedVersion::Any => String::new(),
             ExpectedVersion::NoStream => "0".to_owned(),

@@ -69,6 +69,8 @@ mod partitioned {
         snapshot_of_another_schema_is_ignored_on_load,
         unknown_event_type_gives_typed_decode_error,
         empty_append_is_rejected,
+        reserved_event_fields_are_refused,
+        reserved_snapshot_fields_are_refused,
         repository_retries_conflicts_and_snapshots,
         one_repository_serialises_commands_to_an_aggregate,
         two_cached_repositories_interleave_without_losing_commands,

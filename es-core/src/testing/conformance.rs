@@ -17,6 +17,7 @@ use std::time::Duration;
 
 pub use super::cache_cases::*;
 pub use super::repository_cases::*;
+pub use super::validation_cases::*;
 use crate::codec::Fields;
 use crate::error::{DecodeError, StoreError};
 use crate::store::{
@@ -43,6 +44,8 @@ macro_rules! conformance_tests {
             snapshot_of_another_schema_is_ignored_on_load,
             unknown_event_type_gives_typed_decode_error,
             empty_append_is_rejected,
+            reserved_event_fields_are_refused,
+            reserved_snapshot_fields_are_refused,
             hostile_ids_and_binary_values_round_trip,
             repository_retries_conflicts_and_snapshots,
             one_repository_serialises_commands_to_an_aggregate,
@@ -513,17 +516,6 @@ pub async fn unknown_event_type_gives_typed_decode_error<S: SnapshotStore>(store
         }
         other => panic!("expected a decode error, got {other:?}"),
     }
-}
-
-/// An append of no events is an error, not a no-op that bumps nothing.
-pub async fn empty_append_is_rejected<S: SnapshotStore>(store: S) {
-    let stream = StreamId::new("user", "1");
-    let error = store
-        .append(&stream, ExpectedVersion::Any, Vec::new(), &none())
-        .await
-        .expect_err("empty append");
-    assert!(matches!(error, StoreError::InvalidRequest(_)), "{error}");
-    assert_eq!(store.stream_version(&stream).await.expect("version"), 0);
 }
 
 /// Ids with separators, braces, whitespace, empty or very long ids, and values with every
