@@ -58,6 +58,14 @@ pub struct Executed<A> {
     pub state: Arc<A>,
     /// Its version after the append.
     pub version: u64,
+    /// The aggregate's stream.
+    pub stream: StreamId,
+    /// The category position of the aggregate's last event after the command (of the last
+    /// one appended, if any): what a projection must have processed to reflect the command
+    /// (read-your-writes; see `ProjectionMonitor::wait_for_executed` on Redis).
+    pub position: Position,
+    /// The category positions of the events the command appended, in order (empty if none).
+    pub positions: Vec<Position>,
     /// How many events the command appended (0: it decided nothing happens).
     pub appended: usize,
     /// How many version conflicts were caught up on and retried.
@@ -356,6 +364,9 @@ impl<A: Aggregate, S: SnapshotStore> Repository<A, S> {
                 return Ok(Executed {
                     state,
                     version: loaded.version,
+                    stream: loaded.stream,
+                    position: loaded.position,
+                    positions: Vec::new(),
                     appended: 0,
                     conflicts_retried: conflicts,
                 });
@@ -388,6 +399,9 @@ impl<A: Aggregate, S: SnapshotStore> Repository<A, S> {
                     return Ok(Executed {
                         state,
                         version: loaded.version,
+                        stream: loaded.stream,
+                        position: loaded.position,
+                        positions: written.positions,
                         appended: events.len(),
                         conflicts_retried: conflicts,
                     });

@@ -1281,9 +1281,53 @@ impl ProjectionMonitor {
         position: Position,
         timeout: Duration,
     ) -> Result<(), Error> {
+        self.wait_until(category, None, position, timeout).await
+    }
+
+    /// Read-your-writes: waits until the projection has processed what a command wrote,
+    /// every entry of the aggregate's category (of its partition, for a partitioned one)
+    /// up to [`Executed::position`](es_core::Executed::position), polling Redis every
+    /// 10 ms; [`Error::WaitTimeout`] after `timeout`.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn run<A>(monitor: es_redis::ProjectionMonitor, done: es_core::Executed<A>) -> Result<(), es_redis::Error> {
+    /// monitor.wait_for_executed(&done, Duration::from_secs(5)).await?;
+    /// // The projection's read model now reflects the command.
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn wait_for_executed<A>(
+        &self,
+        executed: &es_core::Executed<A>,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        let partition = self.store.keys().partition_of(&executed.stream);
+        self.wait_until(
+            &executed.stream.category,
+            Some(partition),
+            executed.position,
+            timeout,
+        )
+        .await
+    }
+
+    /// Polls until `position` of `category` (of `partition`, or of the whole category) is
+    /// processed.
+    async fn wait_until(
+        &self,
+        category: &str,
+        partition: Option<u32>,
+        position: Position,
+        timeout: Duration,
+    ) -> Result<(), Error> {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.has_processed(category, position).await? {
+            let status = match partition {
+                Some(partition) => self.partition_status(category, partition).await?,
+                None => self.category_status(category).await?,
+            };
+            if status.has_processed(position) {
                 return Ok(());
             }
             if Instant::now() >= deadline {

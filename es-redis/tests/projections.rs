@@ -1153,3 +1153,67 @@ async fn stop_returns_during_an_outage_while_catching_up() {
     let stopped = tokio::time::timeout(Duration::from_secs(10), running.stop()).await;
     assert!(stopped.is_ok(), "stop hung during the outage");
 }
+
+#[derive(es_core::Aggregate, Default, Debug)]
+#[aggregate(event = AccountEvent, name = "account")]
+struct Account {
+    balance: i64,
+}
+
+impl es_core::Apply<Deposited> for Account {
+    fn apply(&mut self, e: &Deposited) {
+        self.balance += e.amount;
+    }
+}
+
+struct Deposit(i64);
+
+impl es_core::Handle<Deposit> for Account {
+    type Error = std::convert::Infallible;
+    fn handle(&self, c: &Deposit) -> Result<Vec<AccountEvent>, Self::Error> {
+        Ok(vec![Deposited { amount: c.0 }.into()])
+    }
+}
+
+/// Read-your-writes: after `wait_for_executed(&done)`, the read model shows the command,
+/// on a category split into partitions (the wait is on the aggregate's own partition).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_an_executed_command_shows_it_in_the_read_model() {
+    let config = server()
+        .config(&unique_namespace("read-your-writes"))
+        .partitions(CATEGORY, 3);
+    let store = RedisEventStore::connect(&config).await.expect("connect");
+    let balances = Balances::new(&store, "balances");
+    let model = balances.model.clone();
+    let runner = ProjectionRunner::connect(&config, balances, options("only"))
+        .await
+        .expect("runner");
+    let monitor = runner.monitor();
+    let running = runner.spawn();
+    let accounts = es_core::Repository::<Account, _>::new(store.clone());
+    for round in 1..=3i64 {
+        for account in ["a", "b", "c", "d", "e"] {
+            let done = accounts
+                .execute(account, &Deposit(round))
+                .await
+                .expect("deposit");
+            monitor
+                .wait_for_executed(&done, Duration::from_secs(10))
+                .await
+                .expect("waited 10 s for the projection to process the deposit");
+            let hash = model
+                .hash(&format!("balance:{account}"))
+                .await
+                .expect("read model");
+            let balance = hash
+                .get("balance")
+                .map(|value| String::from_utf8_lossy(value).into_owned());
+            assert_eq!(
+                balance.as_deref(),
+                Some(done.state.balance.to_string().as_str()),
+                "{account} after round {round}"
+            );
+        }
+    }
+    running.stop().await.expect("stop");
+}

@@ -320,21 +320,21 @@ async fn social_profile(
     let activity = Repository::<UserActivity, _>::new(store.clone());
     let friends = Repository::<UserFriends, _>::new(store.clone());
 
-    // The write side: the seed's commands.
+    // The write side: the seed's commands. Each category's last `Executed` says which
+    // position the projection must reach to show it (read-your-writes, below).
     updates.execute("1", &Register("Duffy", "Duck")).await?;
     updates.execute("2", &Register("Bugs", "Bunny")).await?;
     activity.execute("1", &Kick("Bugs")).await?;
-    activity.execute("1", &Dislike("Bugs", "face")).await?;
+    let last_activity = activity.execute("1", &Dislike("Bugs", "face")).await?;
     friends.execute("1", &AddFriend("2")).await?;
     friends.execute("2", &AddFriend("1")).await?;
-    friends.execute("1", &RemoveFriend("2")).await?;
-    updates.execute("1", &Rename("Daffy", "Duck")).await?;
+    let last_friends = friends.execute("1", &RemoveFriend("2")).await?;
+    let last_updates = updates.execute("1", &Rename("Daffy", "Duck")).await?;
     if let Err(error) = friends.execute("1", &RemoveFriend("2")).await {
         println!("rejected: user 1 removes friend 2 again: {error}");
     }
 
     println!("event log:");
-    let mut last_positions = Vec::new();
     for category in ["user_updates", "user_activity", "user_friends"] {
         let events = store.read_category(category, Position::ZERO, 1000).await?;
         for event in &events {
@@ -351,9 +351,6 @@ async fn social_profile(
                 fields.join(" ")
             );
         }
-        if let Some(last) = events.last() {
-            last_positions.push((category, last.position));
-        }
     }
 
     let profiles = match &backend {
@@ -368,11 +365,10 @@ async fn social_profile(
             .await?;
             let monitor = runner.monitor();
             let worker = runner.spawn();
-            for (category, position) in &last_positions {
-                monitor
-                    .wait_for(category, *position, Duration::from_secs(10))
-                    .await?;
-            }
+            let timeout = Duration::from_secs(10);
+            monitor.wait_for_executed(&last_updates, timeout).await?;
+            monitor.wait_for_executed(&last_activity, timeout).await?;
+            monitor.wait_for_executed(&last_friends, timeout).await?;
             let (_, stats) = worker.stop().await?;
             println!(
                 "projection `{PROJECTION}` (consumer group, worker-1) handled {} events",
