@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use es_core::{Position, StoreError, StoredEvent};
 
-use crate::entry::{self, into_array, EntrySource, RawEntry};
+use crate::entry::{self, EntrySource};
 use crate::error::Error;
 use crate::store::RedisEventStore;
 
@@ -78,21 +78,11 @@ impl RedisEventStore {
         let mut after = after;
         while events.len() < limit {
             let count = (limit - events.len()).min(self.page_size());
-            let reply = self
-                .query(
-                    redis::cmd("XRANGE")
-                        .arg(&*storage_key)
-                        .arg(format!("({after}"))
-                        .arg("+")
-                        .arg("COUNT")
-                        .arg(count),
-                    &operation,
-                )
+            let entries = self
+                .xrange_page(&storage_key, &format!("({after}"), count)
                 .await?;
-            let entries = into_array(reply, &operation)?;
             let read = entries.len();
-            for item in entries {
-                let raw = RawEntry::parse(item, &operation)?;
+            for raw in entries {
                 let pairs = raw.pairs.ok_or_else(|| {
                     Error::unexpected(&operation, format!("entry {} has no fields", raw.id))
                 })?;

@@ -1364,26 +1364,12 @@ impl ProjectionMonitor {
             .store
             .keys()
             .dead_letters(category, partition, &self.group);
-        let operation = format!("XRANGE of {key}");
         let mut letters = Vec::new();
         let mut after = "-".to_owned();
         loop {
-            let reply = self
-                .store
-                .query(
-                    redis::cmd("XRANGE")
-                        .arg(&key)
-                        .arg(&after)
-                        .arg("+")
-                        .arg("COUNT")
-                        .arg(1000),
-                    &operation,
-                )
-                .await?;
-            let entries = into_array(reply, &operation)?;
+            let entries = self.store.xrange_page(&key, &after, 1000).await?;
             let read = entries.len();
-            for item in entries {
-                let raw = RawEntry::parse(item, &operation)?;
+            for raw in entries {
                 after = format!("({}", raw.id);
                 letters.push(parse_dead_letter(category, &key, raw)?);
             }

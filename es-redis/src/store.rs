@@ -13,7 +13,7 @@ use redis::{Cmd, ScriptInvocation, Value};
 use crate::appends::{AppendCall, AppendQueue, AppendSettings};
 use crate::config::RedisConfig;
 use crate::connection::RedisConnection;
-use crate::entry::{self, as_u64, into_array, into_bytes};
+use crate::entry::{self, as_u64, into_array, into_bytes, RawEntry};
 use crate::error::Error;
 use crate::keys::KeyLayout;
 
@@ -142,6 +142,29 @@ impl RedisEventStore {
             .invoke_async(&mut connection)
             .await
             .map_err(|e| Error::script(name, e))
+    }
+
+    /// One page of stream `key`: up to `count` entries from `start` (an `XRANGE` start:
+    /// `-`, an entry id, or `(<id>` for the entries after it).
+    pub(crate) async fn xrange_page(
+        &self,
+        key: &str,
+        start: &str,
+        count: usize,
+    ) -> Result<Vec<RawEntry>, Error> {
+        let operation = format!("XRANGE of {key}");
+        let command = redis::cmd("XRANGE")
+            .arg(key)
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .to_owned();
+        let reply = self.query(&command, &operation).await?;
+        into_array(reply, &operation)?
+            .into_iter()
+            .map(|item| RawEntry::parse(item, &operation))
+            .collect()
     }
 
     pub(crate) async fn query(&self, command: &Cmd, operation: &str) -> Result<Value, Error> {

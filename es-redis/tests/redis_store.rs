@@ -657,19 +657,22 @@ async fn append_ids_are_remembered_for_the_configured_number_of_appends() {
     }
     // The last three are remembered, and more (up to twice the window) may be: records are
     // cut back to the newest three each time the version passes a multiple of three.
-    for (i, first) in results.iter().enumerate().skip(2) {
-        let options = AppendOptions::with_append_id(format!("append-{i}"));
-        let again = store
-            .append(
-                &stream,
-                ExpectedVersion::Exact(i as u64),
-                numbered(0..1),
-                &options,
-            )
-            .await
-            .expect("remembered");
-        assert_eq!(&again, first);
-    }
+    let newest_three_are_remembered = || async {
+        for (i, first) in results.iter().enumerate().skip(2) {
+            let options = AppendOptions::with_append_id(format!("append-{i}"));
+            let again = store
+                .append(
+                    &stream,
+                    ExpectedVersion::Exact(i as u64),
+                    numbered(0..1),
+                    &options,
+                )
+                .await
+                .expect("remembered");
+            assert_eq!(&again, first);
+        }
+    };
+    newest_three_are_remembered().await;
     // Version 6 passes a multiple of three: only the newest three records are kept
     // (appends 2 to 4, versions 3 to 5), so appends 0 and 1 are forgotten.
     store
@@ -693,19 +696,7 @@ async fn append_ids_are_remembered_for_the_configured_number_of_appends() {
             .expect_err("forgotten: an ordinary append that conflicts");
         assert_eq!(forgotten.as_conflict().map(|c| c.actual), Some(6));
     }
-    for (i, first) in results.iter().enumerate().skip(2) {
-        let options = AppendOptions::with_append_id(format!("append-{i}"));
-        let again = store
-            .append(
-                &stream,
-                ExpectedVersion::Exact(i as u64),
-                numbered(0..1),
-                &options,
-            )
-            .await
-            .expect("still remembered");
-        assert_eq!(&again, first);
-    }
+    newest_three_are_remembered().await;
     let records: usize = run(
         &mut store.connection(),
         redis::cmd("HLEN").arg(store.keys().append_ids(&stream)),
