@@ -326,7 +326,7 @@ impl<S: EventStore, P: Projection> CatchUpRunner<S, P> {
                     _ = &mut shutdown => return,
                     _ = tokio::time::sleep(self.poll_interval) => {}
                 }
-            } else if futures_now(&mut shutdown) {
+            } else if is_ready(&mut shutdown) {
                 return;
             }
         }
@@ -422,8 +422,9 @@ impl<S: EventStore, P: Projection> CatchUpRunner<S, P> {
     }
 }
 
-/// Whether `future` is already complete (polled once, without waiting).
-fn futures_now<F: std::future::Future<Output = ()>>(future: &mut std::pin::Pin<&mut F>) -> bool {
+/// Whether `future` is already complete (polled once, without waiting): how a runner checks
+/// its shutdown signal between batches.
+pub fn is_ready<F: std::future::Future<Output = ()>>(future: &mut std::pin::Pin<&mut F>) -> bool {
     let waker = std::task::Waker::noop();
     let mut context = std::task::Context::from_waker(waker);
     future.as_mut().poll(&mut context).is_ready()

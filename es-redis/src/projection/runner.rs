@@ -3,11 +3,11 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use es_core::projection::{Progress, Projection};
+use es_core::projection::{is_ready, Progress, Projection};
 use es_core::Position;
 use redis::cluster_routing::Slot;
 use tokio::sync::watch;
@@ -424,10 +424,4 @@ impl<P: Projection> RunningProjection<P> {
         self.task.abort();
         let _ = self.task.await;
     }
-}
-
-/// Whether `future` is already complete (polled once, without waiting).
-pub(super) fn is_ready<F: Future<Output = ()>>(future: &mut Pin<&mut F>) -> bool {
-    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
-    future.as_mut().poll(&mut context).is_ready()
 }
