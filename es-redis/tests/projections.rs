@@ -692,7 +692,12 @@ async fn shutdown_finishes_and_acknowledges_the_batch_in_hand() {
             .expect("runner");
     let monitor = runner.monitor();
     let running = runner.spawn();
+    let deadline = Instant::now() + Duration::from_secs(10);
     while recorder.positions().len() < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "waited 10 s for the runner to handle 10 events"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let (_, stats) = running.stop().await.expect("stop");
@@ -1061,7 +1066,7 @@ async fn batch_handlers_commit_once_per_read_and_isolate_a_poison_event() {
         poison,
     };
     let options = options("only")
-        .claim_idle(Duration::from_millis(50))
+        .claim_idle(Duration::from_millis(300))
         .claim_interval(Duration::from_millis(50))
         .max_deliveries(2);
     let runner = ProjectionRunner::connect(&config, projection.clone(), options)
@@ -1095,7 +1100,9 @@ async fn batch_handlers_commit_once_per_read_and_isolate_a_poison_event() {
     }
     assert_eq!(deposits, 999);
     assert_eq!(total, (1..=1_000).sum::<i64>() - poison);
-    assert_eq!(stats.handled, 999);
+    // Every other deposit handled at least once (a batch held longer than `claim_idle` may
+    // be claimed and handled again; the read model above shows it applied once).
+    assert!(stats.handled >= 999, "{stats:?}");
     assert_eq!(stats.dead_lettered, 1);
     let letters = monitor.dead_letters(CATEGORY).await.expect("dead letters");
     assert_eq!(letters.len(), 1);
@@ -1120,7 +1127,8 @@ async fn batch_handlers_commit_once_per_read_and_isolate_a_poison_event() {
 }
 
 /// A runner catching up holds the next batch while it processes the current one; when Redis
-/// goes away then, `stop` still returns (with an error: the held entries stay pending).
+/// goes away then, `stop` still returns: with the outage's connection error (the held
+/// entries stay pending), or with what it did if it finished before meeting the outage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_returns_during_an_outage_while_catching_up() {
     let mut server = RedisServer::start().expect("redis");
@@ -1149,9 +1157,17 @@ async fn stop_returns_during_an_outage_while_catching_up() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     server.kill();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let stopped = tokio::time::timeout(Duration::from_secs(10), running.stop()).await;
-    assert!(stopped.is_ok(), "stop hung during the outage");
+    let stopped = tokio::time::timeout(Duration::from_secs(10), running.stop())
+        .await
+        .expect("stop hung during the outage");
+    // It stops with what it did, or with the outage's connection error; never a hang.
+    match stopped {
+        Ok((_, stats)) => assert!(stats.handled < 5_000, "stopped while catching up"),
+        Err(error) => assert!(
+            matches!(error, Error::Redis { .. }),
+            "expected the outage's connection error, got {error:?}"
+        ),
+    }
 }
 
 #[derive(es_core::Aggregate, Default, Debug)]

@@ -1,6 +1,6 @@
 //! Behaviour specific to the Redis layout, on a real Redis started by the test harness.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use es_core::codec::Fields;
 use es_core::{
@@ -621,12 +621,21 @@ async fn retry_after_a_lost_reply_returns_the_original_result() {
         .expect_err("the reply is lost");
     assert!(matches!(lost, StoreError::Connection { .. }), "{lost:?}");
     assert!(lost.is_retryable());
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(
-        store.stream_version(&stream).await.expect("version"),
-        3,
-        "the append whose reply was lost did happen"
-    );
+    // The append whose reply was lost did happen, once the pause ended (reads queued
+    // behind it on the connection time out until then).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match store.stream_version(&stream).await {
+            Ok(3) => break,
+            Ok(_) | Err(StoreError::Connection { .. }) => {}
+            Err(other) => panic!("reading the version: {other}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited 10 s for the paused append to be written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let retried = store
         .append(&stream, ExpectedVersion::Exact(1), numbered(1..3), &options)

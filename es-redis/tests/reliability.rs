@@ -306,10 +306,25 @@ async fn redis_restart_under_load_gives_errors_then_recovers_with_nothing_half_w
         })
         .collect();
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while acknowledged.load(Ordering::Relaxed) < 50 {
+        assert!(
+            Instant::now() < deadline,
+            "waited 10 s for 50 appends before the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let before_outage = acknowledged.load(Ordering::Relaxed);
     server.kill();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The outage lasts until the writers have met it: 4 connection errors between them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while errors.load(Ordering::Relaxed) < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "waited 10 s for the writers to meet the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // Kept alive until the end of the test.
     let _server = tokio::task::spawn_blocking(move || {
         server.restart().expect("restart");
@@ -383,7 +398,14 @@ async fn acknowledged_appends_survive_a_redis_crash_with_appendfsync_always() {
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while acknowledged.load(Ordering::SeqCst) <= 10 {
+        assert!(
+            Instant::now() < deadline,
+            "waited 10 s for more than 10 acknowledged appends before the crash"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     server.kill();
     writer.await.expect("writer");
     let acked = acknowledged.load(Ordering::SeqCst);

@@ -23,6 +23,8 @@ use es_redis::{
 const CATEGORY: &str = "meter";
 const PROJECTION: &str = "meter_totals";
 const EVENTS: u64 = 1_500;
+/// How many events the doomed worker handles before it hangs mid-batch.
+const STALL_AFTER: u64 = 120;
 const METERS: u64 = 15;
 
 #[derive(Event, Debug, Clone, PartialEq)]
@@ -40,6 +42,10 @@ enum MeterEvent {
 struct Totals {
     read_model: HashReadModel,
     delay: Duration,
+    /// After handling this many events, the next handler call never returns: the worker
+    /// is then certainly mid-batch, holding unacknowledged entries, when it is killed.
+    stall_after: Option<u64>,
+    handled: std::sync::atomic::AtomicU64,
 }
 
 #[async_trait::async_trait]
@@ -53,7 +59,12 @@ impl Projection for Totals {
         vec![CATEGORY.into()]
     }
     async fn handle(&self, event: &RecordedEvent<MeterEvent>) -> Result<(), Self::Error> {
-        // Slow enough that the worker is mid-batch when it is killed.
+        let handled = self
+            .handled
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.stall_after.is_some_and(|limit| handled >= limit) {
+            std::future::pending::<()>().await;
+        }
         tokio::time::sleep(self.delay).await;
         let MeterEvent::Reading(reading) = &event.event;
         let hash = format!("meter:{}", event.stream.id);
@@ -69,11 +80,18 @@ impl Projection for Totals {
     }
 }
 
-async fn runner(config: &RedisConfig, consumer: &str, delay: Duration) -> ProjectionRunner<Totals> {
+async fn runner(
+    config: &RedisConfig,
+    consumer: &str,
+    delay: Duration,
+    stall_after: Option<u64>,
+) -> ProjectionRunner<Totals> {
     let store = RedisEventStore::connect(config).await.expect("connect");
     let projection = Totals {
         read_model: HashReadModel::new(&store, PROJECTION),
         delay,
+        stall_after,
+        handled: Default::default(),
     };
     let options = ProjectionOptions::new(consumer)
         .batch_size(50)
@@ -85,8 +103,10 @@ async fn runner(config: &RedisConfig, consumer: &str, delay: Duration) -> Projec
         .expect("runner")
 }
 
-/// The child process's body: run a slow worker until killed. A no-op in a normal test run.
+/// The child process's body (the crash test runs it in a process of its own): a worker that
+/// handles `STALL_AFTER` events, then hangs mid-batch until it is killed.
 #[test]
+#[ignore = "a subprocess entry point, run by the worker-crash test"]
 fn child_worker() {
     let (Ok(url), Ok(namespace)) = (
         std::env::var("ES_WORKER_URL"),
@@ -97,7 +117,7 @@ fn child_worker() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         let config = RedisConfig::new(url).namespace(namespace);
-        let worker = runner(&config, "doomed", Duration::from_millis(2)).await;
+        let worker = runner(&config, "doomed", Duration::ZERO, Some(STALL_AFTER)).await;
         let _ = worker.run(std::future::pending()).await;
     });
 }
@@ -132,6 +152,7 @@ async fn a_worker_killed_mid_batch_is_finished_by_another_without_double_applyin
         .args([
             "--exact",
             "child_worker",
+            "--ignored",
             "--nocapture",
             "--test-threads",
             "1",
@@ -151,12 +172,12 @@ async fn a_worker_killed_mid_batch_is_finished_by_another_without_double_applyin
             .applied_count(CATEGORY)
             .await
             .expect("applied count");
-        if applied >= 100 {
+        if applied >= STALL_AFTER {
             break;
         }
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "the worker process applied nothing"
+            "waited 30 s for the worker process to apply {STALL_AFTER} events"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -175,7 +196,9 @@ async fn a_worker_killed_mid_batch_is_finished_by_another_without_double_applyin
     assert!(applied_at_kill < EVENTS, "killed before the end");
 
     // A second worker in the group reclaims and finishes.
-    let survivor = runner(&config, "survivor", Duration::ZERO).await.spawn();
+    let survivor = runner(&config, "survivor", Duration::ZERO, None)
+        .await
+        .spawn();
     monitor
         .wait_for(CATEGORY, last, Duration::from_secs(60))
         .await
