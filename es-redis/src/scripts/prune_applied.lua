@@ -17,7 +17,10 @@ watermark_ms, watermark_seq = tonumber(watermark_ms), tonumber(watermark_seq)
 local now = redis.call('TIME')
 local cutoff = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[2])
 
-local candidates = redis.call('ZRANGEBYSCORE', applied, '-inf', cutoff, 'LIMIT', 0, tonumber(ARGV[3]))
+-- Numbers go to Redis as text formatted here: Redis 7.2.0 to 7.2.4 write some Lua numbers
+-- in exponent form (redis/redis#13113), which LIMIT refuses.
+local candidates = redis.call('ZRANGEBYSCORE', applied, '-inf', string.format('%d', cutoff),
+  'LIMIT', '0', ARGV[3])
 local removable = {}
 for _, id in ipairs(candidates) do
   local ms, seq = string.match(id, '^(%d+)%-(%d+)$')
