@@ -1233,3 +1233,55 @@ async fn waiting_for_an_executed_command_shows_it_in_the_read_model() {
     }
     running.stop().await.expect("stop");
 }
+
+/// Fails on every event.
+struct AlwaysFails;
+
+#[async_trait::async_trait]
+impl Projection for AlwaysFails {
+    type Event = AccountEvent;
+    type Error = Error;
+    fn name(&self) -> &str {
+        "always-fails"
+    }
+    fn categories(&self) -> Vec<Cow<'static, str>> {
+        vec![CATEGORY.into()]
+    }
+    async fn handle(&self, event: &RecordedEvent<AccountEvent>) -> Result<(), Error> {
+        Err(Error::InvalidRequest(format!(
+            "cannot handle {}",
+            event.position
+        )))
+    }
+}
+
+/// A dead-letter stream keeps about its bound of letters (the newest), not every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dead_letter_stream_is_bounded() {
+    let Setup { config, store } = setup("dead-letter-bound").await;
+    let last = append_deposits(&store, 1, 400, 2).await;
+    let options = options("only")
+        .max_deliveries(1)
+        .dead_letter_limit(Some(100));
+    let runner = ProjectionRunner::connect(&config, AlwaysFails, options)
+        .await
+        .expect("runner");
+    let monitor = runner.monitor();
+    let running = runner.spawn();
+    monitor
+        .wait_for(CATEGORY, last, Duration::from_secs(20))
+        .await
+        .expect("every entry dead-lettered");
+    let (_, stats) = running.stop().await.expect("stop");
+    assert_eq!(stats.dead_lettered, 400);
+    let key = store.keys().dead_letters(CATEGORY, 0, "always-fails");
+    let letters: usize = query(&store, redis::cmd("XLEN").arg(&key)).await;
+    // `MAXLEN ~ 100` trims whole nodes of 100 entries: 100 to 199 remain.
+    assert!((100..200).contains(&letters), "{letters} letters kept");
+    let kept = monitor.dead_letters(CATEGORY).await.expect("dead letters");
+    assert_eq!(
+        kept.last().map(|l| l.position),
+        Some(last),
+        "the newest is kept"
+    );
+}

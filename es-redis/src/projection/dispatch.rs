@@ -267,7 +267,13 @@ impl<P: Projection> ProjectionRunner<P> {
             .arg(id)
             .arg(error)
             .arg(delivered)
-            .arg(&self.options.consumer);
+            .arg(&self.options.consumer)
+            .arg(
+                self.options
+                    .dead_letter_limit
+                    .map(|limit| limit.to_string())
+                    .unwrap_or_default(),
+            );
         let reply = self.store.run_script("dead_letter", &invocation).await?;
         if as_u64(&reply) == Some(1) {
             stats.dead_lettered += 1;

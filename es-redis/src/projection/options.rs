@@ -24,9 +24,13 @@ pub struct ProjectionOptions {
     pub(super) claim_interval: Duration,
     pub(super) max_deliveries: u32,
     pub(super) prune_grace: Duration,
+    pub(super) dead_letter_limit: Option<usize>,
 }
 
 impl ProjectionOptions {
+    /// The default bound of a dead-letter stream: 100,000 letters.
+    pub const DEFAULT_DEAD_LETTER_LIMIT: usize = 100_000;
+
     /// Options for the consumer named `consumer`, which must be unique among the runners of
     /// the projection (say, `<host>-<pid>-<n>`). Defaults: batches of 100 entries per
     /// stream, reads block up to 1 s, entries pending 30 s are reclaimed, checked every
@@ -40,6 +44,7 @@ impl ProjectionOptions {
             claim_interval: Duration::from_secs(5),
             max_deliveries: 3,
             prune_grace: Duration::from_secs(300),
+            dead_letter_limit: Some(Self::DEFAULT_DEAD_LETTER_LIMIT),
         }
     }
 
@@ -81,6 +86,17 @@ impl ProjectionOptions {
     /// once (at least 1).
     pub fn max_deliveries(mut self, deliveries: u32) -> Self {
         self.max_deliveries = deliveries.max(1);
+        self
+    }
+
+    /// Bounds each dead-letter stream to about `limit` letters (`None`: unbounded; default
+    /// [`DEFAULT_DEAD_LETTER_LIMIT`](Self::DEFAULT_DEAD_LETTER_LIMIT)). Past the bound, the
+    /// oldest letters are trimmed as new ones arrive: Redis trims whole stream nodes
+    /// (`XADD … MAXLEN ~`), so a stream may hold up to one node (about 100 letters) more
+    /// than `limit`. A trimmed letter is gone: its entry was already acknowledged, so
+    /// re-drive or inspect dead letters before that many more pile up.
+    pub fn dead_letter_limit(mut self, limit: Option<usize>) -> Self {
+        self.dead_letter_limit = limit;
         self
     }
 

@@ -5,7 +5,8 @@
 -- KEYS[3]  the projection's failures hash (entry id -> last handler error)
 -- ARGV[1]  the group (the projection's name)    ARGV[2]  the entry id
 -- ARGV[3]  the error                            ARGV[4]  how often it was delivered
--- ARGV[5]  the consumer
+-- ARGV[5]  the consumer                         ARGV[6]  the stream's bound ('' for none):
+--          about this many dead letters are kept (`XADD MAXLEN ~`), the oldest trimmed
 --
 -- The dead letter holds `_entry_id`, `_error`, `_deliveries`, `_consumer`, `_last_failure`
 -- (the last handler error, if one was recorded), then the original entry's field pairs.
@@ -48,7 +49,11 @@ if entry[1] then
     letter[#letter + 1] = pairs_of_entry[i]
   end
 end
-redis.call('XADD', dead, '*', unpack(letter))
+if ARGV[6] ~= '' then
+  redis.call('XADD', dead, 'MAXLEN', '~', ARGV[6], '*', unpack(letter))
+else
+  redis.call('XADD', dead, '*', unpack(letter))
+end
 if last then
   redis.call('HDEL', failures, entry_id)
 end
