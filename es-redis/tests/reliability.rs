@@ -241,6 +241,9 @@ fn timeouts(config: RedisConfig) -> RedisConfig {
         .connection_timeout(Some(Duration::from_millis(500)))
 }
 
+/// How long Redis stays down in the restart scenario.
+const OUTAGE: Duration = Duration::from_millis(700);
+
 /// How long any one call may take while Redis is away: the configured timeouts plus slack.
 const CALL_BOUND: Duration = Duration::from_secs(5);
 
@@ -316,15 +319,9 @@ async fn redis_restart_under_load_gives_errors_then_recovers_with_nothing_half_w
     }
     let before_outage = acknowledged.load(Ordering::Relaxed);
     server.kill();
-    // The outage lasts until the writers have met it: 4 connection errors between them.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while errors.load(Ordering::Relaxed) < 4 {
-        assert!(
-            Instant::now() < deadline,
-            "waited 10 s for the writers to meet the outage"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // The outage itself: Redis stays down this long (a scenario's length, not a wait for
+    // a condition), then comes back on the same port.
+    tokio::time::sleep(OUTAGE).await;
     // Kept alive until the end of the test.
     let _server = tokio::task::spawn_blocking(move || {
         server.restart().expect("restart");
