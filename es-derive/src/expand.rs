@@ -51,6 +51,7 @@ fn event_fallback(input: &DeriveInput) -> TokenStream {
     if input.generics.params.is_empty() && !matches!(input.data, syn::Data::Union(_)) {
         let ident = &input.ident;
         quote! {
+            #[automatically_derived]
             impl ::es_core::Event for #ident {
                 const EVENT_TYPES: &'static [&'static str] = &[];
                 fn event_type(&self) -> &'static str { ::core::unreachable!() }
@@ -71,6 +72,7 @@ fn aggregate_fallback(input: &DeriveInput, model: &AggregateInput) -> TokenStrea
     };
     let ident = model.ident;
     quote! {
+        #[automatically_derived]
         impl ::es_core::Aggregate for #ident {
             type Event = #event;
             const NAME: &'static str = "";
@@ -155,6 +157,7 @@ fn event_struct(input: &EventStruct) -> TokenStream {
     let encode = encode_fields(input.body.fields(), &what);
     let decode = decode_body(&input.body, &what);
     quote! {
+        #[automatically_derived]
         impl ::es_core::Event for #ident {
             const EVENT_TYPES: &'static [&'static str] = &[#event_type];
 
@@ -183,10 +186,12 @@ fn event_struct(input: &EventStruct) -> TokenStream {
             }
         }
 
+        #[automatically_derived]
         impl ::es_core::NamedEvent for #ident {
             const NAME: &'static str = #event_type;
         }
 
+        #[automatically_derived]
         impl<__EsAggregate> ::es_core::ApplyTo<__EsAggregate> for #ident
         where
             __EsAggregate: ?::core::marker::Sized + ::es_core::Apply<#ident>,
@@ -247,6 +252,7 @@ fn event_enum(input: &EventEnum) -> TokenStream {
     let generic = format_ident!("__EsAggregate");
 
     quote! {
+        #[automatically_derived]
         impl ::es_core::Event for #ident {
             const EVENT_TYPES: &'static [&'static str] = &[#(#names),*];
 
@@ -282,6 +288,7 @@ fn event_enum(input: &EventEnum) -> TokenStream {
         }
 
         #(
+            #[automatically_derived]
             impl ::core::convert::From<#tys> for #ident {
                 fn from(__es_event: #tys) -> Self {
                     Self::#idents(__es_event)
@@ -289,6 +296,7 @@ fn event_enum(input: &EventEnum) -> TokenStream {
             }
         )*
 
+        #[automatically_derived]
         impl<#generic: ?Sized> ::es_core::ApplyTo<#generic> for #ident
         where
             #(#apply_bounds,)*
@@ -321,6 +329,7 @@ fn aggregate_impl(input: &AggregateInput) -> TokenStream {
         <#event as ::es_core::ApplyTo<Self>>::apply_to
     };
     quote! {
+        #[automatically_derived]
         impl ::es_core::Aggregate for #ident {
             type Event = #event;
 
