@@ -116,3 +116,50 @@ async fn append_passes_no_numbers() {
         assert_eq!(items[0], Value::BulkString(b"ok".to_vec()), "{items:?}");
     }
 }
+
+/// A several-event append followed, in the same call, by an append to another category:
+/// each append writes only its own keys (with tail copies off, an append has no tail key,
+/// so nothing may take the next append's stream for one).
+#[tokio::test]
+async fn appends_in_one_call_touch_only_their_own_keys() {
+    let namespace = unique_namespace("append-batch");
+    let (first, second) = (format!("{namespace}:{{a}}"), format!("{namespace}:{{b}}"));
+    let keys = [
+        format!("{first}:events"),
+        format!("{first}:index:1"),
+        format!("{first}:appends:1"),
+        format!("{second}:events"),
+        format!("{second}:index:1"),
+        format!("{second}:appends:1"),
+    ];
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let reply = eval(
+        include_str!("../src/scripts/append.lua"),
+        &keys,
+        &[
+            b"8", b"2", b"0", // window, appends, no tail copies
+            b"1", b"0", b"", b"2", b"Opened", b"0", b"Renamed", b"1", b"name", b"x", b"1", b"0",
+            b"", b"1", b"Opened", b"0",
+        ],
+    )
+    .await
+    .expect("append");
+    let Value::Array(items) = reply else {
+        panic!("a flat reply: {reply:?}");
+    };
+    let statuses: Vec<&Value> = [&items[0], &items[5]].into();
+    assert!(
+        statuses
+            .iter()
+            .all(|s| **s == Value::BulkString(b"ok".to_vec())),
+        "{items:?}"
+    );
+    let server = RedisServer::shared().unwrap_or_else(|e| panic!("{e}"));
+    let mut connection = server.config("admin").connect().await.expect("connect");
+    let kind: String = redis::cmd("TYPE")
+        .arg(keys[3])
+        .query_async(&mut connection)
+        .await
+        .expect("TYPE");
+    assert_eq!(kind, "stream", "the second category's stream");
+}

@@ -61,7 +61,7 @@
 -- and only then does TYPE tell which key was wrong (the first XADD runs with redis.pcall,
 -- its failure answered on the spot).
 
-local find, format, match = string.find, string.format, string.match
+local format, match = string.format, string.match
 local tonumber, tostring, type, unpack = tonumber, tostring, type, unpack
 local floor, min, sort = math.floor, math.min, table.sort
 local rcall, rpcall = redis.call, redis.pcall
@@ -274,6 +274,9 @@ end
 -- redis.pcall: its failure (another type, or the stream's last id the largest possible,
 -- set by hand) is answered here, once the append-id record it made is deleted.
 local current = 0
+-- The digest whose append-id record the running append made, until the append is written:
+-- an append that fails after making it must not answer a later retry as done.
+local recorded = nil
 local function run(from)
   local ARGV, KEYS, NUMBERS, starts, out = ARGV, KEYS, NUMBERS, starts, out
   local rcall, rpcall, format, tonumber, unpack = rcall, rpcall, format, tonumber, unpack
@@ -304,6 +307,9 @@ local function run(from)
           record = format('%d', version + count) .. ':' .. count_text
         end
         added = rcall('HSETNX', ids, digest, record)
+        if added == 1 then
+          recorded = digest
+        end
         if added == 0 then
           done(ids, digest, index, rcall('HGET', ids, digest))
         end
@@ -321,6 +327,7 @@ local function run(from)
         if id.err then -- an entry id is a string: its `err` is string.err, nil
           if added == 1 then
             rcall('HDEL', ids, digest)
+            recorded = nil
           end
           refused(stream, 'stream', id.err)
         else
@@ -334,9 +341,16 @@ local function run(from)
             out[m + 1], out[m + 2], out[m + 3], out[m + 4] = 'ok', version + 1, 1, id
             n = m + 4
           else
-            write_rest(stream, index, KEYS[k + 4], at, count, version, length, id)
+            -- Only with tail copies is there a fourth key: without, KEYS[k + 4] is the
+            -- next append's stream.
+            local tail = nil
+            if copy_args == 1 then
+              tail = KEYS[k + 4]
+            end
+            write_rest(stream, index, tail, at, count, version, length, id)
           end
           -- Past a multiple of `window` (exact: whole numbers), the old records go.
+          recorded = nil
           if window > 0 and (version + count) % window < count then
             forget_old_ids(ids)
           end
@@ -366,6 +380,10 @@ while from <= appends do
     failure = failure['err']
   end
   local k = keys_per_append * (current - 1)
+  if recorded then
+    rpcall('HDEL', KEYS[k + 3], recorded)
+    recorded = nil
+  end
   local digest = ARGV[starts[current] + 2]
   if not refused(KEYS[k + 2], 'list')
       and not (digest ~= '' and window > 0 and refused(KEYS[k + 3], 'hash')) then
