@@ -222,7 +222,9 @@ impl<A> AggregateCache<A> {
             // A marker in its place, so the entry keeps what the cache knows of its use.
             let marker = Hot {
                 state: None,
-                ..hot.clone()
+                version: hot.version,
+                position: hot.position,
+                weight: hot.weight,
             };
             let _ = entries.replace(id.to_owned(), marker, true);
             Some(hot)

@@ -52,9 +52,10 @@ pub struct Loaded<A> {
 /// What a successful command did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Executed<A> {
-    /// The aggregate after the command's events. The repository's cache shares it: hold it
-    /// past the next command to the same aggregate and that command reloads the aggregate
-    /// instead of starting from memory (it never changes under you).
+    /// The aggregate after the command's events. The repository's cache shares it, and it
+    /// never changes under you: if you still hold it when the next command to the same
+    /// aggregate runs, that command works on a copy ([`Aggregate::try_clone`]) or, for an
+    /// aggregate that is not `Clone`, loads the aggregate again.
     pub state: Arc<A>,
     /// Its version after the append.
     pub version: u64,

@@ -30,12 +30,25 @@ fn push(out: &mut Vec<u8>, part: &[u8]) {
     out.extend_from_slice(part);
 }
 
+/// A tail element's entry id and its copy (`None` without the space between them).
+fn split(element: &[u8]) -> Option<(String, &[u8])> {
+    let space = element.iter().position(|&b| b == b' ')?;
+    let id = crate::index::unpack_entry_id(element[..space].to_vec());
+    Some((id, &element[space + 1..]))
+}
+
+/// The entry id a tail element names, even if its copy does not decode.
+pub(crate) fn entry_id(element: &[u8]) -> String {
+    split(element).map_or_else(
+        || crate::index::unpack_entry_id(element.to_vec()),
+        |(id, _)| id,
+    )
+}
+
 /// The entry a tail element copies, as the stream would return it (with `aggregate_id`
 /// and `version` put back), or `None` if the element is not a well-formed copy.
 pub(crate) fn decode(element: &[u8], aggregate_id: &str, version: u64) -> Option<RawEntry> {
-    let space = element.iter().position(|&b| b == b' ')?;
-    let id = crate::index::unpack_entry_id(element[..space].to_vec());
-    let mut rest = &element[space + 1..];
+    let (id, mut rest) = split(element)?;
     let mut next = || -> Option<Option<Vec<u8>>> {
         if rest.is_empty() {
             return Some(None);

@@ -81,7 +81,6 @@ impl Page {
             } else {
                 PageElements::Ids(
                     elements
-                        .by_ref()
                         .map(|element| element.map(unpack_entry_id))
                         .collect::<Result<_, _>>()?,
                 )
@@ -174,11 +173,8 @@ impl RedisEventStore {
         }
         tracing::warn!(%stream, "a tail copy does not decode; reading the stream instead");
         let ids = copies
-            .into_iter()
-            .map(|copy| {
-                let id = copy.split(|&b| b == b' ').next().unwrap_or_default();
-                unpack_entry_id(id.to_vec())
-            })
+            .iter()
+            .map(|copy| crate::copies::entry_id(copy))
             .collect();
         self.fetch_entries(key, ids).await
     }
