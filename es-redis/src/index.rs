@@ -69,7 +69,7 @@ impl Page {
         ) else {
             return Err(Error::unexpected(operation, "a page without its header"));
         };
-        let mut elements = items.map(|item| {
+        let elements = items.map(|item| {
             into_bytes(item)
                 .ok_or_else(|| Error::unexpected(operation, "a page element that is not a string"))
         });
