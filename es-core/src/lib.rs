@@ -10,6 +10,7 @@ pub mod error;
 pub mod event;
 pub mod memory;
 pub mod projection;
+pub mod read_model;
 pub mod repository;
 pub mod store;
 #[cfg(feature = "testing")]

@@ -1,5 +1,6 @@
 //! The in-memory backend: thread-safe, for tests and for examples' `--in-memory` mode.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
@@ -7,6 +8,8 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 use crate::error::{ConflictError, StoreError};
+use crate::projection::{PollingSource, ProjectionBackend, ProjectionOptions, ProjectionSource};
+use crate::read_model::{InMemoryReadModels, ReadModelStore};
 use crate::store::{
     millis_since_epoch, validate_append, validate_snapshot, AppendOptions, AppendResult,
     EventStore, ExpectedVersion, NewEvent, Position, ReadRange, Snapshot, SnapshotStore,
@@ -35,9 +38,13 @@ pub const REMEMBERED_APPEND_IDS: usize = 8;
 /// # Ok::<_, es_core::StoreError>(())
 /// # }).unwrap();
 /// ```
+///
+/// It is also a [`ProjectionBackend`]: projections run on it with a [`PollingSource`], and
+/// their read models live in its [`InMemoryReadModels`].
 #[derive(Clone, Default)]
 pub struct InMemoryStore {
     state: Arc<Mutex<State>>,
+    read_models: Arc<InMemoryReadModels>,
 }
 
 #[derive(Default)]
@@ -230,5 +237,25 @@ impl SnapshotStore for InMemoryStore {
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
         Ok(self.lock().snapshots.get(stream).cloned())
+    }
+}
+
+#[async_trait]
+impl ProjectionBackend for InMemoryStore {
+    async fn projection_source(
+        &self,
+        _name: &str,
+        categories: &[Cow<'static, str>],
+        options: &ProjectionOptions,
+    ) -> Result<Box<dyn ProjectionSource>, StoreError> {
+        Ok(Box::new(PollingSource::new(
+            self.clone(),
+            categories,
+            options,
+        )))
+    }
+
+    fn read_model_store(&self) -> Arc<dyn ReadModelStore> {
+        self.read_models.clone()
     }
 }

@@ -99,6 +99,16 @@ impl Position {
         Position { millis, seq }
     }
 
+    /// The greatest position before this one (no position lies between the two);
+    /// [`Position::ZERO`] for itself.
+    pub const fn previous(self) -> Self {
+        match (self.millis, self.seq) {
+            (0, 0) => Position::ZERO,
+            (millis, 0) => Position::new(millis - 1, u64::MAX),
+            (millis, seq) => Position::new(millis, seq - 1),
+        }
+    }
+
     /// The smallest position after this one.
     pub const fn next(self) -> Self {
         if self.seq == u64::MAX {

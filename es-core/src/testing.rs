@@ -1,5 +1,8 @@
 //! Testing helpers (feature `testing`): given/when/then tests of aggregates, and the
-//! conformance suite every backend runs.
+//! conformance suites every backend runs: [`conformance_tests!`](crate::conformance_tests)
+//! (stores, repositories) and
+//! [`projection_conformance_tests!`](crate::projection_conformance_tests) (projections and
+//! read models).
 
 use std::fmt::Debug;
 
@@ -7,6 +10,7 @@ use crate::aggregate::{Aggregate, Handle};
 
 mod cache_cases;
 pub mod conformance;
+pub mod projection_cases;
 mod repository_cases;
 mod validation_cases;
 

@@ -21,9 +21,6 @@ pub use config::RedisConfig;
 pub use connection::RedisConnection;
 pub use error::Error;
 pub use keys::KeyLayout;
-pub use projection::{
-    GroupStatus, ProjectionMonitor, ProjectionOptions, ProjectionRunner, RunStats,
-    RunningProjection,
-};
-pub use read_model::{Applied, HashReadModel, ReadModelBatch, ReadModelUpdate};
+pub use projection::{ProjectionMonitor, RedisSource};
+pub use read_model::RedisReadModels;
 pub use store::RedisEventStore;

@@ -1,23 +1,22 @@
-//! [`HashReadModel`]: read models kept in Redis hashes, each event applied exactly once.
+//! [`RedisReadModels`]: es-core's [`ReadModel`](es_core::read_model::ReadModel)s kept in
+//! Redis hashes, each event applied exactly once.
 //!
-//! Delivery to a projection is at least once: a worker may crash after updating the read
-//! model but before acknowledging the entry, or stall while another worker reclaims it. So
-//! an update and the record that its event was applied commit together, in one Lua script
-//! that first checks the record: a second delivery of the same entry changes nothing.
+//! An update and the record that its event was applied commit together, in one Lua script
+//! that first checks the record: a second delivery of the same entry changes nothing. The
+//! record is a sorted set of applied entry ids per projection and category (per
+//! partition), scored by when they were applied; the runner prunes ids that can no longer
+//! be delivered (see [`ProjectionOptions::prune_grace`]).
 //!
-//! The record is a set of applied entry ids per projection and category, not a "last
-//! applied position": consumers of one group process a category's entries out of order, so
-//! an older entry may be applied after a newer one and must not be skipped. The runner
-//! prunes ids that can no longer be delivered (see [`ProjectionOptions::prune_grace`]).
+//! Keys live under the projection's own hash tag, `<namespace>:{rm:<projection>}:<name>`
+//! ([`KeyLayout::read_model_hash`]), so one script can touch any of them on Redis Cluster.
 //!
-//! Keys live under the projection's own hash tag, `<namespace>:{rm:<projection>}:<name>`,
-//! so one script can touch any of them on Redis Cluster.
-//!
-//! [`ProjectionOptions::prune_grace`]: crate::projection::ProjectionOptions::prune_grace
+//! [`ProjectionOptions::prune_grace`]: es_core::projection::ProjectionOptions::prune_grace
 
 use std::collections::{BTreeMap, HashMap};
 
-use es_core::RecordedEvent;
+use async_trait::async_trait;
+use es_core::read_model::{Applied, EventWrites, HashWrite, ReadModelStore};
+use es_core::StoreError;
 use redis::Value;
 
 use crate::connection::RedisConnection;
@@ -27,296 +26,39 @@ use crate::keys::KeyLayout;
 use crate::scripts::SCRIPTS;
 use crate::store::RedisEventStore;
 
-/// The Redis hashes of one projection's read model, written with [`update`](Self::update).
-///
-/// Name it after the projection that writes it ([`Projection::name`]): the runner's
-/// [`rebuild`](crate::ProjectionRunner::rebuild) clears it and prunes its record of
-/// applied entries by that name.
-///
-/// ```no_run
-/// # use es_core::{RecordedEvent, Event};
-/// # use es_redis::{HashReadModel, RedisEventStore};
-/// # #[derive(Event)] struct Renamed { name: String }
-/// # async fn handle(store: RedisEventStore, event: RecordedEvent<Renamed>) -> Result<(), es_redis::Error> {
-/// let profiles = HashReadModel::new(&store, "profiles");
-/// let hash = format!("user_snapshot_{}", event.stream.id);
-/// let outcome = profiles
-///     .update(&event)
-///     .hset(&hash, "name", event.event.name.as_str())
-///     .hincrby(&hash, "renames", 1)
-///     .commit()
-///     .await?;
-/// // `AlreadyApplied` when this event was delivered before: nothing changed.
-/// println!("{outcome:?}");
-/// # Ok(())
-/// # }
-/// ```
-///
-/// [`Projection::name`]: es_core::projection::Projection::name
+/// Where a [`RedisEventStore`] keeps read models: Redis hashes (see the module docs). Get
+/// a projection's read model with
+/// [`ProjectionBackend::read_model`](es_core::projection::ProjectionBackend::read_model).
 #[derive(Clone)]
-pub struct HashReadModel {
+pub struct RedisReadModels {
     connection: RedisConnection,
     keys: KeyLayout,
-    projection: String,
 }
 
-impl std::fmt::Debug for HashReadModel {
+impl std::fmt::Debug for RedisReadModels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HashReadModel")
-            .field("prefix", &self.keys.read_model_prefix(&self.projection))
+        f.debug_struct("RedisReadModels")
+            .field("namespace", &self.keys.namespace())
             .finish_non_exhaustive()
     }
 }
 
-/// Whether a [`ReadModelUpdate`] changed the read model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[must_use]
-pub enum Applied {
-    /// The update was applied and its event recorded.
-    Applied,
-    /// The event had been applied before: nothing was written.
-    AlreadyApplied,
-}
-
-impl HashReadModel {
-    /// The read model of `projection`, on `store`'s connection and namespace.
-    pub fn new(store: &RedisEventStore, projection: impl Into<String>) -> Self {
-        HashReadModel {
+impl RedisReadModels {
+    /// The read models of `store`'s namespace, on its connection.
+    pub fn new(store: &RedisEventStore) -> Self {
+        RedisReadModels {
             connection: store.connection(),
             keys: store.keys().clone(),
-            projection: projection.into(),
         }
     }
 
-    /// The projection it belongs to.
-    pub fn projection(&self) -> &str {
-        &self.projection
-    }
-
-    fn prefix(&self) -> String {
-        self.keys.read_model_prefix(&self.projection)
-    }
-
-    /// The Redis key of hash `name`: `<namespace>:{rm:<projection>}:<name>`.
-    pub fn key(&self, name: &str) -> String {
-        self.keys.read_model_hash(&self.projection, name)
-    }
-
-    /// Starts the update that handling `event` makes. Nothing is sent until
-    /// [`commit`](ReadModelUpdate::commit), or until a [`ReadModelBatch`] it is pushed
-    /// onto commits.
-    pub fn update<E>(&self, event: &RecordedEvent<E>) -> ReadModelUpdate<'_> {
-        ReadModelUpdate {
-            model: self,
-            applied_key: self.keys.applied_entries(
-                &self.projection,
-                &event.stream.category,
-                self.keys.partition_of(&event.stream),
-            ),
-            entry_id: event.position.to_string(),
-            ops: Vec::new(),
-            invalid: None,
-        }
-    }
-
-    /// Starts a batch: the updates of many events, committed in one atomic step (one
-    /// script call). This is what [`Projection::handle_batch`] is for: one commit per
-    /// delivered batch instead of one round trip per event.
-    ///
-    /// [`Projection::handle_batch`]: es_core::projection::Projection::handle_batch
-    pub fn batch(&self) -> ReadModelBatch<'_> {
-        ReadModelBatch {
-            model: self,
-            updates: Vec::new(),
-        }
-    }
-
-    /// Every field of hash `name` (empty if it does not exist).
-    pub async fn hash(&self, name: &str) -> Result<BTreeMap<String, Vec<u8>>, Error> {
-        let key = self.key(name);
-        let operation = format!("HGETALL of {key}");
-        let reply = query(
-            &self.connection,
-            redis::cmd("HGETALL").arg(&key),
-            &operation,
-        )
-        .await?;
-        let mut items = into_array(reply, &operation)?.into_iter();
-        let mut fields = BTreeMap::new();
-        while let (Some(field), Some(value)) = (items.next(), items.next()) {
-            let (Some(field), Some(value)) = (into_bytes(field), into_bytes(value)) else {
-                return Err(Error::unexpected(
-                    &operation,
-                    "a field that is not a string",
-                ));
-            };
-            fields.insert(String::from_utf8_lossy(&field).into_owned(), value);
-        }
-        Ok(fields)
-    }
-
-    /// Every hash of the read model by name (for tests and debugging: it scans the
-    /// keyspace).
-    pub async fn hashes(&self) -> Result<BTreeMap<String, BTreeMap<String, Vec<u8>>>, Error> {
-        let prefix = format!("{}:", self.keys.read_model_prefix(&self.projection));
-        let mut all = BTreeMap::new();
-        for key in scan_prefix(&self.connection, &prefix).await? {
-            let name = &key[prefix.len()..];
-            if !name.starts_with('_') {
-                all.insert(name.to_owned(), self.hash(name).await?);
-            }
-        }
-        Ok(all)
-    }
-
-    /// How many entries of `category` (of all its partitions) are recorded as applied
-    /// (pruned ones are not).
-    pub async fn applied_count(&self, category: &str) -> Result<u64, Error> {
-        let mut count = 0;
-        for partition in 0..self.keys.partitions(category) {
-            let key = self
-                .keys
-                .applied_entries(&self.projection, category, partition);
-            let operation = format!("ZCARD of {key}");
-            let reply = query(&self.connection, redis::cmd("ZCARD").arg(&key), &operation).await?;
-            count +=
-                as_u64(&reply).ok_or_else(|| Error::unexpected(operation, format!("{reply:?}")))?;
-        }
-        Ok(count)
-    }
-
-    /// Deletes every key of the read model, including its record of applied entries;
-    /// returns how many keys were deleted.
-    pub async fn clear(&self) -> Result<u64, Error> {
-        clear_read_model(&self.connection, &self.keys, &self.projection).await
-    }
-}
-
-/// The hash writes of one event, applied by [`commit`](Self::commit) in one atomic step
-/// together with the record that the event was applied.
-#[derive(Debug)]
-#[must_use = "nothing is written until `commit`"]
-pub struct ReadModelUpdate<'a> {
-    model: &'a HashReadModel,
-    applied_key: String,
-    entry_id: String,
-    ops: Vec<Operation>,
-    invalid: Option<String>,
-}
-
-#[derive(Debug)]
-struct Operation {
-    code: &'static str,
-    key: String,
-    args: Vec<Vec<u8>>,
-}
-
-impl ReadModelUpdate<'_> {
-    /// Sets `field` of hash `name` (`HSET`).
-    pub fn hset(self, name: &str, field: &str, value: impl Into<Vec<u8>>) -> Self {
-        self.push("hset", name, vec![field.as_bytes().to_vec(), value.into()])
-    }
-
-    /// Removes `field` from hash `name` (`HDEL`).
-    pub fn hdel(self, name: &str, field: &str) -> Self {
-        self.push("hdel", name, vec![field.as_bytes().to_vec()])
-    }
-
-    /// Adds `increment` to the integer in `field` of hash `name` (`HINCRBY`; a missing
-    /// field counts as 0). A field holding something else, or a value or sum of 2^53 or more
-    /// in magnitude (the range the commit script checks exactly before writing), fails the
-    /// whole commit and writes nothing.
-    pub fn hincrby(self, name: &str, field: &str, increment: i64) -> Self {
-        let increment = increment.to_string().into_bytes();
-        self.push("hincrby", name, vec![field.as_bytes().to_vec(), increment])
-    }
-
-    /// Deletes hash `name` (`DEL`).
-    pub fn del(self, name: &str) -> Self {
-        self.push("del", name, Vec::new())
-    }
-
-    fn push(mut self, code: &'static str, name: &str, args: Vec<Vec<u8>>) -> Self {
-        if name.starts_with('_') && self.invalid.is_none() {
-            self.invalid = Some(format!(
-                "read-model hash name {name:?} starts with `_`, which is reserved for the backend"
-            ));
-        }
-        let key = self.model.key(name);
-        self.ops.push(Operation { code, key, args });
-        self
-    }
-
-    /// Applies the writes and records the event, unless it was applied before.
-    pub async fn commit(self) -> Result<Applied, Error> {
-        let model = self.model;
-        let mut batch = model.batch();
-        batch.push(self);
-        let applied = batch.commit().await?;
-        applied
-            .first()
-            .copied()
-            .ok_or_else(|| Error::unexpected("read_model_commit", "no outcome for the update"))
-    }
-}
-
-/// The updates of many events, applied by [`commit`](Self::commit) in one atomic step: every
-/// update whose event was not applied before is applied and recorded, or (if any operation
-/// would fail) nothing is written at all.
-///
-/// Later updates see what earlier ones wrote: two `hincrby`s of one field add up, and an
-/// update after a `del` starts from an empty hash. Only the end state of each hash is sent
-/// to the hash, so a batch costs about one write per hash rather than one per operation.
-///
-/// ```no_run
-/// # use es_core::{RecordedEvent, Event};
-/// # use es_redis::{HashReadModel, RedisEventStore};
-/// # #[derive(Event)] struct Renamed { name: String }
-/// # async fn handle(store: RedisEventStore, events: &[RecordedEvent<Renamed>]) -> Result<(), es_redis::Error> {
-/// let profiles = HashReadModel::new(&store, "profiles");
-/// let mut batch = profiles.batch();
-/// for event in events {
-///     let hash = format!("user_snapshot_{}", event.stream.id);
-///     batch.push(profiles.update(event).hset(&hash, "name", event.event.name.as_str()));
-/// }
-/// let outcomes = batch.commit().await?; // one `Applied` per update, in order
-/// # Ok(())
-/// # }
-/// ```
-#[derive(Debug)]
-#[must_use = "nothing is written until `commit`"]
-pub struct ReadModelBatch<'a> {
-    model: &'a HashReadModel,
-    updates: Vec<ReadModelUpdate<'a>>,
-}
-
-impl<'a> ReadModelBatch<'a> {
-    /// Adds the update of one more event (of this batch's read model).
-    pub fn push(&mut self, update: ReadModelUpdate<'a>) {
-        self.updates.push(update);
-    }
-
-    /// How many updates it holds.
-    pub fn len(&self) -> usize {
-        self.updates.len()
-    }
-
-    /// Whether it holds no update.
-    pub fn is_empty(&self) -> bool {
-        self.updates.is_empty()
-    }
-
-    /// Applies every update whose event was not applied before and records those events,
-    /// atomically; returns one [`Applied`] per update, in the order they were pushed.
-    ///
-    /// An invalid update (a hash name starting with `_`, an update of another read model)
-    /// or an operation the script refuses (say, `hincrby` of a field that holds text) fails
-    /// the whole batch, and nothing is written.
-    pub async fn commit(self) -> Result<Vec<Applied>, Error> {
-        if self.updates.is_empty() {
-            return Ok(Vec::new());
-        }
-        let count = self.updates.len();
+    /// Encodes and runs the commit script.
+    async fn run_commit(
+        &self,
+        projection: &str,
+        updates: Vec<EventWrites>,
+    ) -> Result<Vec<Applied>, Error> {
+        let count = updates.len();
         let mut keys: Vec<String> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut key_index = |key: String| -> usize {
@@ -329,25 +71,32 @@ impl<'a> ReadModelBatch<'a> {
         };
         let mut args: Vec<Vec<u8>> = Vec::with_capacity(1 + count * 8);
         args.push(count.to_string().into_bytes());
-        for update in self.updates {
-            if let Some(why) = update.invalid {
-                return Err(Error::InvalidRequest(why));
-            }
-            if !std::ptr::eq(update.model, self.model) {
-                let (theirs, ours) = (update.model.prefix(), self.model.prefix());
-                if theirs != ours {
-                    return Err(Error::InvalidRequest(format!(
-                        "an update of read model `{theirs}` pushed onto a batch of read model `{ours}`"
-                    )));
-                }
-            }
-            args.push(key_index(update.applied_key).to_string().into_bytes());
-            args.push(update.entry_id.into_bytes());
-            args.push(update.ops.len().to_string().into_bytes());
-            for op in update.ops {
-                args.push(op.code.as_bytes().to_vec());
-                args.push(key_index(op.key).to_string().into_bytes());
-                args.extend(op.args);
+        for update in updates {
+            let applied_key = self.keys.applied_entries(
+                projection,
+                &update.stream.category,
+                self.keys.partition_of(&update.stream),
+            );
+            args.push(key_index(applied_key).to_string().into_bytes());
+            args.push(update.position.to_string().into_bytes());
+            args.push(update.writes.len().to_string().into_bytes());
+            for write in update.writes {
+                let (code, hash, rest): (&str, String, Vec<Vec<u8>>) = match write {
+                    HashWrite::Set { hash, field, value } => {
+                        ("hset", hash, vec![field.into_bytes(), value])
+                    }
+                    HashWrite::Remove { hash, field } => ("hdel", hash, vec![field.into_bytes()]),
+                    HashWrite::Increment { hash, field, by } => (
+                        "hincrby",
+                        hash,
+                        vec![field.into_bytes(), by.to_string().into_bytes()],
+                    ),
+                    HashWrite::Delete { hash } => ("del", hash, Vec::new()),
+                };
+                args.push(code.as_bytes().to_vec());
+                let key = self.keys.read_model_hash(projection, &hash);
+                args.push(key_index(key).to_string().into_bytes());
+                args.extend(rest);
             }
         }
         let mut invocation = SCRIPTS.read_model_commit.prepare_invoke();
@@ -357,7 +106,7 @@ impl<'a> ReadModelBatch<'a> {
         for arg in &args {
             invocation.arg(arg.as_slice());
         }
-        let mut connection = self.model.connection.clone();
+        let mut connection = self.connection.clone();
         let reply = invocation
             .invoke_async(&mut connection)
             .await
@@ -381,10 +130,88 @@ impl<'a> ReadModelBatch<'a> {
         }
         Ok(outcomes)
     }
+
+    async fn read_hash(&self, key: &str) -> Result<BTreeMap<String, Vec<u8>>, Error> {
+        let operation = format!("HGETALL of {key}");
+        let reply = query(&self.connection, redis::cmd("HGETALL").arg(key), &operation).await?;
+        let mut items = into_array(reply, &operation)?.into_iter();
+        let mut fields = BTreeMap::new();
+        while let (Some(field), Some(value)) = (items.next(), items.next()) {
+            let (Some(field), Some(value)) = (into_bytes(field), into_bytes(value)) else {
+                return Err(Error::unexpected(
+                    &operation,
+                    "a field that is not a string",
+                ));
+            };
+            fields.insert(String::from_utf8_lossy(&field).into_owned(), value);
+        }
+        Ok(fields)
+    }
+}
+
+#[async_trait]
+impl ReadModelStore for RedisReadModels {
+    /// One script call: a write the script refuses (`ESREADMODEL`) is a
+    /// [`StoreError::InvalidRequest`], and nothing is written.
+    async fn commit(
+        &self,
+        projection: &str,
+        updates: Vec<EventWrites>,
+    ) -> Result<Vec<Applied>, StoreError> {
+        match self.run_commit(projection, updates).await {
+            Ok(applied) => Ok(applied),
+            Err(Error::Script { message, .. }) if message.contains("ESREADMODEL") => {
+                Err(StoreError::InvalidRequest(message))
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    async fn hash(
+        &self,
+        projection: &str,
+        name: &str,
+    ) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
+        Ok(self
+            .read_hash(&self.keys.read_model_hash(projection, name))
+            .await?)
+    }
+
+    /// Scans the keyspace for the projection's keys.
+    async fn hashes(
+        &self,
+        projection: &str,
+    ) -> Result<BTreeMap<String, BTreeMap<String, Vec<u8>>>, StoreError> {
+        let prefix = format!("{}:", self.keys.read_model_prefix(projection));
+        let mut all = BTreeMap::new();
+        for key in scan_prefix(&self.connection, &prefix).await? {
+            let name = &key[prefix.len()..];
+            if !name.starts_with('_') {
+                all.insert(name.to_owned(), self.read_hash(&key).await?);
+            }
+        }
+        Ok(all)
+    }
+
+    async fn applied_count(&self, projection: &str, category: &str) -> Result<u64, StoreError> {
+        let mut count = 0;
+        for partition in 0..self.keys.partitions(category) {
+            let key = self.keys.applied_entries(projection, category, partition);
+            let operation = format!("ZCARD of {key}");
+            let reply = query(&self.connection, redis::cmd("ZCARD").arg(&key), &operation).await?;
+            count +=
+                as_u64(&reply).ok_or_else(|| Error::unexpected(operation, format!("{reply:?}")))?;
+        }
+        Ok(count)
+    }
+
+    async fn clear(&self, projection: &str) -> Result<u64, StoreError> {
+        Ok(clear_read_model(&self.connection, &self.keys, projection).await?)
+    }
 }
 
 /// Deletes every key under `projection`'s read-model prefix.
-pub(crate) async fn clear_read_model(
+async fn clear_read_model(
     connection: &RedisConnection,
     keys: &KeyLayout,
     projection: &str,
@@ -456,7 +283,7 @@ async fn scan_prefix(connection: &RedisConnection, prefix: &str) -> Result<Vec<S
     }
 }
 
-pub(crate) async fn query(
+async fn query(
     connection: &RedisConnection,
     command: &redis::Cmd,
     operation: &str,

@@ -61,6 +61,7 @@ use crate::keys::KeyLayout;
 #[derive(Clone)]
 pub struct RedisEventStore {
     connection: RedisConnection,
+    config: Arc<RedisConfig>,
     keys: KeyLayout,
     page_size: usize,
     remembered_append_ids: usize,
@@ -104,11 +105,18 @@ impl RedisEventStore {
                 config.append_batch_value(),
             ),
             connection,
+            config: Arc::new(config.clone()),
             keys: config.keys(),
             page_size: config.page_size_value(),
             remembered_append_ids: config.remembered_append_ids_value(),
             tail_copies: config.tail_copies_value(),
         })
+    }
+
+    /// The configuration it was built with (a projection source opens its reading
+    /// connection with it).
+    pub(crate) fn config(&self) -> &RedisConfig {
+        &self.config
     }
 
     /// The key layout of this store's namespace.

@@ -9,15 +9,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use es_core::projection::Projection;
+use es_core::projection::{Projection, ProjectionBackend, ProjectionOptions, ProjectionRunner};
+use es_core::read_model::ReadModel;
 use es_core::{
     AppendOptions, Event, EventStore, ExpectedVersion, Metadata, NewEvent, Position, RecordedEvent,
     StoreError, StreamId,
 };
 use es_redis::testing::{unique_namespace, RedisCluster};
-use es_redis::{
-    Error, HashReadModel, ProjectionOptions, ProjectionRunner, RedisConfig, RedisEventStore,
-};
+use es_redis::{ProjectionMonitor, RedisConfig, RedisEventStore};
 
 fn cluster() -> &'static RedisCluster {
     RedisCluster::shared().unwrap_or_else(|e| panic!("{e}"))
@@ -266,27 +265,30 @@ async fn six_partitions_land_on_all_three_masters() {
     }
 }
 
-/// Balances per user in a [`HashReadModel`]; records every position it handled.
+/// Balances per user in a [`ReadModel`]; records every position it handled.
 #[derive(Clone)]
 struct Balances {
-    model: HashReadModel,
+    model: ReadModel,
     handled: Arc<Mutex<Vec<(StreamId, Position)>>>,
 }
 
 #[async_trait::async_trait]
 impl Projection for Balances {
     type Event = UserEvent;
-    type Error = Error;
+    type Error = StoreError;
 
     fn name(&self) -> &str {
         self.model.projection()
+    }
+    fn read_model(&self) -> Option<&ReadModel> {
+        Some(&self.model)
     }
 
     fn categories(&self) -> Vec<Cow<'static, str>> {
         vec![CATEGORY.into()]
     }
 
-    async fn handle(&self, event: &RecordedEvent<UserEvent>) -> Result<(), Error> {
+    async fn handle(&self, event: &RecordedEvent<UserEvent>) -> Result<(), StoreError> {
         let UserEvent::Deposited(deposit) = &event.event;
         let hash = format!("balance:{}", event.stream.id);
         let _ = self
@@ -325,7 +327,7 @@ fn expected_balances(by_user: &BTreeMap<String, Vec<i64>>) -> BTreeMap<String, (
         .collect()
 }
 
-async fn read_balances(model: &HashReadModel) -> BTreeMap<String, (i64, i64)> {
+async fn read_balances(model: &ReadModel) -> BTreeMap<String, (i64, i64)> {
     let number = |fields: &BTreeMap<String, Vec<u8>>, name: &str| -> i64 {
         String::from_utf8_lossy(&fields[name]).parse().expect(name)
     };
@@ -349,16 +351,16 @@ async fn two_runners_handle_every_event_of_every_partition_once() {
     let store = connect(&config).await;
     let (by_user, appended) = append_deposits(&store, 1_200, 48).await;
     let projection = Balances {
-        model: HashReadModel::new(&store, "balances"),
+        model: store.read_model("balances"),
         handled: Arc::default(),
     };
-    let runner_a = ProjectionRunner::connect(&config, projection.clone(), options("a"))
+    let runner_a = ProjectionRunner::connect(&store, projection.clone(), options("a"))
         .await
         .expect("runner a");
-    let runner_b = ProjectionRunner::connect(&config, projection.clone(), options("b"))
+    let runner_b = ProjectionRunner::connect(&store, projection.clone(), options("b"))
         .await
         .expect("runner b");
-    let monitor = runner_a.monitor();
+    let monitor = ProjectionMonitor::of(&store, runner_a.projection());
     let (a, b) = (runner_a.spawn(), runner_b.spawn());
     // Wait for the last append of every partition's last user.
     let mut last_of_partition: HashMap<u32, Position> = HashMap::new();
@@ -419,13 +421,13 @@ async fn waiting_for_a_position_covers_every_partition() {
         .partitions(CATEGORY, PARTITIONS);
     let store = connect(&config).await;
     let projection = Balances {
-        model: HashReadModel::new(&store, "balances"),
+        model: store.read_model("balances"),
         handled: Arc::default(),
     };
-    let runner = ProjectionRunner::connect(&config, projection.clone(), options("w"))
+    let runner = ProjectionRunner::connect(&store, projection.clone(), options("w"))
         .await
         .expect("runner");
-    let monitor = runner.monitor();
+    let monitor = ProjectionMonitor::of(&store, runner.projection());
     let (by_user, appended) = append_deposits(&store, 60, 12).await;
     let newest = appended.iter().map(|(_, p)| *p).max().expect("appended");
 
@@ -434,7 +436,7 @@ async fn waiting_for_a_position_covers_every_partition() {
         .wait_for(CATEGORY, newest, Duration::from_millis(200))
         .await
         .expect_err("no runner yet");
-    assert!(matches!(error, Error::WaitTimeout(_)), "{error}");
+    assert!(matches!(error, es_redis::Error::WaitTimeout(_)), "{error}");
 
     let running = runner.spawn();
     // Read-your-writes: once the wait returns, every user's deposits are in the model.
@@ -477,13 +479,13 @@ async fn rebuild_replays_every_partition_into_a_cleared_read_model() {
     let (by_user, appended) = append_deposits(&store, 90, 18).await;
     let newest = appended.iter().map(|(_, p)| *p).max().expect("appended");
     let projection = Balances {
-        model: HashReadModel::new(&store, "balances"),
+        model: store.read_model("balances"),
         handled: Arc::default(),
     };
-    let runner = ProjectionRunner::connect(&config, projection.clone(), options("r"))
+    let runner = ProjectionRunner::connect(&store, projection.clone(), options("r"))
         .await
         .expect("runner");
-    let monitor = runner.monitor();
+    let monitor = ProjectionMonitor::of(&store, runner.projection());
     let running = runner.spawn();
     monitor
         .wait_for(CATEGORY, newest, Duration::from_secs(20))
@@ -528,27 +530,30 @@ async fn rebuild_replays_every_partition_into_a_cleared_read_model() {
 /// Sums deposits of `user` and `account` into one hash per category; fails on one amount.
 #[derive(Clone)]
 struct Totals {
-    model: HashReadModel,
+    model: ReadModel,
     fail_on: i64,
 }
 
 #[async_trait::async_trait]
 impl Projection for Totals {
     type Event = UserEvent;
-    type Error = Error;
+    type Error = StoreError;
 
     fn name(&self) -> &str {
         self.model.projection()
+    }
+    fn read_model(&self) -> Option<&ReadModel> {
+        Some(&self.model)
     }
 
     fn categories(&self) -> Vec<Cow<'static, str>> {
         vec![CATEGORY.into(), "account".into()]
     }
 
-    async fn handle(&self, event: &RecordedEvent<UserEvent>) -> Result<(), Error> {
+    async fn handle(&self, event: &RecordedEvent<UserEvent>) -> Result<(), StoreError> {
         let UserEvent::Deposited(deposit) = &event.event;
         if deposit.amount == self.fail_on {
-            return Err(Error::InvalidRequest(format!(
+            return Err(StoreError::InvalidRequest(format!(
                 "cannot take {}",
                 deposit.amount
             )));
@@ -596,14 +601,14 @@ async fn a_projection_over_categories_in_many_slots_dead_letters_in_the_partitio
         .find(|e| e.event.get("amount") == Some(&b"13"[..]))
         .expect("deposit 13");
     let projection = Totals {
-        model: HashReadModel::new(&store, "totals"),
+        model: store.read_model("totals"),
         fail_on: 13,
     };
     let runner =
-        ProjectionRunner::connect(&config, projection.clone(), options("s").max_deliveries(1))
+        ProjectionRunner::connect(&store, projection.clone(), options("s").max_deliveries(1))
             .await
             .expect("runner");
-    let monitor = runner.monitor();
+    let monitor = ProjectionMonitor::of(&store, runner.projection());
     let running = runner.spawn();
     let newest_user = store
         .read_category(CATEGORY, Position::ZERO, 1_000)
@@ -639,4 +644,33 @@ async fn a_projection_over_categories_in_many_slots_dead_letters_in_the_partitio
     let sum = |name: &str| String::from_utf8_lossy(&totals[name]["sum"]).parse::<i64>();
     assert_eq!(sum("total:user"), Ok(user_sum));
     assert_eq!(sum("total:account"), Ok((1..=10).map(|n| n * 1_000).sum()));
+}
+
+/// The projection conformance suite on the cluster, each category in one slot.
+mod projections_unpartitioned {
+    use super::*;
+
+    es_core::projection_conformance_tests!(|| async {
+        connect(&cluster().config(&unique_namespace("projection-conformance"))).await
+    });
+}
+
+/// The projection conformance cases that hold whatever the partitioning, on categories of
+/// several partitions. The one left out counts batches per read of one stream, which a
+/// category spread over partitions reads in smaller pieces.
+mod projections_partitioned {
+    use super::*;
+
+    es_core::projection_conformance_tests!(@cases || async {
+        connect(&partitioned(&unique_namespace("projection-conformance-p"))).await
+    };
+        every_event_of_its_categories_is_handled_once,
+        poison_events_are_dead_lettered_while_later_events_flow,
+        read_models_apply_each_event_exactly_once,
+        rebuild_replays_into_a_cleared_read_model,
+        progress_waits_for_new_events_and_stop_leaves_nothing_pending,
+        status_reports_lag_and_pending,
+        competing_consumers_share_the_work,
+        misconfigured_projections_are_refused,
+    );
 }

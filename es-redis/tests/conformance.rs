@@ -27,3 +27,16 @@ mod with_tail_copies {
             .unwrap_or_else(|e| panic!("cannot connect to the test server: {e}"))
     });
 }
+
+/// The projection conformance suite: consumer groups and Redis-hash read models.
+mod projections {
+    use super::*;
+
+    es_core::projection_conformance_tests!(|| async {
+        let server = RedisServer::shared().unwrap_or_else(|e| panic!("{e}"));
+        server
+            .store(&unique_namespace("projection-conformance"))
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to the test server: {e}"))
+    });
+}

@@ -7,16 +7,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use es_core::projection::Projection;
+use es_core::projection::{Projection, ProjectionBackend, ProjectionOptions, ProjectionRunner};
+use es_core::read_model::{Applied, ReadModel};
 use es_core::{
     AppendOptions, Event, EventStore, ExpectedVersion, Metadata, NewEvent, Position, RecordedEvent,
-    StreamId,
+    StoreError, StreamId,
 };
 use es_redis::testing::{unique_namespace, RedisServer};
-use es_redis::{
-    Applied, Error, HashReadModel, ProjectionOptions, ProjectionRunner, RedisConfig,
-    RedisEventStore,
-};
+use es_redis::{ProjectionMonitor, RedisEventStore};
 use redis::Value;
 
 const CATEGORY: &str = "account";
@@ -42,14 +40,13 @@ fn server() -> &'static RedisServer {
 }
 
 struct Setup {
-    config: RedisConfig,
     store: RedisEventStore,
 }
 
 async fn setup(label: &str) -> Setup {
     let config = server().config(&unique_namespace(label));
     let store = RedisEventStore::connect(&config).await.expect("connect");
-    Setup { config, store }
+    Setup { store }
 }
 
 fn deposit(amount: i64) -> NewEvent {
@@ -182,11 +179,11 @@ impl Projection for Recorder {
     }
 }
 
-/// Balances per account in a [`HashReadModel`]: `balance:<account>` holds `balance` and
+/// Balances per account in a [`ReadModel`]: `balance:<account>` holds `balance` and
 /// `deposits`.
 #[derive(Clone)]
 struct Balances {
-    model: HashReadModel,
+    model: ReadModel,
     handled: Arc<AtomicU64>,
     /// Simulates a crash after the read model committed but before the ack, once, on the
     /// event with this amount.
@@ -197,7 +194,7 @@ struct Balances {
 impl Balances {
     fn new(store: &RedisEventStore, name: &str) -> Self {
         Balances {
-            model: HashReadModel::new(store, name),
+            model: store.read_model(name),
             handled: Arc::default(),
             crash_after_commit_on: None,
             crashed: Arc::default(),
@@ -208,17 +205,20 @@ impl Balances {
 #[async_trait::async_trait]
 impl Projection for Balances {
     type Event = AccountEvent;
-    type Error = Error;
+    type Error = StoreError;
 
     fn name(&self) -> &str {
         self.model.projection()
+    }
+    fn read_model(&self) -> Option<&ReadModel> {
+        Some(&self.model)
     }
 
     fn categories(&self) -> Vec<Cow<'static, str>> {
         vec![CATEGORY.into()]
     }
 
-    async fn handle(&self, event: &RecordedEvent<AccountEvent>) -> Result<(), Error> {
+    async fn handle(&self, event: &RecordedEvent<AccountEvent>) -> Result<(), StoreError> {
         self.handled.fetch_add(1, Ordering::Relaxed);
         let AccountEvent::Deposited(deposit) = &event.event;
         let hash = format!("balance:{}", event.stream.id);
@@ -233,7 +233,7 @@ impl Projection for Balances {
         if Some(deposit.amount) == self.crash_after_commit_on
             && !self.crashed.swap(true, Ordering::Relaxed)
         {
-            return Err(Error::InvalidRequest(
+            return Err(StoreError::InvalidRequest(
                 "simulated crash before the ack".into(),
             ));
         }
@@ -243,17 +243,17 @@ impl Projection for Balances {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_runners_share_the_work_without_duplicates() {
-    let Setup { config, store } = setup("share").await;
+    let Setup { store, .. } = setup("share").await;
     let last = append_deposits(&store, 1, 10_000, 50).await;
     let a = Recorder::new("ledger", "a");
     let b = a.sharing("b");
-    let runner_a = ProjectionRunner::connect(&config, a.clone(), options("a"))
+    let runner_a = ProjectionRunner::connect(&store, a.clone(), options("a"))
         .await
         .expect("runner a");
-    let runner_b = ProjectionRunner::connect(&config, b, options("b"))
+    let runner_b = ProjectionRunner::connect(&store, b, options("b"))
         .await
         .expect("runner b");
-    let monitor = runner_a.monitor();
+    let monitor = ProjectionMonitor::of(&store, runner_a.projection());
     let (a_running, b_running) = (runner_a.spawn(), runner_b.spawn());
     monitor
         .wait_for(CATEGORY, last, Duration::from_secs(30))
@@ -278,14 +278,14 @@ async fn two_runners_share_the_work_without_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_held_by_a_vanished_consumer_are_reclaimed() {
-    let Setup { config, store } = setup("reclaim").await;
+    let Setup { store, .. } = setup("reclaim").await;
     let last = append_deposits(&store, 1, 50, 5).await;
     let recorder = Recorder::new("ledger", "live");
     let options = options("live").claim_idle(Duration::from_millis(300));
-    let runner = ProjectionRunner::connect(&config, recorder.clone(), options)
+    let runner = ProjectionRunner::connect(&store, recorder.clone(), options)
         .await
         .expect("runner");
-    runner.create_groups().await.expect("groups");
+    runner.prepare().await.expect("groups");
     // A consumer reads 20 entries and disappears without acknowledging them.
     let _: Value = query(
         &store,
@@ -302,7 +302,7 @@ async fn entries_held_by_a_vanished_consumer_are_reclaimed() {
     .await;
     assert_eq!(pending_count(&store, "ledger").await, 20);
 
-    let monitor = runner.monitor();
+    let monitor = ProjectionMonitor::of(&store, runner.projection());
     let running = runner.spawn();
     monitor
         .wait_for(CATEGORY, last, Duration::from_secs(10))
@@ -318,18 +318,18 @@ async fn entries_held_by_a_vanished_consumer_are_reclaimed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_dropped_mid_batch_leaves_its_batch_to_the_others() {
-    let Setup { config, store } = setup("dropped").await;
+    let Setup { store, .. } = setup("dropped").await;
     let last = append_deposits(&store, 1, 30, 3).await;
     let stuck = Recorder {
         hang_on: Some(1),
         ..Recorder::new("ledger", "stuck")
     };
     let survivor = stuck.sharing("survivor");
-    let stuck_runner = ProjectionRunner::connect(&config, stuck.clone(), options("stuck"))
+    let stuck_runner = ProjectionRunner::connect(&store, stuck.clone(), options("stuck"))
         .await
         .expect("stuck runner");
-    let monitor = stuck_runner.monitor();
-    stuck_runner.create_groups().await.expect("groups");
+    let monitor = ProjectionMonitor::of(&store, stuck_runner.projection());
+    stuck_runner.prepare().await.expect("groups");
     // The stuck runner takes the whole batch and hangs on its first entry.
     let stuck_running = stuck_runner.spawn();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -341,7 +341,7 @@ async fn a_runner_dropped_mid_batch_leaves_its_batch_to_the_others() {
 
     let survivor_options = options("survivor").claim_idle(Duration::from_millis(200));
     let survivor_runner = ProjectionRunner::connect(
-        &config,
+        &store,
         Recorder {
             hang_on: None,
             ..survivor
@@ -368,7 +368,7 @@ async fn a_runner_dropped_mid_batch_leaves_its_batch_to_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_entries_are_dead_lettered_while_later_events_flow() {
-    let Setup { config, store } = setup("poison").await;
+    let Setup { store, .. } = setup("poison").await;
     let key = store.keys().category_stream(CATEGORY);
     append_deposits(&store, 1, 10, 1).await;
     // Written by hand: no `version`, so it does not decode.
@@ -411,10 +411,10 @@ async fn poison_entries_are_dead_lettered_while_later_events_flow() {
         .claim_idle(Duration::from_millis(50))
         .claim_interval(Duration::from_millis(50))
         .max_deliveries(3);
-    let runner = ProjectionRunner::connect(&config, recorder.clone(), options)
+    let runner = ProjectionRunner::connect(&store, recorder.clone(), options)
         .await
         .expect("runner");
-    let monitor = runner.monitor();
+    let monitor = ProjectionMonitor::of(&store, runner.projection());
     let running = runner.spawn();
     // Later events flow while the failing entry waits for its retries.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -470,12 +470,12 @@ async fn poison_entries_are_dead_lettered_while_later_events_flow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_projection_started_late_catches_up_to_the_same_read_model() {
-    let Setup { config, store } = setup("late").await;
+    let Setup { store, .. } = setup("late").await;
     let live = Balances::new(&store, "balances-live");
-    let live_runner = ProjectionRunner::connect(&config, live.clone(), options("live"))
+    let live_runner = ProjectionRunner::connect(&store, live.clone(), options("live"))
         .await
         .expect("live runner");
-    let live_monitor = live_runner.monitor();
+    let live_monitor = ProjectionMonitor::of(&store, live_runner.projection());
     let live_running = live_runner.spawn();
     let last = append_deposits(&store, 1, 10_000, 40).await;
     // Events of a type the projections do not handle are skipped.
@@ -505,10 +505,10 @@ async fn a_projection_started_late_catches_up_to_the_same_read_model() {
     assert_eq!((live_stats.handled, live_stats.skipped), (10_000, 1));
 
     let late = Balances::new(&store, "balances-late");
-    let late_runner = ProjectionRunner::connect(&config, late.clone(), options("late"))
+    let late_runner = ProjectionRunner::connect(&store, late.clone(), options("late"))
         .await
         .expect("late runner");
-    let late_monitor = late_runner.monitor();
+    let late_monitor = ProjectionMonitor::of(&store, late_runner.projection());
     let started = Instant::now();
     let late_running = late_runner.spawn();
     late_monitor
@@ -541,7 +541,7 @@ async fn a_projection_started_late_catches_up_to_the_same_read_model() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_event_is_not_applied_twice() {
-    let Setup { config, store } = setup("redeliver").await;
+    let Setup { store, .. } = setup("redeliver").await;
     let last = append_deposits(&store, 1, 20, 1).await;
     let balances = Balances {
         crash_after_commit_on: Some(7),
@@ -550,10 +550,10 @@ async fn a_redelivered_event_is_not_applied_twice() {
     let options = options("only")
         .claim_idle(Duration::from_millis(100))
         .claim_interval(Duration::from_millis(50));
-    let runner = ProjectionRunner::connect(&config, balances.clone(), options)
+    let runner = ProjectionRunner::connect(&store, balances.clone(), options)
         .await
         .expect("runner");
-    let monitor = runner.monitor();
+    let monitor = ProjectionMonitor::of(&store, runner.projection());
     let running = runner.spawn();
     monitor
         .wait_for(CATEGORY, last, Duration::from_secs(10))
@@ -577,7 +577,7 @@ async fn a_redelivered_event_is_not_applied_twice() {
 #[tokio::test]
 async fn read_model_updates_apply_once_in_any_order() {
     let Setup { store, .. } = setup("commit").await;
-    let model = HashReadModel::new(&store, "counts");
+    let model = store.read_model("counts");
     let event = |millis: u64| RecordedEvent {
         stream: StreamId::new(CATEGORY, "acc-1"),
         version: 1,
@@ -603,12 +603,15 @@ async fn read_model_updates_apply_once_in_any_order() {
         .commit()
         .await
         .expect_err("reserved name");
-    assert!(matches!(refused, Error::InvalidRequest(_)), "{refused}");
+    assert!(
+        matches!(refused, StoreError::InvalidRequest(_)),
+        "{refused}"
+    );
     // A failing operation writes nothing, not even the applied record.
     let _: () = query(
         &store,
         redis::cmd("HSET")
-            .arg(model.key("totals"))
+            .arg(store.keys().read_model_hash(model.projection(), "totals"))
             .arg("text")
             .arg("x"),
     )
@@ -657,7 +660,7 @@ async fn read_model_updates_apply_once_in_any_order() {
         let _: () = query(
             &store,
             redis::cmd("HSET")
-                .arg(model.key("limits"))
+                .arg(store.keys().read_model_hash(model.projection(), "limits"))
                 .arg("v")
                 .arg(value),
         )
@@ -680,17 +683,17 @@ async fn read_model_updates_apply_once_in_any_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_and_acknowledges_the_batch_in_hand() {
-    let Setup { config, store } = setup("shutdown").await;
+    let Setup { store, .. } = setup("shutdown").await;
     append_deposits(&store, 1, 300, 3).await;
     let recorder = Recorder {
         delay: Duration::from_millis(1),
         ..Recorder::new("ledger", "only")
     };
     let runner =
-        ProjectionRunner::connect(&config, recorder.clone(), options("only").batch_size(50))
+        ProjectionRunner::connect(&store, recorder.clone(), options("only").batch_size(50))
             .await
             .expect("runner");
-    let monitor = runner.monitor();
+    let monitor = ProjectionMonitor::of(&store, runner.projection());
     let running = runner.spawn();
     let deadline = Instant::now() + Duration::from_secs(10);
     while recorder.positions().len() < 10 {
@@ -716,13 +719,13 @@ async fn shutdown_finishes_and_acknowledges_the_batch_in_hand() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuild_replays_into_a_cleared_read_model() {
-    let Setup { config, store } = setup("rebuild").await;
+    let Setup { store, .. } = setup("rebuild").await;
     let last = append_deposits(&store, 1, 500, 5).await;
     let balances = Balances::new(&store, "balances");
-    let runner = ProjectionRunner::connect(&config, balances.clone(), options("only"))
+    let runner = ProjectionRunner::connect(&store, balances.clone(), options("only"))
         .await
         .expect("runner");
-    let monitor = runner.monitor();
+    let monitor = ProjectionMonitor::of(&store, runner.projection());
     let running = runner.spawn();
     monitor
         .wait_for(CATEGORY, last, Duration::from_secs(10))
@@ -734,7 +737,11 @@ async fn rebuild_replays_into_a_cleared_read_model() {
     let _: () = query(
         &store,
         redis::cmd("HSET")
-            .arg(balances.model.key("balance:acc-1"))
+            .arg(
+                store
+                    .keys()
+                    .read_model_hash(balances.model.projection(), "balance:acc-1"),
+            )
             .arg("balance")
             .arg(-1),
     )
@@ -768,18 +775,18 @@ async fn rebuild_replays_into_a_cleared_read_model() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_and_pending_are_reported() {
-    let Setup { config, store } = setup("lag").await;
+    let Setup { store, .. } = setup("lag").await;
     let recorder = Recorder::new("ledger", "only");
-    let runner = ProjectionRunner::connect(&config, recorder, options("only"))
+    let runner = ProjectionRunner::connect(&store, recorder, options("only"))
         .await
         .expect("runner");
-    let monitor = runner.monitor();
+    let monitor = ProjectionMonitor::of(&store, runner.projection());
     let status = monitor.category_status(CATEGORY).await.expect("status");
     assert!(!status.exists);
 
     let first = append_deposits(&store, 1, 1, 1).await;
     append_deposits(&store, 2, 29, 1).await;
-    runner.create_groups().await.expect("groups");
+    runner.prepare().await.expect("groups");
     let status = monitor.category_status(CATEGORY).await.expect("status");
     assert!(status.exists);
     assert_eq!((status.lag, status.pending), (Some(30), 0));
@@ -806,12 +813,12 @@ async fn lag_and_pending_are_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_for_a_position_times_out_then_succeeds() {
-    let Setup { config, store } = setup("wait").await;
+    let Setup { store, .. } = setup("wait").await;
     let recorder = Recorder::new("ledger", "only");
-    let runner = ProjectionRunner::connect(&config, recorder, options("only"))
+    let runner = ProjectionRunner::connect(&store, recorder, options("only"))
         .await
         .expect("runner");
-    let monitor = runner.monitor();
+    let monitor = ProjectionMonitor::of(&store, runner.projection());
     let mut progress = runner.progress();
     let last = append_deposits(&store, 1, 100, 2).await;
 
@@ -820,7 +827,7 @@ async fn waiting_for_a_position_times_out_then_succeeds() {
         .wait_for(CATEGORY, last, Duration::from_millis(150))
         .await
         .expect_err("no runner yet");
-    assert!(matches!(error, Error::WaitTimeout(_)), "{error}");
+    assert!(matches!(error, es_redis::Error::WaitTimeout(_)), "{error}");
     assert!(started.elapsed() >= Duration::from_millis(150));
     progress
         .wait_for(CATEGORY, last, Duration::from_millis(50))
@@ -841,14 +848,14 @@ async fn waiting_for_a_position_times_out_then_succeeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applied_entries_are_pruned_once_acknowledged() {
-    let Setup { config, store } = setup("prune").await;
+    let Setup { store, .. } = setup("prune").await;
     let last = append_deposits(&store, 1, 200, 2).await;
     let balances = Balances::new(&store, "balances");
     let options = options("only").prune_grace(Duration::ZERO);
-    let runner = ProjectionRunner::connect(&config, balances.clone(), options)
+    let runner = ProjectionRunner::connect(&store, balances.clone(), options)
         .await
         .expect("runner");
-    let monitor = runner.monitor();
+    let monitor = ProjectionMonitor::of(&store, runner.projection());
     let running = runner.spawn();
     monitor
         .wait_for(CATEGORY, last, Duration::from_secs(10))
@@ -893,21 +900,19 @@ impl Projection for ReadsNothing {
 #[tokio::test]
 async fn a_projection_without_categories_is_a_configuration_error() {
     let setup = setup("no-categories").await;
-    let runner = ProjectionRunner::connect(&setup.config, ReadsNothing, options("c1"))
-        .await
-        .expect("runner");
-    match runner.run(std::future::pending()).await {
-        Err(Error::Config(message)) => {
+    match ProjectionRunner::connect(&setup.store, ReadsNothing, options("c1")).await {
+        Err(StoreError::InvalidRequest(message)) => {
             assert!(message.contains("reads no categories"), "{message}")
         }
-        other => panic!("expected a configuration error, got {other:?}"),
+        Err(other) => panic!("expected a configuration error, got {other:?}"),
+        Ok(_) => panic!("expected a configuration error, got a runner"),
     }
 }
 
 #[tokio::test]
 async fn read_model_batches_apply_each_event_once_and_all_or_nothing() {
     let Setup { store, .. } = setup("batch-commit").await;
-    let model = HashReadModel::new(&store, "batched");
+    let model = store.read_model("batched");
     let event = |millis: u64| RecordedEvent {
         stream: StreamId::new(CATEGORY, format!("acc-{}", millis % 2)),
         version: 1,
@@ -966,7 +971,7 @@ async fn read_model_batches_apply_each_event_once_and_all_or_nothing() {
     let _: () = query(
         &store,
         redis::cmd("HSET")
-            .arg(model.key("totals"))
+            .arg(store.keys().read_model_hash(model.projection(), "totals"))
             .arg("text")
             .arg("x"),
     )
@@ -981,11 +986,14 @@ async fn read_model_batches_apply_each_event_once_and_all_or_nothing() {
     assert!(model.hash("other").await.expect("other").is_empty());
     assert_eq!(model.applied_count(CATEGORY).await.expect("count"), 7);
     // An update of another read model is refused before anything is sent.
-    let elsewhere = HashReadModel::new(&store, "elsewhere");
+    let elsewhere = store.read_model("elsewhere");
     let mut batch = model.batch();
     batch.push(elsewhere.update(&event(11_000)).hset("x", "y", "z"));
     let refused = batch.commit().await.expect_err("another read model");
-    assert!(matches!(refused, Error::InvalidRequest(_)), "{refused}");
+    assert!(
+        matches!(refused, StoreError::InvalidRequest(_)),
+        "{refused}"
+    );
     // An empty batch sends nothing.
     assert!(model.batch().commit().await.expect("empty").is_empty());
 }
@@ -993,7 +1001,7 @@ async fn read_model_batches_apply_each_event_once_and_all_or_nothing() {
 /// Balances committed one batch per read, with a poison amount that fails the whole batch.
 #[derive(Clone)]
 struct BatchBalances {
-    model: HashReadModel,
+    model: ReadModel,
     batches: Arc<Mutex<Vec<usize>>>,
     singles: Arc<AtomicU64>,
     poison: i64,
@@ -1003,10 +1011,10 @@ impl BatchBalances {
     fn update<'a>(
         &'a self,
         event: &RecordedEvent<AccountEvent>,
-    ) -> Result<es_redis::ReadModelUpdate<'a>, Error> {
+    ) -> Result<es_core::read_model::ReadModelUpdate<'a>, StoreError> {
         let AccountEvent::Deposited(deposit) = &event.event;
         if deposit.amount == self.poison {
-            return Err(Error::InvalidRequest(format!(
+            return Err(StoreError::InvalidRequest(format!(
                 "cannot deposit {}",
                 deposit.amount
             )));
@@ -1023,17 +1031,20 @@ impl BatchBalances {
 #[async_trait::async_trait]
 impl Projection for BatchBalances {
     type Event = AccountEvent;
-    type Error = Error;
+    type Error = StoreError;
 
     fn name(&self) -> &str {
         self.model.projection()
+    }
+    fn read_model(&self) -> Option<&ReadModel> {
+        Some(&self.model)
     }
 
     fn categories(&self) -> Vec<Cow<'static, str>> {
         vec![CATEGORY.into()]
     }
 
-    async fn handle(&self, event: &RecordedEvent<AccountEvent>) -> Result<(), Error> {
+    async fn handle(&self, event: &RecordedEvent<AccountEvent>) -> Result<(), StoreError> {
         self.singles.fetch_add(1, Ordering::Relaxed);
         let _ = self.update(event)?.commit().await?;
         Ok(())
@@ -1042,7 +1053,7 @@ impl Projection for BatchBalances {
     async fn handle_batch(
         &self,
         events: &[RecordedEvent<AccountEvent>],
-    ) -> Result<(), es_core::projection::BatchError<Error>> {
+    ) -> Result<(), es_core::projection::BatchError<StoreError>> {
         use es_core::projection::BatchError;
         self.batches.lock().unwrap().push(events.len());
         let mut batch = self.model.batch();
@@ -1056,11 +1067,11 @@ impl Projection for BatchBalances {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_handlers_commit_once_per_read_and_isolate_a_poison_event() {
-    let Setup { config, store } = setup("batch-runner").await;
+    let Setup { store, .. } = setup("batch-runner").await;
     let poison = 250;
     let last = append_deposits(&store, 1, 1_000, 4).await;
     let projection = BatchBalances {
-        model: HashReadModel::new(&store, "batch-balances"),
+        model: store.read_model("batch-balances"),
         batches: Arc::default(),
         singles: Arc::default(),
         poison,
@@ -1069,10 +1080,10 @@ async fn batch_handlers_commit_once_per_read_and_isolate_a_poison_event() {
         .claim_idle(Duration::from_millis(300))
         .claim_interval(Duration::from_millis(50))
         .max_deliveries(2);
-    let runner = ProjectionRunner::connect(&config, projection.clone(), options)
+    let runner = ProjectionRunner::connect(&store, projection.clone(), options)
         .await
         .expect("runner");
-    let monitor = runner.monitor();
+    let monitor = ProjectionMonitor::of(&store, runner.projection());
     let running = runner.spawn();
     monitor
         .wait_for(CATEGORY, last, Duration::from_secs(20))
@@ -1147,7 +1158,7 @@ async fn stop_returns_during_an_outage_while_catching_up() {
     let options = options("only")
         .batch_size(20)
         .claim_interval(Duration::from_millis(10));
-    let runner = ProjectionRunner::connect(&config, recorder.clone(), options)
+    let runner = ProjectionRunner::connect(&store, recorder.clone(), options)
         .await
         .expect("runner");
     let running = runner.spawn();
@@ -1164,7 +1175,10 @@ async fn stop_returns_during_an_outage_while_catching_up() {
     match stopped {
         Ok((_, stats)) => assert!(stats.handled < 5_000, "stopped while catching up"),
         Err(error) => assert!(
-            matches!(error, Error::Redis { .. }),
+            matches!(
+                error,
+                StoreError::Connection { .. } | StoreError::Backend { .. }
+            ),
             "expected the outage's connection error, got {error:?}"
         ),
     }
@@ -1201,10 +1215,10 @@ async fn waiting_for_an_executed_command_shows_it_in_the_read_model() {
     let store = RedisEventStore::connect(&config).await.expect("connect");
     let balances = Balances::new(&store, "balances");
     let model = balances.model.clone();
-    let runner = ProjectionRunner::connect(&config, balances, options("only"))
+    let runner = ProjectionRunner::connect(&store, balances, options("only"))
         .await
         .expect("runner");
-    let monitor = runner.monitor();
+    let monitor = ProjectionMonitor::of(&store, runner.projection());
     let running = runner.spawn();
     let accounts = es_core::Repository::<Account, _>::new(store.clone());
     for round in 1..=3i64 {
@@ -1240,15 +1254,15 @@ struct AlwaysFails;
 #[async_trait::async_trait]
 impl Projection for AlwaysFails {
     type Event = AccountEvent;
-    type Error = Error;
+    type Error = StoreError;
     fn name(&self) -> &str {
         "always-fails"
     }
     fn categories(&self) -> Vec<Cow<'static, str>> {
         vec![CATEGORY.into()]
     }
-    async fn handle(&self, event: &RecordedEvent<AccountEvent>) -> Result<(), Error> {
-        Err(Error::InvalidRequest(format!(
+    async fn handle(&self, event: &RecordedEvent<AccountEvent>) -> Result<(), StoreError> {
+        Err(StoreError::InvalidRequest(format!(
             "cannot handle {}",
             event.position
         )))
@@ -1258,15 +1272,15 @@ impl Projection for AlwaysFails {
 /// A dead-letter stream keeps about its bound of letters (the newest), not every one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dead_letter_stream_is_bounded() {
-    let Setup { config, store } = setup("dead-letter-bound").await;
+    let Setup { store, .. } = setup("dead-letter-bound").await;
     let last = append_deposits(&store, 1, 400, 2).await;
     let options = options("only")
         .max_deliveries(1)
         .dead_letter_limit(Some(100));
-    let runner = ProjectionRunner::connect(&config, AlwaysFails, options)
+    let runner = ProjectionRunner::connect(&store, AlwaysFails, options)
         .await
         .expect("runner");
-    let monitor = runner.monitor();
+    let monitor = ProjectionMonitor::of(&store, runner.projection());
     let running = runner.spawn();
     monitor
         .wait_for(CATEGORY, last, Duration::from_secs(20))

@@ -10,15 +10,13 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use es_core::projection::Projection;
+use es_core::projection::{Projection, ProjectionBackend, ProjectionOptions, ProjectionRunner};
+use es_core::read_model::ReadModel;
 use es_core::{
     AppendOptions, Event, EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamId,
 };
 use es_redis::testing::{unique_namespace, RedisServer};
-use es_redis::{
-    HashReadModel, ProjectionMonitor, ProjectionOptions, ProjectionRunner, RedisConfig,
-    RedisEventStore,
-};
+use es_redis::{ProjectionMonitor, RedisConfig, RedisEventStore};
 
 const CATEGORY: &str = "meter";
 const PROJECTION: &str = "meter_totals";
@@ -40,7 +38,7 @@ enum MeterEvent {
 /// Per meter: how many readings were applied and their sum. A double-applied event shows
 /// as a count above the number of readings.
 struct Totals {
-    read_model: HashReadModel,
+    read_model: ReadModel,
     delay: Duration,
     /// After handling this many events, the next handler call never returns: the worker
     /// is then certainly mid-batch, holding unacknowledged entries, when it is killed.
@@ -51,9 +49,12 @@ struct Totals {
 #[async_trait::async_trait]
 impl Projection for Totals {
     type Event = MeterEvent;
-    type Error = es_redis::Error;
+    type Error = es_core::StoreError;
     fn name(&self) -> &str {
-        PROJECTION
+        self.read_model.projection()
+    }
+    fn read_model(&self) -> Option<&ReadModel> {
+        Some(&self.read_model)
     }
     fn categories(&self) -> Vec<Cow<'static, str>> {
         vec![CATEGORY.into()]
@@ -88,7 +89,7 @@ async fn runner(
 ) -> ProjectionRunner<Totals> {
     let store = RedisEventStore::connect(config).await.expect("connect");
     let projection = Totals {
-        read_model: HashReadModel::new(&store, PROJECTION),
+        read_model: store.read_model(PROJECTION),
         delay,
         stall_after,
         handled: Default::default(),
@@ -98,7 +99,7 @@ async fn runner(
         .block(Duration::from_millis(100))
         .claim_idle(Duration::from_millis(500))
         .claim_interval(Duration::from_millis(200));
-    ProjectionRunner::connect(config, projection, options)
+    ProjectionRunner::connect(&store, projection, options)
         .await
         .expect("runner")
 }
@@ -165,7 +166,7 @@ async fn a_worker_killed_mid_batch_is_finished_by_another_without_double_applyin
         .expect("spawn the worker process");
 
     // Let it apply some events, then kill it while it holds a batch.
-    let read_model = HashReadModel::new(&store, PROJECTION);
+    let read_model = store.read_model(PROJECTION);
     let started = Instant::now();
     loop {
         let applied = read_model

@@ -17,12 +17,13 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use es_core::projection::{CatchUpRunner, Projection};
+use es_core::projection::{Projection, ProjectionOptions, ProjectionRunner};
+use es_core::read_model::ReadModel;
 use es_core::{
     Aggregate, Apply, Event, Handle, RecordedEvent, Repository, RepositoryError, SnapshotPolicy,
-    SnapshotStore,
+    SnapshotStore, StoreError,
 };
 use es_examples::{run, Backend, Options};
 
@@ -152,16 +153,20 @@ impl Handle<Close> for Account {
     }
 }
 
-/// The read model: each account's balance, kept by a projection over the `account` category.
-#[derive(Default)]
-struct Balances(Mutex<BTreeMap<String, i64>>);
+/// The read model: each account's balance, kept by a projection over the `account`
+/// category in hash `balances`, a field per account (Redis hashes on Redis, memory with
+/// `--in-memory`).
+struct Balances(ReadModel);
 
 #[async_trait::async_trait]
 impl Projection for Balances {
     type Event = AccountEvent;
-    type Error = std::convert::Infallible;
+    type Error = StoreError;
     fn name(&self) -> &str {
-        "balances"
+        self.0.projection()
+    }
+    fn read_model(&self) -> Option<&ReadModel> {
+        Some(&self.0)
     }
     fn categories(&self) -> Vec<Cow<'static, str>> {
         vec![Account::category()]
@@ -172,8 +177,13 @@ impl Projection for Balances {
             AccountEvent::MoneyWithdrawn(e) => -(e.amount as i64),
             AccountEvent::AccountOpened(_) | AccountEvent::AccountClosed(_) => 0,
         };
-        let mut balances = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        *balances.entry(event.stream.id.clone()).or_default() += delta;
+        // Each event counts once, even when delivered twice.
+        let _applied = self
+            .0
+            .update(event)
+            .hincrby("balances", &event.stream.id, delta)
+            .commit()
+            .await?;
         Ok(())
     }
 }
@@ -274,14 +284,25 @@ async fn bank(_options: Options, backend: Backend) -> Result<(), Box<dyn std::er
         }
     }
 
-    let mut balances_projection = CatchUpRunner::new(store.clone(), Balances::default());
-    balances_projection.run_once().await?;
-    let read_model = balances_projection
+    let balances = Balances(backend.projections().read_model("balances"));
+    let runner = ProjectionRunner::connect(
+        backend.projections(),
+        balances,
+        ProjectionOptions::new("bank-1"),
+    )
+    .await?;
+    runner.run_once().await?;
+    let read_model: BTreeMap<String, i64> = runner
         .projection()
         .0
-        .lock()
-        .map_err(|_| "read model lock poisoned")?
-        .clone();
+        .hash("balances")
+        .await?
+        .into_iter()
+        .map(|(id, value)| {
+            let value = String::from_utf8_lossy(&value).parse().unwrap_or(i64::MIN);
+            (id, value)
+        })
+        .collect();
 
     let mut all_match = true;
     for id in ACCOUNTS {

@@ -11,15 +11,16 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use es_core::projection::{CatchUpRunner, Projection};
+use es_core::projection::{Projection, ProjectionOptions, ProjectionRunner};
+use es_core::read_model::ReadModel;
+use es_core::StoreError;
 use es_core::{
     Aggregate, Apply, Event, EventStore, Handle, Position, RecordedEvent, Repository, SnapshotStore,
 };
 use es_examples::{run, Backend, Options};
-use es_redis::{HashReadModel, ProjectionOptions, ProjectionRunner};
 
 // ---- user_updates: registration and renames -------------------------------------------
 
@@ -233,13 +234,9 @@ enum ProfileInput {
     FriendRemoved(FriendRemoved),
 }
 
-/// Where profiles are kept: Redis hashes, or a map in memory.
-enum Profiles {
-    Redis(HashReadModel),
-    Memory(Mutex<BTreeMap<String, BTreeMap<String, String>>>),
-}
-
-struct ProfileProjection(Arc<Profiles>);
+/// Profiles in a read model: Redis hashes on Redis, memory with `--in-memory`; the
+/// projection's code is the same.
+struct ProfileProjection(ReadModel);
 
 const PROJECTION: &str = "profiles";
 
@@ -250,10 +247,14 @@ fn hash_name(user: &str) -> String {
 #[async_trait::async_trait]
 impl Projection for ProfileProjection {
     type Event = ProfileInput;
-    type Error = String;
+    type Error = StoreError;
 
     fn name(&self) -> &str {
-        PROJECTION
+        self.0.projection()
+    }
+
+    fn read_model(&self) -> Option<&ReadModel> {
+        Some(&self.0)
     }
 
     fn categories(&self) -> Vec<Cow<'static, str>> {
@@ -264,7 +265,7 @@ impl Projection for ProfileProjection {
         ]
     }
 
-    async fn handle(&self, event: &RecordedEvent<ProfileInput>) -> Result<(), String> {
+    async fn handle(&self, event: &RecordedEvent<ProfileInput>) -> Result<(), StoreError> {
         let hash = hash_name(&event.stream.id);
         // (field, new value) to set, or (field, increment) to add.
         let (sets, increments): (Vec<(&str, String)>, Vec<(&str, i64)>) = match &event.event {
@@ -278,35 +279,15 @@ impl Projection for ProfileProjection {
             ProfileInput::FriendAdded(_) => (vec![], vec![("friends", 1)]),
             ProfileInput::FriendRemoved(_) => (vec![], vec![("friends", -1)]),
         };
-        match &*self.0 {
-            Profiles::Redis(read_model) => {
-                let mut update = read_model.update(event);
-                for (field, value) in sets {
-                    update = update.hset(&hash, field, value);
-                }
-                for (field, by) in increments {
-                    update = update.hincrby(&hash, field, by);
-                }
-                // `AlreadyApplied` on a re-delivery: the profile is already up to date.
-                let _applied = update.commit().await.map_err(|e| e.to_string())?;
-            }
-            Profiles::Memory(profiles) => {
-                let mut profiles = profiles.lock().map_err(|_| "profiles lock poisoned")?;
-                let profile = profiles.entry(hash).or_default();
-                for (field, value) in sets {
-                    profile.insert(field.to_owned(), value);
-                }
-                for (field, by) in increments {
-                    let entry = profile
-                        .entry(field.to_owned())
-                        .or_insert_with(|| "0".into());
-                    let current: i64 = entry
-                        .parse()
-                        .map_err(|_| format!("{field} is not a number"))?;
-                    *entry = (current + by).to_string();
-                }
-            }
+        let mut update = self.0.update(event);
+        for (field, value) in sets {
+            update = update.hset(&hash, field, value);
         }
+        for (field, by) in increments {
+            update = update.hincrby(&hash, field, by);
+        }
+        // `AlreadyApplied` on a re-delivery: the profile is already up to date.
+        let _applied = update.commit().await?;
         Ok(())
     }
 }
@@ -353,63 +334,53 @@ async fn social_profile(
         }
     }
 
-    let profiles = match &backend {
-        Backend::Redis(redis) => {
-            let read_model = HashReadModel::new(redis, PROJECTION);
-            let profiles = Arc::new(Profiles::Redis(read_model.clone()));
-            let runner = ProjectionRunner::connect(
-                &options.redis_config(),
-                ProfileProjection(profiles),
-                ProjectionOptions::new("worker-1").block(Duration::from_millis(100)),
-            )
-            .await?;
-            let monitor = runner.monitor();
-            let worker = runner.spawn();
-            let timeout = Duration::from_secs(10);
-            monitor.wait_for_executed(&last_updates, timeout).await?;
-            monitor.wait_for_executed(&last_activity, timeout).await?;
-            monitor.wait_for_executed(&last_friends, timeout).await?;
-            let (_, stats) = worker.stop().await?;
-            println!(
-                "projection `{PROJECTION}` (consumer group, worker-1) handled {} events",
-                stats.handled
-            );
-            let mut profiles = BTreeMap::new();
-            for user in ["1", "2"] {
-                let hash = hash_name(user);
-                let fields = read_model
-                    .hash(&hash)
-                    .await?
-                    .into_iter()
-                    .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
-                    .collect();
-                profiles.insert(hash, fields);
-            }
-            let keys = redis.keys();
-            println!("look at the same data with redis-cli:");
-            let cli = format!("redis-cli -u {}", options.redis_url);
-            for category in ["user_updates", "user_activity", "user_friends"] {
-                println!("  {cli} XRANGE '{}' - +", keys.category_stream(category));
-            }
-            println!("  {cli} HGETALL '{}'", read_model.key(&hash_name("1")));
-            println!(
-                "  {cli} XINFO GROUPS '{}'",
-                keys.category_stream("user_updates")
-            );
-            profiles
+    // The read side: one projection, on whichever backend was chosen.
+    let read_model = backend.projections().read_model(PROJECTION);
+    let runner = ProjectionRunner::connect(
+        backend.projections(),
+        ProfileProjection(read_model.clone()),
+        ProjectionOptions::new("worker-1").block(Duration::from_millis(100)),
+    )
+    .await?;
+    let mut progress = runner.progress();
+    let worker = runner.spawn();
+    // Read-your-writes: wait until the projection shows each category's last command.
+    let timeout = Duration::from_secs(10);
+    progress.wait_for_executed(&last_updates, timeout).await?;
+    progress.wait_for_executed(&last_activity, timeout).await?;
+    progress.wait_for_executed(&last_friends, timeout).await?;
+    let (_, stats) = worker.stop().await?;
+    println!(
+        "projection `{PROJECTION}` (worker-1) handled {} events",
+        stats.handled
+    );
+    let mut profiles = BTreeMap::new();
+    for user in ["1", "2"] {
+        let hash = hash_name(user);
+        let fields: BTreeMap<String, String> = read_model
+            .hash(&hash)
+            .await?
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+            .collect();
+        profiles.insert(hash, fields);
+    }
+    if let Some(redis) = backend.redis() {
+        let keys = redis.keys();
+        println!("look at the same data with redis-cli:");
+        let cli = format!("redis-cli -u {}", options.redis_url);
+        for category in ["user_updates", "user_activity", "user_friends"] {
+            println!("  {cli} XRANGE '{}' - +", keys.category_stream(category));
         }
-        Backend::Memory(memory) => {
-            let profiles = Arc::new(Profiles::Memory(Mutex::default()));
-            let mut runner =
-                CatchUpRunner::new(memory.clone(), ProfileProjection(profiles.clone()));
-            let handled = runner.run_once().await?;
-            println!("projection `{PROJECTION}` (in memory) read {handled} events");
-            match &*profiles {
-                Profiles::Memory(map) => map.lock().map_err(|_| "lock poisoned")?.clone(),
-                Profiles::Redis(_) => BTreeMap::new(),
-            }
-        }
-    };
+        println!(
+            "  {cli} HGETALL '{}'",
+            keys.read_model_hash(PROJECTION, &hash_name("1"))
+        );
+        println!(
+            "  {cli} XINFO GROUPS '{}'",
+            keys.category_stream("user_updates")
+        );
+    }
 
     println!("profiles:");
     for (hash, fields) in &profiles {

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use es_core::projection::ProjectionBackend;
 use es_core::{InMemoryStore, SnapshotStore};
 
 /// The options every example takes.
@@ -74,13 +75,14 @@ impl Options {
     }
 }
 
-/// The chosen backend: in memory, or Redis (with the connected store for Redis-only parts).
+/// The chosen backend, behind the traits the examples use: an event and snapshot store for
+/// repositories, and a projection backend for runners and read models. The examples' code
+/// is the same for both.
 #[derive(Clone)]
-pub enum Backend {
-    /// The embedded store.
-    Memory(InMemoryStore),
-    /// A Redis store.
-    Redis(es_redis::RedisEventStore),
+pub struct Backend {
+    store: Arc<dyn SnapshotStore>,
+    projections: Arc<dyn ProjectionBackend>,
+    redis: Option<es_redis::RedisEventStore>,
 }
 
 impl Backend {
@@ -88,11 +90,20 @@ impl Backend {
     /// answers; the error explains how to start one.
     pub async fn open(options: &Options) -> Result<Self, String> {
         if options.in_memory {
-            return Ok(Backend::Memory(InMemoryStore::new()));
+            let store = InMemoryStore::new();
+            return Ok(Backend {
+                store: Arc::new(store.clone()),
+                projections: Arc::new(store),
+                redis: None,
+            });
         }
         let config = options.redis_config();
         match es_redis::RedisEventStore::connect(&config).await {
-            Ok(store) => Ok(Backend::Redis(store)),
+            Ok(store) => Ok(Backend {
+                store: Arc::new(store.clone()),
+                projections: Arc::new(store.clone()),
+                redis: Some(store),
+            }),
             Err(error) => Err(format!(
                 "cannot reach Redis at {}: {error}\n\
                  start one with `redis-server --daemonize yes` (Debian: `apt-get install -y redis-server`), \
@@ -105,10 +116,17 @@ impl Backend {
 
     /// The store, as the trait object the examples' repositories use.
     pub fn store(&self) -> Arc<dyn SnapshotStore> {
-        match self {
-            Backend::Memory(store) => Arc::new(store.clone()),
-            Backend::Redis(store) => Arc::new(store.clone()),
-        }
+        self.store.clone()
+    }
+
+    /// Where projections run and read models live.
+    pub fn projections(&self) -> &dyn ProjectionBackend {
+        &*self.projections
+    }
+
+    /// The Redis store, when that is the backend: only to print `redis-cli` hints.
+    pub fn redis(&self) -> Option<&es_redis::RedisEventStore> {
+        self.redis.as_ref()
     }
 }
 

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
-use es_core::projection::{DeadLetter, WaitTimeout};
+use es_core::projection::{DeadLetter, Projection, ProjectionStatus, WaitTimeout};
 use es_core::Position;
 use redis::Value;
 
@@ -12,57 +12,6 @@ use crate::entry::{as_u64, into_array, into_bytes, RawEntry};
 use crate::error::Error;
 use crate::scripts::SCRIPTS;
 use crate::store::RedisEventStore;
-
-/// A consumer group's progress on one category stream (`XINFO GROUPS` and `XPENDING`,
-/// read atomically), or on every partition of a category
-/// ([`ProjectionMonitor::category_status`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct GroupStatus {
-    /// The category.
-    pub category: String,
-    /// The partition (0 for an unpartitioned category, and for a summary of all
-    /// partitions).
-    pub partition: u32,
-    /// Whether the group exists (it does once a runner started).
-    pub exists: bool,
-    /// How many consumers the group has seen.
-    pub consumers: u64,
-    /// Entries delivered but not acknowledged.
-    pub pending: u64,
-    /// Entries not delivered yet; `None` when Redis cannot tell (after entries were
-    /// deleted from the middle of the stream).
-    pub lag: Option<u64>,
-    /// The last entry delivered to the group.
-    pub last_delivered: Position,
-    /// The oldest entry delivered but not acknowledged.
-    pub oldest_pending: Option<Position>,
-}
-
-impl GroupStatus {
-    /// The last position up to which every entry is processed: handled, skipped or
-    /// dead-lettered, and acknowledged.
-    pub fn watermark(&self) -> Position {
-        match self.oldest_pending {
-            Some(oldest) => self.last_delivered.min(before(oldest)),
-            None => self.last_delivered,
-        }
-    }
-
-    /// Whether every entry up to `position` is processed.
-    pub fn has_processed(&self, position: Position) -> bool {
-        self.watermark() >= position
-    }
-}
-
-/// The greatest position below `position` (no entry lies between the two).
-pub(super) fn before(position: Position) -> Position {
-    match (position.millis, position.seq) {
-        (0, 0) => Position::ZERO,
-        (millis, 0) => Position::new(millis - 1, u64::MAX),
-        (millis, seq) => Position::new(millis, seq - 1),
-    }
-}
 
 /// A projection's progress, lag and dead letters, readable from any process (it needs no
 /// runner, only the projection's name and categories).
@@ -84,9 +33,9 @@ pub(super) fn before(position: Position) -> Position {
 /// ```
 #[derive(Debug, Clone)]
 pub struct ProjectionMonitor {
-    pub(super) store: RedisEventStore,
-    pub(super) group: String,
-    pub(super) categories: Vec<Cow<'static, str>>,
+    store: RedisEventStore,
+    group: String,
+    categories: Vec<Cow<'static, str>>,
 }
 
 impl ProjectionMonitor {
@@ -103,9 +52,14 @@ impl ProjectionMonitor {
         }
     }
 
+    /// The monitor of `projection` (its name and categories) on `store`.
+    pub fn of<P: Projection>(store: &RedisEventStore, projection: &P) -> Self {
+        Self::new(store.clone(), projection.name(), projection.categories())
+    }
+
     /// The group's progress on each category stream, one per partition (one round trip
     /// per stream).
-    pub async fn status(&self) -> Result<Vec<GroupStatus>, Error> {
+    pub async fn status(&self) -> Result<Vec<ProjectionStatus>, Error> {
         let mut statuses = Vec::with_capacity(self.categories.len());
         for category in &self.categories {
             for partition in 0..self.store.keys().partitions(category) {
@@ -121,7 +75,7 @@ impl ProjectionMonitor {
         &self,
         category: &str,
         partition: u32,
-    ) -> Result<GroupStatus, Error> {
+    ) -> Result<ProjectionStatus, Error> {
         let mut invocation = SCRIPTS.group_status.prepare_invoke();
         invocation
             .key(self.store.keys().partition_stream(category, partition))
@@ -139,14 +93,14 @@ impl ProjectionMonitor {
     /// pending entry of any partition, and as `last_delivered` the category's watermark:
     /// the position up to which every partition has processed every entry (a partition
     /// with nothing pending and nothing left to deliver counts as done, whatever its
-    /// positions). So [`GroupStatus::watermark`] and [`GroupStatus::has_processed`] of the
+    /// positions). So [`ProjectionStatus::watermark`] and [`ProjectionStatus::has_processed`] of the
     /// summary answer for the whole category.
-    pub async fn category_status(&self, category: &str) -> Result<GroupStatus, Error> {
+    pub async fn category_status(&self, category: &str) -> Result<ProjectionStatus, Error> {
         let mut partitions = Vec::new();
         for partition in 0..self.store.keys().partitions(category) {
             partitions.push(self.partition_status(category, partition).await?);
         }
-        Ok(combine(category, partitions))
+        Ok(ProjectionStatus::combine(category, &partitions))
     }
 
     /// Whether every entry of `category` (of every partition) up to `position` is
@@ -267,53 +221,11 @@ impl ProjectionMonitor {
     }
 }
 
-/// The summary of the statuses of every partition of `category` (see
-/// [`ProjectionMonitor::category_status`]); a single partition's status as it is.
-pub(super) fn combine(category: &str, mut partitions: Vec<GroupStatus>) -> GroupStatus {
-    if partitions.len() == 1 {
-        if let Some(only) = partitions.pop() {
-            return only;
-        }
-    }
-    let done = |s: &GroupStatus| s.exists && s.pending == 0 && s.lag == Some(0);
-    let behind = partitions
-        .iter()
-        .filter(|s| !done(s))
-        .map(GroupStatus::watermark)
-        .min();
-    let watermark = behind.unwrap_or_else(|| {
-        partitions
-            .iter()
-            .map(|s| s.last_delivered)
-            .max()
-            .unwrap_or(Position::ZERO)
-    });
-    GroupStatus {
-        category: category.to_owned(),
-        partition: 0,
-        exists: !partitions.is_empty() && partitions.iter().all(|s| s.exists),
-        consumers: partitions.iter().map(|s| s.consumers).max().unwrap_or(0),
-        pending: partitions.iter().map(|s| s.pending).sum(),
-        lag: partitions.iter().map(|s| s.lag).sum(),
-        last_delivered: watermark,
-        oldest_pending: partitions.iter().filter_map(|s| s.oldest_pending).min(),
-    }
-}
-
-pub(super) fn parse_status(category: &str, reply: Value) -> Result<GroupStatus, Error> {
+fn parse_status(category: &str, reply: Value) -> Result<ProjectionStatus, Error> {
     let operation = "group_status";
     let items = into_array(reply, operation)?;
     if items.is_empty() {
-        return Ok(GroupStatus {
-            category: category.to_owned(),
-            partition: 0,
-            exists: false,
-            consumers: 0,
-            pending: 0,
-            lag: None,
-            last_delivered: Position::ZERO,
-            oldest_pending: None,
-        });
+        return Ok(ProjectionStatus::new(category, 0));
     }
     let malformed = || Error::unexpected(operation, format!("for {category}: a malformed reply"));
     let number = |value: &Value| match value {
@@ -351,27 +263,21 @@ pub(super) fn parse_status(category: &str, reply: Value) -> Result<GroupStatus, 
     else {
         return Err(malformed());
     };
-    Ok(GroupStatus {
-        category: category.to_owned(),
-        partition: 0,
-        exists: true,
-        consumers: number(&consumers)
-            .and_then(|n| u64::try_from(n).ok())
-            .ok_or_else(malformed)?,
-        pending: number(&pending)
-            .and_then(|n| u64::try_from(n).ok())
-            .ok_or_else(malformed)?,
-        lag: number(&lag).and_then(|n| u64::try_from(n).ok()),
-        last_delivered: position(last_delivered)?.unwrap_or(Position::ZERO),
-        oldest_pending: position(oldest)?,
-    })
+    let mut status = ProjectionStatus::new(category, 0);
+    status.exists = true;
+    status.consumers = number(&consumers)
+        .and_then(|n| u64::try_from(n).ok())
+        .ok_or_else(malformed)?;
+    status.pending = number(&pending)
+        .and_then(|n| u64::try_from(n).ok())
+        .ok_or_else(malformed)?;
+    status.lag = number(&lag).and_then(|n| u64::try_from(n).ok());
+    status.last_delivered = position(last_delivered)?.unwrap_or(Position::ZERO);
+    status.oldest_pending = position(oldest)?;
+    Ok(status)
 }
 
-pub(super) fn parse_dead_letter(
-    category: &str,
-    key: &str,
-    raw: RawEntry,
-) -> Result<DeadLetter, Error> {
+fn parse_dead_letter(category: &str, key: &str, raw: RawEntry) -> Result<DeadLetter, Error> {
     let operation = format!("reading dead letters of {key}");
     let pairs = raw
         .pairs
@@ -400,37 +306,4 @@ pub(super) fn parse_dead_letter(
             .unwrap_or(0),
         error,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn status(last_delivered: Position, oldest_pending: Option<Position>) -> GroupStatus {
-        GroupStatus {
-            category: "user".into(),
-            partition: 0,
-            exists: true,
-            consumers: 1,
-            pending: u64::from(oldest_pending.is_some()),
-            lag: Some(0),
-            last_delivered,
-            oldest_pending,
-        }
-    }
-
-    #[test]
-    fn the_watermark_stops_just_below_the_oldest_pending_entry() {
-        let delivered = Position::new(50, 3);
-        assert_eq!(status(delivered, None).watermark(), delivered);
-        let pending = status(delivered, Some(Position::new(20, 2)));
-        assert_eq!(pending.watermark(), Position::new(20, 1));
-        assert!(pending.has_processed(Position::new(20, 1)));
-        assert!(!pending.has_processed(Position::new(20, 2)));
-        // Every id of an earlier millisecond is below `20-0`.
-        let at_zero = status(delivered, Some(Position::new(20, 0)));
-        assert!(at_zero.has_processed(Position::new(19, u64::MAX)));
-        assert!(!at_zero.has_processed(Position::new(20, 0)));
-        assert_eq!(before(Position::ZERO), Position::ZERO);
-    }
 }

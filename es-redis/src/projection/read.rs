@@ -4,31 +4,32 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use es_core::projection::Projection;
+use es_core::projection::{Delivery, StreamBatch};
+use es_core::Position;
 use redis::Value;
 
-use crate::entry::{as_u64, into_array, into_bytes, RawEntry};
+use crate::entry::{self, as_u64, into_array, into_bytes, EntrySource, RawEntry};
 use crate::error::Error;
 
-use super::{CategoryStream, ProjectionRunner, RunStats};
+use super::RedisSource;
 
-impl<P: Projection> ProjectionRunner<P> {
+impl RedisSource {
     /// Reads entries never delivered to the group, from every stream at once: one
     /// `XREADGROUP` per read group, all sent together.
     /// Blocks up to `block` for entries; with `None`, returns at once what is there.
     pub(super) async fn read_new(
         &self,
         block: Option<Duration>,
-    ) -> Result<Vec<(usize, Vec<RawEntry>)>, Error> {
+    ) -> Result<Vec<StreamBatch>, Error> {
         let operation = format!("XREADGROUP of group {}", self.group);
         let command = |indices: &[usize], block: Option<Duration>| {
             let mut command = redis::cmd("XREADGROUP");
             command
                 .arg("GROUP")
                 .arg(&self.group)
-                .arg(&self.options.consumer)
+                .arg(&self.consumer)
                 .arg("COUNT")
-                .arg(self.options.batch_size);
+                .arg(self.batch_size);
             if let Some(block) = block {
                 command
                     .arg("BLOCK")
@@ -36,7 +37,7 @@ impl<P: Projection> ProjectionRunner<P> {
             }
             command.arg("STREAMS");
             for index in indices {
-                command.arg(&*self.streams[*index].key);
+                command.arg(&*self.streams[*index].location);
             }
             for _ in indices {
                 command.arg(">");
@@ -93,11 +94,7 @@ impl<P: Projection> ProjectionRunner<P> {
 
     /// Parses `[[key, entries], …]` (RESP2) or `{key: entries, …}` (RESP3); nil when the
     /// read timed out.
-    pub(super) fn parse_read_reply(
-        &self,
-        reply: Value,
-        operation: &str,
-    ) -> Result<Vec<(usize, Vec<RawEntry>)>, Error> {
+    fn parse_read_reply(&self, reply: Value, operation: &str) -> Result<Vec<StreamBatch>, Error> {
         let pairs: Vec<(Value, Value)> = match reply {
             Value::Nil => return Ok(Vec::new()),
             Value::Map(pairs) => pairs,
@@ -116,7 +113,11 @@ impl<P: Projection> ProjectionRunner<P> {
         for (key, entries) in pairs {
             let key = into_bytes(key)
                 .ok_or_else(|| Error::unexpected(operation, "a stream key that is not a string"))?;
-            let Some(index) = self.streams.iter().position(|s| s.key.as_bytes() == key) else {
+            let Some(index) = self
+                .streams
+                .iter()
+                .position(|s| s.location.as_bytes() == key)
+            else {
                 return Err(Error::unexpected(
                     operation,
                     format!(
@@ -125,91 +126,108 @@ impl<P: Projection> ProjectionRunner<P> {
                     ),
                 ));
             };
-            let entries = into_array(entries, operation)?
+            let deliveries = into_array(entries, operation)?
                 .into_iter()
-                .map(|item| RawEntry::parse(item, operation))
+                .map(|item| self.delivery(index, RawEntry::parse(item, operation)?, 1))
                 .collect::<Result<Vec<_>, _>>()?;
-            batch.push((index, entries));
+            batch.push(StreamBatch {
+                stream: index,
+                deliveries,
+            });
         }
         Ok(batch)
     }
 
-    /// Claims and processes entries pending longer than `claim_idle`, in every stream.
-    /// Entries in `held` (read ahead, about to be processed) are not processed again here
-    /// when they come up.
-    pub(super) async fn claim_stale(
+    /// An entry of stream `index` as a delivery, decoded.
+    fn delivery(&self, index: usize, raw: RawEntry, delivered: u32) -> Result<Delivery, Error> {
+        let stream = &self.streams[index];
+        let position: Position = raw.id.parse().map_err(|_| {
+            Error::unexpected(
+                format!("reading {}", stream.location),
+                format!("entry id {:?} is not a stream entry id", raw.id),
+            )
+        })?;
+        let source = EntrySource {
+            storage_key: &stream.location,
+            category: &stream.category,
+        };
+        let event = raw
+            .pairs
+            .map(|pairs| entry::decode_entry(&source, &raw.id, pairs));
+        Ok(Delivery {
+            position,
+            delivered,
+            event,
+        })
+    }
+
+    /// One page of `XAUTOCLAIM` on stream `index`: entries pending longer than `idle`,
+    /// from `cursor`, with their delivery counts; and the next page's cursor.
+    pub(super) async fn claim_page(
         &self,
-        stats: &mut RunStats,
-        held: Option<&Vec<(usize, Vec<RawEntry>)>>,
-    ) -> Result<(), Error> {
-        let idle = u64::try_from(self.options.claim_idle.as_millis()).unwrap_or(u64::MAX);
-        let held: std::collections::HashSet<(usize, &str)> = held
+        index: usize,
+        idle: Duration,
+        cursor: &str,
+    ) -> Result<(Vec<Delivery>, Option<String>), Error> {
+        let key = &*self.streams[index].location;
+        let idle = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        let operation = format!("XAUTOCLAIM of {key}");
+        let reply = self
+            .store
+            .query(
+                redis::cmd("XAUTOCLAIM")
+                    .arg(key)
+                    .arg(&self.group)
+                    .arg(&self.consumer)
+                    .arg(idle)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(self.batch_size),
+                &operation,
+            )
+            .await?;
+        let mut parts = into_array(reply, &operation)?.into_iter();
+        let (Some(next), Some(entries)) = (parts.next(), parts.next()) else {
+            return Err(Error::unexpected(&operation, "a reply without cursor"));
+        };
+        let next = into_bytes(next)
+            .and_then(|id| String::from_utf8(id).ok())
+            .ok_or_else(|| Error::unexpected(&operation, "a cursor that is not text"))?;
+        let entries = into_array(entries, &operation)?
             .into_iter()
-            .flatten()
-            .flat_map(|(index, entries)| entries.iter().map(move |e| (*index, e.id.as_str())))
-            .collect();
-        for (index, stream) in self.streams.iter().enumerate() {
-            let operation = format!("XAUTOCLAIM of {}", stream.key);
-            let mut start = "0-0".to_owned();
-            loop {
-                let reply = self
-                    .store
-                    .query(
-                        redis::cmd("XAUTOCLAIM")
-                            .arg(&*stream.key)
-                            .arg(&self.group)
-                            .arg(&self.options.consumer)
-                            .arg(idle)
-                            .arg(&start)
-                            .arg("COUNT")
-                            .arg(self.options.batch_size),
-                        &operation,
-                    )
-                    .await?;
-                let mut parts = into_array(reply, &operation)?.into_iter();
-                let (Some(next), Some(entries)) = (parts.next(), parts.next()) else {
-                    return Err(Error::unexpected(&operation, "a reply without cursor"));
-                };
-                let next = into_bytes(next)
-                    .and_then(|id| String::from_utf8(id).ok())
-                    .ok_or_else(|| Error::unexpected(&operation, "a cursor that is not text"))?;
-                let mut entries = into_array(entries, &operation)?
-                    .into_iter()
-                    .map(|item| RawEntry::parse(item, &operation))
-                    .collect::<Result<Vec<_>, _>>()?;
-                entries.retain(|entry| !held.contains(&(index, entry.id.as_str())));
-                if !entries.is_empty() {
-                    stats.claimed += entries.len() as u64;
-                    tracing::info!(projection = %self.group, stream = %stream.key, entries = entries.len(), "reclaimed stale entries");
-                    let deliveries = self.delivery_counts(stream, &entries).await?;
-                    self.process_batch(vec![(index, entries)], Some(&deliveries), stats)
-                        .await?;
-                }
-                if next == "0-0" {
-                    break;
-                }
-                start = next;
-            }
-        }
-        Ok(())
+            .map(|item| RawEntry::parse(item, &operation))
+            .collect::<Result<Vec<_>, _>>()?;
+        let counts = if entries.is_empty() {
+            HashMap::new()
+        } else {
+            self.delivery_counts(key, &entries).await?
+        };
+        let deliveries = entries
+            .into_iter()
+            .map(|raw| {
+                let delivered = counts.get(&raw.id).copied().unwrap_or(1);
+                self.delivery(index, raw, delivered)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((deliveries, (next != "0-0").then_some(next)))
     }
 
     /// How often each entry was delivered (`XPENDING key group id id 1`, pipelined).
-    pub(super) async fn delivery_counts(
+    async fn delivery_counts(
         &self,
-        stream: &CategoryStream,
+        key: &str,
         entries: &[RawEntry],
     ) -> Result<HashMap<String, u32>, Error> {
         let mut pipe = redis::pipe();
         for entry in entries {
             pipe.cmd("XPENDING")
-                .arg(&*stream.key)
+                .arg(key)
                 .arg(&self.group)
                 .arg(&entry.id)
                 .arg(&entry.id)
                 .arg(1);
         }
-        let operation = format!("XPENDING of {}", stream.key);
+        let operation = format!("XPENDING of {key}");
         let mut connection = self.store.connection();
         let replies: Vec<Value> = pipe
             .query_async(&mut connection)

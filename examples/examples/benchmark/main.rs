@@ -142,7 +142,7 @@ async fn run(sizes: &Sizes, options: Options) -> Result<(), BoxError> {
         commandstats(&options, "P3", &mut raw).await?;
     }
     if wanted("P4") {
-        rows.push(p4_projection(sizes, &server, &store, &raw).await?);
+        rows.push(p4_projection(sizes, &store, &raw).await?);
         commandstats(&options, "P4", &mut raw).await?;
     }
     if wanted("P5") {

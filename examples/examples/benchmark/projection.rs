@@ -2,12 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use es_core::projection::BatchError;
+use es_core::projection::{BatchError, ProjectionBackend, ProjectionOptions, ProjectionRunner};
+use es_core::read_model::{ReadModel, ReadModelUpdate};
 use es_core::{AppendOptions, EventStore, ExpectedVersion, StreamId};
-use es_redis::testing::RedisServer;
-use es_redis::{
-    HashReadModel, ProjectionOptions, ProjectionRunner, ReadModelUpdate, RedisEventStore,
-};
+use es_redis::{ProjectionMonitor, RedisEventStore};
 use redis::aio::ConnectionManager;
 use redis::Value;
 
@@ -15,16 +13,20 @@ use crate::common::*;
 
 /// Counts items per cart in a hash read model: read → decode → handle → hash write → ack.
 pub(crate) struct ItemsPerCart {
-    model: HashReadModel,
+    model: ReadModel,
 }
 
 #[async_trait::async_trait]
 impl es_core::projection::Projection for ItemsPerCart {
     type Event = CartEvent;
-    type Error = es_redis::Error;
+    type Error = es_core::StoreError;
 
     fn name(&self) -> &str {
-        "items-per-cart"
+        self.model.projection()
+    }
+
+    fn read_model(&self) -> Option<&ReadModel> {
+        Some(&self.model)
     }
 
     fn categories(&self) -> Vec<std::borrow::Cow<'static, str>> {
@@ -67,7 +69,6 @@ impl ItemsPerCart {
 /// XACK loop over the same entries with no decoding and no writes.
 pub(crate) async fn p4_projection(
     sizes: &Sizes,
-    server: &RedisServer,
     store: &RedisEventStore,
     raw: &ConnectionManager,
 ) -> Result<Row, BoxError> {
@@ -95,15 +96,15 @@ pub(crate) async fn p4_projection(
     let total = STREAMS * per_stream;
 
     let projection = ItemsPerCart {
-        model: HashReadModel::new(store, "items-per-cart"),
+        model: store.read_model("items-per-cart"),
     };
     let runner = ProjectionRunner::connect(
-        &server.config("bench"),
+        store,
         projection,
         ProjectionOptions::new("bench-1").batch_size(BATCH * 5),
     )
     .await?;
-    let monitor = runner.monitor();
+    let monitor = ProjectionMonitor::of(store, runner.projection());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let started = Instant::now();
     let task = tokio::spawn(async move {

@@ -1,0 +1,671 @@
+//! The projection conformance suite: what every [`ProjectionBackend`] must do, run with
+//! [`projection_conformance_tests!`](crate::projection_conformance_tests). Cases a backend
+//! cannot support (competing consumers) check its [`Capabilities`] say so instead.
+//!
+//! [`Capabilities`]: crate::projection::Capabilities
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::codec::Fields;
+use crate::projection::{
+    BatchError, Projection, ProjectionBackend, ProjectionOptions, ProjectionRunner,
+};
+use crate::read_model::{Applied, ReadModel};
+use crate::{
+    Event, EventStore, ExpectedVersion, Metadata, NewEvent, Position, RecordedEvent, StoreError,
+    StreamId,
+};
+
+/// Stamps out one `#[tokio::test]` per projection conformance case, each with a fresh
+/// backend from `$factory` (a closure returning a future of a value that is an
+/// [`EventStore`] and a [`ProjectionBackend`]).
+///
+/// ```rust,ignore
+/// es_core::projection_conformance_tests!(|| async { MyStore::connect_fresh().await });
+/// ```
+#[macro_export]
+macro_rules! projection_conformance_tests {
+    ($factory:expr) => {
+        $crate::projection_conformance_tests!(@cases $factory;
+            every_event_of_its_categories_is_handled_once,
+            poison_events_are_dead_lettered_while_later_events_flow,
+            batch_failures_are_pinned_on_their_event,
+            read_models_apply_each_event_exactly_once,
+            rebuild_replays_into_a_cleared_read_model,
+            progress_waits_for_new_events_and_stop_leaves_nothing_pending,
+            status_reports_lag_and_pending,
+            competing_consumers_share_the_work,
+            misconfigured_projections_are_refused,
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {$(
+        #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $case() {
+            let backend = ($factory)().await;
+            $crate::testing::projection_cases::$case(backend).await;
+        }
+    )*};
+}
+
+/// What a backend under test must be: a store to append to, and a projection backend.
+pub trait Backend: EventStore + ProjectionBackend + Clone + 'static {}
+impl<B: EventStore + ProjectionBackend + Clone + 'static> Backend for B {}
+
+#[derive(Event, Debug, Clone, PartialEq)]
+#[event(rename = "Registered")]
+struct Registered {
+    name: String,
+}
+
+#[derive(Event, Debug, Clone, PartialEq)]
+#[event(rename = "Kicked")]
+struct Kicked {
+    times: i64,
+}
+
+#[derive(Event, Debug, Clone, PartialEq)]
+#[event(rename = "Ignored")]
+struct Ignored {
+    note: String,
+}
+
+#[derive(Event, Debug, Clone, PartialEq)]
+enum Input {
+    Registered(Registered),
+    Kicked(Kicked),
+}
+
+/// Names and kick counts per user, in a read model; fails on the names in `poison`;
+/// counts batches and single calls.
+#[derive(Clone)]
+struct Profiles {
+    model: ReadModel,
+    poison: Vec<String>,
+    /// Batch handling reports the failing event itself (`BatchError::at`), or fails the
+    /// whole batch (`BatchError::nothing_handled`).
+    pinpoint: bool,
+    batches: Arc<Mutex<Vec<usize>>>,
+    singles: Arc<AtomicU64>,
+}
+
+impl Profiles {
+    fn new<B: Backend>(backend: &B, name: &str) -> Self {
+        Profiles {
+            model: backend.read_model(name),
+            poison: Vec::new(),
+            pinpoint: false,
+            batches: Arc::default(),
+            singles: Arc::default(),
+        }
+    }
+
+    fn check(&self, event: &RecordedEvent<Input>) -> Result<(), StoreError> {
+        match &event.event {
+            Input::Registered(r) if self.poison.contains(&r.name) => Err(
+                StoreError::InvalidRequest(format!("cannot store {}", r.name)),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    fn update<'a>(
+        &'a self,
+        event: &RecordedEvent<Input>,
+    ) -> crate::read_model::ReadModelUpdate<'a> {
+        let update = self.model.update(event);
+        match &event.event {
+            Input::Registered(r) => update.hset("names", &event.stream.id, r.name.as_str()),
+            Input::Kicked(k) => update.hincrby("kicks", &event.stream.id, k.times),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Projection for Profiles {
+    type Event = Input;
+    type Error = StoreError;
+    fn name(&self) -> &str {
+        self.model.projection()
+    }
+    fn categories(&self) -> Vec<Cow<'static, str>> {
+        vec!["user".into(), "activity".into()]
+    }
+    fn read_model(&self) -> Option<&ReadModel> {
+        Some(&self.model)
+    }
+    async fn handle(&self, event: &RecordedEvent<Input>) -> Result<(), StoreError> {
+        self.singles.fetch_add(1, Ordering::SeqCst);
+        self.check(event)?;
+        let _applied = self.update(event).commit().await?;
+        Ok(())
+    }
+    async fn handle_batch(
+        &self,
+        events: &[RecordedEvent<Input>],
+    ) -> Result<(), BatchError<StoreError>> {
+        self.batches.lock().expect("batches").push(events.len());
+        let mut batch = self.model.batch();
+        for (at, event) in events.iter().enumerate() {
+            if let Err(error) = self.check(event) {
+                if !self.pinpoint {
+                    return Err(BatchError::nothing_handled(error));
+                }
+                batch.commit().await.map_err(BatchError::nothing_handled)?;
+                return Err(BatchError::at(at, error));
+            }
+            batch.push(self.update(event));
+        }
+        batch.commit().await.map_err(BatchError::nothing_handled)?;
+        Ok(())
+    }
+}
+
+async fn append<B: Backend, E: Event>(
+    backend: &B,
+    category: &str,
+    id: &str,
+    event: &E,
+) -> Position {
+    let new = NewEvent::encode(event, Metadata::default()).expect("encode");
+    let written = backend
+        .append(
+            &StreamId::new(category.to_owned(), id),
+            ExpectedVersion::Any,
+            vec![new],
+            &Default::default(),
+        )
+        .await
+        .expect("append");
+    written.positions[0]
+}
+
+fn registered(name: &str) -> Registered {
+    Registered { name: name.into() }
+}
+
+fn options(consumer: &str) -> ProjectionOptions {
+    ProjectionOptions::new(consumer)
+        .batch_size(4)
+        .block(Duration::from_millis(20))
+        .poll_interval(Duration::from_millis(2))
+}
+
+async fn names(model: &ReadModel) -> Vec<(String, String)> {
+    model
+        .hash("names")
+        .await
+        .expect("names")
+        .into_iter()
+        .map(|(id, name)| (id, String::from_utf8_lossy(&name).into_owned()))
+        .collect()
+}
+
+fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+    items
+        .iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect()
+}
+
+/// Every event of the projection's categories reaches its read model once; events of
+/// other types are skipped; a second run finds nothing new.
+pub async fn every_event_of_its_categories_is_handled_once<B: Backend>(backend: B) {
+    append(&backend, "user", "1", &registered("Duffy")).await;
+    append(&backend, "activity", "1", &Kicked { times: 1 }).await;
+    append(&backend, "user", "2", &registered("Bugs")).await;
+    append(&backend, "user", "1", &Ignored { note: "x".into() }).await;
+    append(&backend, "activity", "1", &Kicked { times: 2 }).await;
+    append(&backend, "elsewhere", "9", &registered("Nobody")).await;
+    append(&backend, "user", "1", &registered("Daffy")).await;
+    let profiles = Profiles::new(&backend, "profiles");
+    let runner = ProjectionRunner::connect(&backend, profiles, options("c1"))
+        .await
+        .expect("runner");
+    let stats = runner.run_once().await.expect("run");
+    assert_eq!(
+        (stats.handled, stats.skipped, stats.dead_lettered),
+        (5, 1, 0)
+    );
+    let again = runner.run_once().await.expect("run again");
+    assert_eq!(again.handled + again.skipped, 0, "nothing new: {again:?}");
+    let model = &runner.projection().model;
+    assert_eq!(names(model).await, pairs(&[("1", "Daffy"), ("2", "Bugs")]));
+    assert_eq!(model.hash("kicks").await.expect("kicks")["1"], b"3");
+    assert_eq!(model.applied_count("user").await.expect("count"), 3);
+    assert!(runner
+        .dead_letters("user")
+        .await
+        .expect("letters")
+        .is_empty());
+}
+
+/// A failing event is delivered again, then dead-lettered after its last delivery; an
+/// undecodable one at once; later events flow meanwhile.
+pub async fn poison_events_are_dead_lettered_while_later_events_flow<B: Backend>(backend: B) {
+    append(&backend, "user", "1", &registered("Poison")).await;
+    let bad = NewEvent {
+        event_type: "Registered".into(),
+        fields: Fields::new(),
+        metadata: Metadata::default(),
+    };
+    let undecodable = backend
+        .append(
+            &StreamId::new("user", "2"),
+            ExpectedVersion::Any,
+            vec![bad],
+            &Default::default(),
+        )
+        .await
+        .expect("append")
+        .positions[0];
+    append(&backend, "user", "3", &registered("Fine")).await;
+    let mut profiles = Profiles::new(&backend, "poisoned");
+    profiles.poison = vec!["Poison".into()];
+    let runner = ProjectionRunner::connect(&backend, profiles, options("c1").max_deliveries(3))
+        .await
+        .expect("runner");
+    let stats = runner.run_once().await.expect("run");
+    assert_eq!(stats.dead_lettered, 2, "{stats:?}");
+    assert_eq!(
+        names(&runner.projection().model).await,
+        pairs(&[("3", "Fine")])
+    );
+    let letters = runner.dead_letters("user").await.expect("letters");
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert_eq!(letters[0].attempts, 3);
+    assert!(
+        letters[0].error.contains("cannot store Poison"),
+        "{}",
+        letters[0].error
+    );
+    assert_eq!(
+        (letters[1].position, letters[1].event_type.as_str()),
+        (undecodable, "Registered")
+    );
+    assert!(
+        letters[1].error.contains("field `name` is missing"),
+        "{}",
+        letters[1].error
+    );
+    let status = runner.status().await.expect("status");
+    assert!(status.iter().all(|s| s.pending == 0), "{status:?}");
+}
+
+/// Batch handlers get whole reads; a failure is pinned on its event (reported by the
+/// batch, or found by handling the rest one at a time) and the others are handled.
+pub async fn batch_failures_are_pinned_on_their_event<B: Backend>(backend: B) {
+    for n in 0..10 {
+        append(
+            &backend,
+            "user",
+            &format!("u{n}"),
+            &registered(&format!("n{n}")),
+        )
+        .await;
+    }
+    for pinpoint in [false, true] {
+        let mut profiles = Profiles::new(&backend, if pinpoint { "pinpoint" } else { "whole" });
+        profiles.poison = vec!["n6".into()];
+        profiles.pinpoint = pinpoint;
+        let runner = ProjectionRunner::connect(&backend, profiles, options("c1").max_deliveries(2))
+            .await
+            .expect("runner");
+        runner.run_once().await.expect("run");
+        let projection = runner.projection();
+        let expected: Vec<(String, String)> = (0..10)
+            .filter(|n| *n != 6)
+            .map(|n| (format!("u{n}"), format!("n{n}")))
+            .collect();
+        let mut got = names(&projection.model).await;
+        got.sort();
+        let mut expected = expected;
+        expected.sort();
+        assert_eq!(got, expected, "pinpoint: {pinpoint}");
+        let batches = projection.batches.lock().expect("batches").clone();
+        let singles = projection.singles.load(Ordering::SeqCst);
+        if pinpoint {
+            // n0-n3 | n4 n5, n6 fails | n7 | n8 n9 | n6 again (its second delivery) fails.
+            assert_eq!((batches.as_slice(), singles), (&[4, 4, 1, 2, 1][..], 0));
+        } else {
+            // n4-n7 fails as a whole: its events are handled alone (n4 n5 n6 n7), and n6's
+            // second delivery fails as a batch of one, then alone.
+            assert_eq!((batches.as_slice(), singles), (&[4, 4, 2, 1][..], 5));
+        }
+        let letters = runner.dead_letters("user").await.expect("letters");
+        assert_eq!(letters.len(), 1, "{letters:?}");
+        assert_eq!(letters[0].attempts, 2);
+        assert!(
+            letters[0].error.contains("cannot store n6"),
+            "{}",
+            letters[0].error
+        );
+    }
+}
+
+/// Read-model commits apply each event once, all or nothing, and refuse what no backend
+/// can apply.
+pub async fn read_models_apply_each_event_exactly_once<B: Backend>(backend: B) {
+    let model = backend.read_model("counts");
+    let positions = [
+        append(&backend, "user", "1", &Kicked { times: 1 }).await,
+        append(&backend, "user", "1", &Kicked { times: 1 }).await,
+    ];
+    let events = backend
+        .read_category("user", Position::ZERO, 10)
+        .await
+        .expect("read");
+    let event = |n: usize| events[n].clone().decode::<Input>().expect("decode");
+    assert_eq!(events[1].position, positions[1]);
+    let first = event(0);
+    let apply = || {
+        model
+            .update(&first)
+            .hincrby("totals", "n", 1)
+            .hset("totals", "last", "1")
+    };
+    assert_eq!(apply().commit().await.expect("commit"), Applied::Applied);
+    assert_eq!(
+        apply().commit().await.expect("again"),
+        Applied::AlreadyApplied
+    );
+    let second = event(1);
+    let mut batch = model.batch();
+    batch.push(model.update(&first).hincrby("totals", "n", 100));
+    batch.push(
+        model
+            .update(&second)
+            .hincrby("totals", "n", 1)
+            .hdel("totals", "last"),
+    );
+    batch.push(model.update(&second).hincrby("totals", "n", 100));
+    let outcomes = batch.commit().await.expect("batch");
+    assert_eq!(
+        outcomes,
+        [
+            Applied::AlreadyApplied,
+            Applied::Applied,
+            Applied::AlreadyApplied
+        ]
+    );
+    let totals = model.hash("totals").await.expect("totals");
+    assert_eq!(totals.get("n").map(Vec::as_slice), Some(&b"2"[..]));
+    assert!(!totals.contains_key("last"), "{totals:?}");
+    assert_eq!(model.applied_count("user").await.expect("count"), 2);
+
+    // One refused write fails the whole batch: nothing is written or recorded.
+    let third = RecordedEvent {
+        position: positions[1].next(),
+        ..second.clone()
+    };
+    let fourth = RecordedEvent {
+        position: positions[1].next().next(),
+        ..second.clone()
+    };
+    let fifth = RecordedEvent {
+        position: fourth.position.next(),
+        ..second.clone()
+    };
+    let _ = model
+        .update(&third)
+        .hset("totals", "text", "x")
+        .commit()
+        .await
+        .expect("text");
+    let mut batch = model.batch();
+    batch.push(model.update(&fourth).hset("other", "touched", "yes"));
+    batch.push(model.update(&fifth).hincrby("totals", "text", 1));
+    let refused = batch.commit().await.expect_err("not an integer");
+    assert!(
+        matches!(refused, StoreError::InvalidRequest(_)),
+        "{refused}"
+    );
+    assert!(model.hash("other").await.expect("other").is_empty());
+    assert_eq!(model.applied_count("user").await.expect("count"), 3);
+    let beyond = model
+        .update(&fourth)
+        .hincrby("totals", "n", 1 << 53)
+        .commit()
+        .await;
+    assert!(
+        matches!(beyond, Err(StoreError::InvalidRequest(_))),
+        "{beyond:?}"
+    );
+    // Names starting with `_` are the backend's; another read model's update is refused.
+    let reserved = model
+        .update(&fourth)
+        .hset("_applied", "x", "y")
+        .commit()
+        .await;
+    assert!(
+        matches!(reserved, Err(StoreError::InvalidRequest(_))),
+        "{reserved:?}"
+    );
+    let elsewhere = backend.read_model("elsewhere");
+    let mut batch = model.batch();
+    batch.push(elsewhere.update(&fourth).hset("x", "y", "z"));
+    assert!(matches!(
+        batch.commit().await,
+        Err(StoreError::InvalidRequest(_))
+    ));
+    assert!(model.batch().commit().await.expect("empty").is_empty());
+    assert_eq!(model.hashes().await.expect("all").len(), 1, "only `totals`");
+    assert!(model.clear().await.expect("clear") > 0);
+    assert!(model.hashes().await.expect("all").is_empty());
+    assert_eq!(model.applied_count("user").await.expect("count"), 0);
+}
+
+/// Rebuild replays everything into a cleared read model.
+pub async fn rebuild_replays_into_a_cleared_read_model<B: Backend>(backend: B) {
+    append(&backend, "user", "1", &registered("Duffy")).await;
+    append(&backend, "activity", "1", &Kicked { times: 2 }).await;
+    let runner =
+        ProjectionRunner::connect(&backend, Profiles::new(&backend, "rebuilt"), options("c1"))
+            .await
+            .expect("runner");
+    runner.run_once().await.expect("run");
+    let model = &runner.projection().model;
+    let before = model.hashes().await.expect("before");
+    // The read model drifts (say, a bug fixed since), then is rebuilt.
+    let drift = RecordedEvent {
+        position: Position::new(u64::MAX, 0),
+        ..backend
+            .read_category("user", Position::ZERO, 100)
+            .await
+            .expect("read")[0]
+            .clone()
+    };
+    let _ = model
+        .update(&drift)
+        .hset("names", "1", "Drifted")
+        .commit()
+        .await
+        .expect("drift");
+    runner.rebuild().await.expect("rebuild");
+    assert!(model.hashes().await.expect("cleared").is_empty());
+    let stats = runner.run_once().await.expect("replay");
+    assert_eq!(stats.handled, 2);
+    assert_eq!(model.hashes().await.expect("after"), before);
+}
+
+/// A spawned runner delivers new events; `Progress::wait_for` returns once they are
+/// processed, and times out for a position never reached; stopping finishes the batch in
+/// hand, leaving nothing pending.
+pub async fn progress_waits_for_new_events_and_stop_leaves_nothing_pending<B: Backend>(backend: B) {
+    let runner =
+        ProjectionRunner::connect(&backend, Profiles::new(&backend, "live"), options("c1"))
+            .await
+            .expect("runner");
+    let mut progress = runner.progress();
+    let model = runner.projection().model.clone();
+    let running = runner.spawn();
+    let mut last = Position::ZERO;
+    for n in 0..30 {
+        last = append(
+            &backend,
+            "user",
+            &format!("u{n}"),
+            &registered(&format!("n{n}")),
+        )
+        .await;
+    }
+    progress
+        .wait_for("user", last, Duration::from_secs(10))
+        .await
+        .expect("processed");
+    assert_eq!(model.hash("names").await.expect("names").len(), 30);
+    let never = Position::new(u64::MAX, 0);
+    let timeout = progress
+        .wait_for("user", never, Duration::from_millis(30))
+        .await;
+    assert!(timeout.is_err(), "a position never reached");
+    for n in 30..60 {
+        append(
+            &backend,
+            "user",
+            &format!("u{n}"),
+            &registered(&format!("n{n}")),
+        )
+        .await;
+    }
+    let (runner, _) = running.stop().await.expect("stop");
+    let status = runner.status().await.expect("status");
+    assert!(
+        status.iter().all(|s| s.pending == 0),
+        "stop acknowledged its batch: {status:?}"
+    );
+    let done = runner.run_once().await.expect("the rest");
+    assert_eq!(
+        model.hash("names").await.expect("names").len(),
+        60,
+        "{done:?}"
+    );
+}
+
+/// Status reports what is left to deliver and what is pending.
+pub async fn status_reports_lag_and_pending<B: Backend>(backend: B) {
+    let runner =
+        ProjectionRunner::connect(&backend, Profiles::new(&backend, "lagging"), options("c1"))
+            .await
+            .expect("runner");
+    runner.prepare().await.expect("prepare");
+    let mut last = Position::ZERO;
+    for n in 0..5 {
+        last = append(&backend, "user", "1", &registered(&format!("n{n}"))).await;
+    }
+    let user = |statuses: Vec<crate::projection::ProjectionStatus>| {
+        crate::projection::ProjectionStatus::combine(
+            "user",
+            &statuses
+                .into_iter()
+                .filter(|s| s.category == "user")
+                .collect::<Vec<_>>(),
+        )
+    };
+    let before = user(runner.status().await.expect("status"));
+    assert_eq!((before.lag, before.pending), (Some(5), 0), "{before:?}");
+    assert!(!before.has_processed(last));
+    runner.run_once().await.expect("run");
+    let after = user(runner.status().await.expect("status"));
+    assert_eq!((after.lag, after.pending), (Some(0), 0), "{after:?}");
+    assert!(after.has_processed(last), "{after:?}");
+}
+
+/// Where the backend supports competing consumers, two runners of one projection share
+/// the work; where it does not, each runner keeps its own position and handles every
+/// event. Either way the read model applies each event once.
+pub async fn competing_consumers_share_the_work<B: Backend>(backend: B) {
+    let profiles = Profiles::new(&backend, "shared");
+    let a = ProjectionRunner::connect(&backend, profiles.clone(), options("a"))
+        .await
+        .expect("a");
+    let b = ProjectionRunner::connect(&backend, profiles.clone(), options("b"))
+        .await
+        .expect("b");
+    let competing = a.capabilities().competing_consumers;
+    let (mut progress_a, mut progress_b) = (a.progress(), b.progress());
+    let (a, b) = (a.spawn(), b.spawn());
+    let mut last = Position::ZERO;
+    for n in 0..100 {
+        last = append(
+            &backend,
+            "activity",
+            &format!("u{}", n % 7),
+            &Kicked { times: 1 },
+        )
+        .await;
+    }
+    let timeout = Duration::from_secs(20);
+    progress_a
+        .wait_for("activity", last, timeout)
+        .await
+        .expect("processed (a)");
+    progress_b
+        .wait_for("activity", last, timeout)
+        .await
+        .expect("processed (b)");
+    let ((_, a), (_, b)) = (a.stop().await.expect("a"), b.stop().await.expect("b"));
+    if competing {
+        assert!(a.handled + b.handled >= 100, "{a:?} {b:?}");
+    } else {
+        assert_eq!(
+            (a.handled, b.handled),
+            (100, 100),
+            "each runner handles every event"
+        );
+    }
+    let kicks = profiles.model.hash("kicks").await.expect("kicks");
+    let total: i64 = kicks
+        .values()
+        .map(|v| String::from_utf8_lossy(v).parse::<i64>().expect("n"))
+        .sum();
+    assert_eq!(total, 100, "each event applied once");
+}
+
+/// A projection reading nothing, or writing another projection's read model, is refused.
+pub async fn misconfigured_projections_are_refused<B: Backend>(backend: B) {
+    let mut profiles = Profiles::new(&backend, "mine");
+    profiles.model = backend.read_model("theirs");
+    // `name()` follows the model; a projection naming itself otherwise is refused.
+    struct Renamed(Profiles);
+    #[async_trait::async_trait]
+    impl Projection for Renamed {
+        type Event = Input;
+        type Error = StoreError;
+        fn name(&self) -> &str {
+            "mine"
+        }
+        fn categories(&self) -> Vec<Cow<'static, str>> {
+            self.0.categories()
+        }
+        fn read_model(&self) -> Option<&ReadModel> {
+            Some(&self.0.model)
+        }
+        async fn handle(&self, event: &RecordedEvent<Input>) -> Result<(), StoreError> {
+            self.0.handle(event).await
+        }
+    }
+    let refused = ProjectionRunner::connect(&backend, Renamed(profiles), options("c1")).await;
+    assert!(matches!(refused, Err(StoreError::InvalidRequest(ref why)) if why.contains("theirs")));
+    struct Nothing;
+    #[async_trait::async_trait]
+    impl Projection for Nothing {
+        type Event = Input;
+        type Error = StoreError;
+        fn name(&self) -> &str {
+            "nothing"
+        }
+        fn categories(&self) -> Vec<Cow<'static, str>> {
+            Vec::new()
+        }
+        async fn handle(&self, _: &RecordedEvent<Input>) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+    let refused = ProjectionRunner::connect(&backend, Nothing, options("c1")).await;
+    assert!(
+        matches!(refused, Err(StoreError::InvalidRequest(ref why)) if why.contains("reads no categories"))
+    );
+}
