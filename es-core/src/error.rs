@@ -106,9 +106,9 @@ pub enum StoreError {
     /// A stored entry could not be decoded. Other entries are unaffected.
     #[error("cannot decode entry {entry_id} of `{stream_key}`: {source}")]
     Decode {
-        /// The storage key of the stream that holds the entry (e.g. the Redis stream key).
+        /// Where the backend keeps the entry (a stream key, a table).
         stream_key: String,
-        /// The entry's id in that stream (e.g. the Redis stream entry id).
+        /// The entry's id there (its position, or the backend's own id).
         entry_id: String,
         /// What was wrong, naming the field.
         #[source]

@@ -16,15 +16,15 @@ use crate::store::{
     StoredEvent, StreamId,
 };
 
-/// How many appends with an id each stream remembers, as the Redis backend does by default:
+/// How many appends with an id each stream remembers (the durable backends' default too):
 /// a retry of an older one is no longer recognised.
 pub const REMEMBERED_APPEND_IDS: usize = 8;
 
 /// An [`EventStore`] and [`SnapshotStore`] in process memory.
 ///
-/// Cloning it gives another handle to the same data. Positions are issued like Redis
-/// stream ids (`<millis>-<seq>`, strictly increasing per category), so time travel and
-/// category reads behave as on Redis.
+/// Cloning it gives another handle to the same data. Positions strictly increase per
+/// category (the time of the append, then a sequence within it), so time travel and
+/// category reads behave as on the durable backends.
 ///
 /// ```
 /// use es_core::{EventStore, ExpectedVersion, InMemoryStore, NewEvent, StreamId, AppendOptions};

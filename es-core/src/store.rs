@@ -79,9 +79,11 @@ impl fmt::Display for ExpectedVersion {
 
 /// A position in a category's global order.
 ///
-/// It has the shape of a Redis stream entry id, `<milliseconds>-<sequence>`, and every
-/// backend issues strictly increasing positions per category. [`Position::ZERO`] is before
-/// every event.
+/// An ordered token of two numbers, written `<major>-<minor>`, whose meaning each backend
+/// defines: every backend issues strictly increasing positions per category (per
+/// partition, for a partitioned one), and [`Position::ZERO`] is before every event. Compare
+/// and store positions; do not read meaning into their parts (an event's time is
+/// [`RecordedEvent::timestamp`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Position {
     /// Milliseconds since the Unix epoch at which the entry was stored.
@@ -232,7 +234,7 @@ pub struct RecordedEvent<E> {
     pub metadata: Metadata,
     /// The event.
     pub event: E,
-    /// Where the backend keeps the entry (e.g. the Redis stream key); named in decode errors.
+    /// Where the backend keeps the entry (a stream key, a table); named in decode errors.
     pub storage_key: Arc<str>,
 }
 

@@ -11,6 +11,7 @@ use crate::aggregate::{Aggregate, Handle};
 mod cache_cases;
 pub mod conformance;
 pub mod projection_cases;
+mod read_model_cases;
 mod repository_cases;
 mod validation_cases;
 

@@ -880,35 +880,6 @@ async fn applied_entries_are_pruned_once_acknowledged() {
     assert_eq!(deposits, 200);
 }
 
-struct ReadsNothing;
-
-#[async_trait::async_trait]
-impl Projection for ReadsNothing {
-    type Event = AccountEvent;
-    type Error = String;
-    fn name(&self) -> &str {
-        "reads-nothing"
-    }
-    fn categories(&self) -> Vec<Cow<'static, str>> {
-        Vec::new()
-    }
-    async fn handle(&self, _: &RecordedEvent<AccountEvent>) -> Result<(), String> {
-        Ok(())
-    }
-}
-
-#[tokio::test]
-async fn a_projection_without_categories_is_a_configuration_error() {
-    let setup = setup("no-categories").await;
-    match ProjectionRunner::connect(&setup.store, ReadsNothing, options("c1")).await {
-        Err(StoreError::InvalidRequest(message)) => {
-            assert!(message.contains("reads no categories"), "{message}")
-        }
-        Err(other) => panic!("expected a configuration error, got {other:?}"),
-        Ok(_) => panic!("expected a configuration error, got a runner"),
-    }
-}
-
 #[tokio::test]
 async fn read_model_batches_apply_each_event_once_and_all_or_nothing() {
     let Setup { store, .. } = setup("batch-commit").await;
