@@ -104,12 +104,12 @@ pub enum StoreError {
     #[error(transparent)]
     Conflict(#[from] ConflictError),
     /// A stored entry could not be decoded. Other entries are unaffected.
-    #[error("cannot decode entry {entry_id} of `{stream_key}`: {source}")]
+    #[error("cannot decode entry {entry} of `{location}`: {source}")]
     Decode {
         /// Where the backend keeps the entry (a stream key, a table).
-        stream_key: String,
+        location: String,
         /// The entry's id there (its position, or the backend's own id).
-        entry_id: String,
+        entry: String,
         /// What was wrong, naming the field.
         #[source]
         source: DecodeError,
@@ -143,15 +143,15 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// A decode error located at `entry_id` of `stream_key`.
+    /// A decode error located at `entry` of `location`.
     pub fn decode(
-        stream_key: impl Into<String>,
-        entry_id: impl Into<String>,
+        location: impl Into<String>,
+        entry: impl Into<String>,
         source: DecodeError,
     ) -> Self {
         StoreError::Decode {
-            stream_key: stream_key.into(),
-            entry_id: entry_id.into(),
+            location: location.into(),
+            entry: entry.into(),
             source,
         }
     }

@@ -22,9 +22,9 @@ pub const REMEMBERED_APPEND_IDS: usize = 8;
 
 /// An [`EventStore`] and [`SnapshotStore`] in process memory.
 ///
-/// Cloning it gives another handle to the same data. Positions strictly increase per
-/// category (the time of the append, then a sequence within it), so time travel and
-/// category reads behave as on the durable backends.
+/// Cloning it gives another handle to the same data. Positions number each category's
+/// events (`1-0`, `2-0`, …: [`Position::from_sequence`]); timestamps are the time of the
+/// append, never decreasing within a category.
 ///
 /// ```
 /// use es_core::{EventStore, ExpectedVersion, InMemoryStore, NewEvent, StreamId, AppendOptions};
@@ -60,9 +60,10 @@ struct State {
 }
 
 struct Category {
-    storage_key: Arc<str>,
+    location: Arc<str>,
     events: Vec<StoredEvent>,
     last: Position,
+    last_timestamp: u64,
 }
 
 impl InMemoryStore {
@@ -93,20 +94,24 @@ impl std::fmt::Debug for InMemoryStore {
 impl Category {
     fn new(name: &str) -> Self {
         Category {
-            storage_key: Arc::from(format!("memory:{name}")),
+            location: Arc::from(format!("memory:{name}")),
             events: Vec::new(),
             last: Position::ZERO,
+            last_timestamp: 0,
         }
     }
 
-    fn next_position(&mut self, now: u64) -> Position {
-        let next = if now > self.last.millis {
-            Position::new(now, 0)
-        } else {
-            self.last.next()
-        };
-        self.last = next;
-        next
+    /// The next position: the category's next sequence number.
+    fn next_position(&mut self) -> Position {
+        self.last = Position::from_sequence(self.last.major() + 1);
+        self.last
+    }
+
+    /// The time of an append: now, but never before the category's last append (so the
+    /// times of a stream's events never decrease, whatever the clock does).
+    fn timestamp(&mut self, now: u64) -> u64 {
+        self.last_timestamp = self.last_timestamp.max(now);
+        self.last_timestamp
     }
 }
 
@@ -143,19 +148,20 @@ impl EventStore for InMemoryStore {
             .or_insert_with(|| Category::new(&stream.category));
         let indexes = state.streams.entry(stream.clone()).or_default();
         let mut positions = Vec::with_capacity(events.len());
+        let timestamp = category.timestamp(now);
         for (offset, event) in events.into_iter().enumerate() {
-            let position = category.next_position(now);
+            let position = category.next_position();
             positions.push(position);
             indexes.push(category.events.len());
             category.events.push(StoredEvent {
                 stream: stream.clone(),
                 version: actual + 1 + offset as u64,
                 position,
-                timestamp: position.millis,
+                timestamp,
                 event_type: event.event_type.into_owned(),
                 metadata: event.metadata,
                 event: event.fields,
-                storage_key: category.storage_key.clone(),
+                location: category.location.clone(),
             });
         }
         let result = AppendResult {

@@ -63,7 +63,7 @@ pub struct Executed<A> {
     pub stream: StreamId,
     /// The category position of the aggregate's last event after the command (of the last
     /// one appended, if any): what a projection must have processed to reflect the command
-    /// (read-your-writes; see `ProjectionMonitor::wait_for_executed` on Redis).
+    /// (read-your-writes: [`Progress::wait_for_executed`](crate::projection::Progress::wait_for_executed)).
     pub position: Position,
     /// The category positions of the events the command appended, in order (empty if none).
     pub positions: Vec<Position>,

@@ -77,69 +77,94 @@ impl fmt::Display for ExpectedVersion {
     }
 }
 
-/// A position in a category's global order.
+/// A position in a category's order (in one partition's, for a partitioned category).
 ///
 /// An ordered token of two numbers, written `<major>-<minor>`, whose meaning each backend
-/// defines: every backend issues strictly increasing positions per category (per
-/// partition, for a partitioned one), and [`Position::ZERO`] is before every event. Compare
-/// and store positions; do not read meaning into their parts (an event's time is
+/// defines: a sequence backend issues [`Position::from_sequence`] (`<n>-0`), another may
+/// use both parts. Every backend issues strictly increasing positions per category (per
+/// partition), and [`Position::ZERO`] is before every event. Compare, store and print
+/// positions; do not read meaning into their parts (an event's time is
 /// [`RecordedEvent::timestamp`]).
+///
+/// ```
+/// use es_core::Position;
+/// let first = Position::from_sequence(1);
+/// assert!(Position::ZERO < first && first < Position::from_sequence(2));
+/// assert_eq!(first.to_string(), "1-0");
+/// assert_eq!("1".parse::<Position>()?, first);
+/// assert_eq!("7-3".parse::<Position>()?, Position::new(7, 3));
+/// # Ok::<_, es_core::store::ParsePositionError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Position {
-    /// Milliseconds since the Unix epoch at which the entry was stored.
-    pub millis: u64,
-    /// Sequence number within that millisecond.
-    pub seq: u64,
+    major: u64,
+    minor: u64,
 }
 
 impl Position {
     /// Before every event.
-    pub const ZERO: Position = Position { millis: 0, seq: 0 };
+    pub const ZERO: Position = Position { major: 0, minor: 0 };
 
-    /// The position `millis-seq`.
-    pub const fn new(millis: u64, seq: u64) -> Self {
-        Position { millis, seq }
+    /// The position `<major>-<minor>`.
+    pub const fn new(major: u64, minor: u64) -> Self {
+        Position { major, minor }
+    }
+
+    /// The `n`th position of a backend that numbers events: `<n>-0`.
+    pub const fn from_sequence(n: u64) -> Self {
+        Position::new(n, 0)
+    }
+
+    /// The first part (what a backend puts there is its own business).
+    pub const fn major(self) -> u64 {
+        self.major
+    }
+
+    /// The second part.
+    pub const fn minor(self) -> u64 {
+        self.minor
     }
 
     /// The greatest position before this one (no position lies between the two);
     /// [`Position::ZERO`] for itself.
     pub const fn previous(self) -> Self {
-        match (self.millis, self.seq) {
+        match (self.major, self.minor) {
             (0, 0) => Position::ZERO,
-            (millis, 0) => Position::new(millis - 1, u64::MAX),
-            (millis, seq) => Position::new(millis, seq - 1),
+            (major, 0) => Position::new(major - 1, u64::MAX),
+            (major, minor) => Position::new(major, minor - 1),
         }
     }
 
     /// The smallest position after this one.
     pub const fn next(self) -> Self {
-        if self.seq == u64::MAX {
-            Position::new(self.millis.saturating_add(1), 0)
+        if self.minor == u64::MAX {
+            Position::new(self.major.saturating_add(1), 0)
         } else {
-            Position::new(self.millis, self.seq + 1)
+            Position::new(self.major, self.minor + 1)
         }
     }
 }
 
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.millis, self.seq)
+        write!(f, "{}-{}", self.major, self.minor)
     }
 }
 
-/// A text that is not a `<millis>-<seq>` position.
+/// A text that is not a `<major>-<minor>` (or `<major>`) position.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid position {0:?}: expected `<milliseconds>-<sequence>`")]
+#[error("invalid position {0:?}: expected `<number>-<number>` or `<number>`")]
 pub struct ParsePositionError(pub String);
 
 impl FromStr for Position {
     type Err = ParsePositionError;
+    /// `<major>-<minor>`, or `<major>` alone for `<major>-0`.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let error = || ParsePositionError(text.to_owned());
-        let (millis, seq) = text.split_once('-').unwrap_or((text, "0"));
+        let (major, minor) = text.split_once('-').unwrap_or((text, "0"));
         Ok(Position::new(
-            millis.parse().map_err(|_| error())?,
-            seq.parse().map_err(|_| error())?,
+            major.parse().map_err(|_| error())?,
+            minor.parse().map_err(|_| error())?,
         ))
     }
 }
@@ -235,14 +260,14 @@ pub struct RecordedEvent<E> {
     /// The event.
     pub event: E,
     /// Where the backend keeps the entry (a stream key, a table); named in decode errors.
-    pub storage_key: Arc<str>,
+    pub location: Arc<str>,
 }
 
 /// An event as read from a store, not yet decoded.
 pub type StoredEvent = RecordedEvent<Fields>;
 
 impl StoredEvent {
-    /// Decodes the fields into a typed event. The error names the storage key, the entry
+    /// Decodes the fields into a typed event. The error names the location, the entry
     /// (its position), the event type and the field.
     pub fn decode<E: Event>(self) -> Result<RecordedEvent<E>, StoreError> {
         let event = match E::decode(&self.event_type, &self.event) {
@@ -254,7 +279,7 @@ impl StoredEvent {
 
     /// A [`StoreError::Decode`] located at this entry.
     pub fn decode_error(&self, source: DecodeError) -> StoreError {
-        StoreError::decode(&*self.storage_key, self.position.to_string(), source)
+        StoreError::decode(&*self.location, self.position.to_string(), source)
     }
 }
 
@@ -269,7 +294,7 @@ impl<E> RecordedEvent<E> {
             event_type: self.event_type,
             metadata: self.metadata,
             event,
-            storage_key: self.storage_key,
+            location: self.location,
         }
     }
 

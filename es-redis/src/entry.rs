@@ -125,7 +125,7 @@ impl RawEntry {
 
 /// What decoding an entry needs to know about where it came from.
 pub(crate) struct EntrySource<'a> {
-    /// The category stream key (named in errors, kept in [`StoredEvent::storage_key`]).
+    /// The category stream key (named in errors, kept in [`StoredEvent::location`]).
     pub storage_key: &'a Arc<str>,
     /// The category.
     pub category: &'a Cow<'static, str>,
@@ -276,11 +276,12 @@ impl Envelope {
             stream: StreamId::new(source.category.clone(), aggregate_id),
             version,
             position,
-            timestamp: position.millis,
+            // A Redis entry id is `<milliseconds>-<sequence>`: its first part is the time.
+            timestamp: position.major(),
             event_type,
             metadata,
             event: fields,
-            storage_key: source.storage_key.clone(),
+            location: source.storage_key.clone(),
         })
     }
 }
@@ -399,12 +400,12 @@ mod tests {
         for (entry, field) in cases {
             match decode_entry(&source, "5-1", pairs(entry)) {
                 Err(StoreError::Decode {
-                    stream_key,
-                    entry_id,
+                    location,
+                    entry,
                     source,
                 }) => {
-                    assert_eq!(stream_key, "es:{user}:events");
-                    assert_eq!(entry_id, "5-1");
+                    assert_eq!(location, "es:{user}:events");
+                    assert_eq!(entry, "5-1");
                     assert_eq!(source.field_name(), Some(field));
                 }
                 other => panic!("expected a decode error on {field}, got {other:?}"),

@@ -204,7 +204,8 @@ impl RedisEventStore {
             let mut end = i + 1;
             let mut last = first;
             while let Some(Some(next)) = positions.get(end) {
-                if next.millis != last.millis || Some(next.seq) != last.seq.checked_add(1) {
+                if next.major() != last.major() || Some(next.minor()) != last.minor().checked_add(1)
+                {
                     break;
                 }
                 last = *next;

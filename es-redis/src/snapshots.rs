@@ -281,9 +281,9 @@ mod tests {
         ];
         match decode_snapshot("es:{user}:snapshot:1", "user", flat) {
             Err(StoreError::Decode {
-                stream_key, source, ..
+                location, source, ..
             }) => {
-                assert_eq!(stream_key, "es:{user}:snapshot:1");
+                assert_eq!(location, "es:{user}:snapshot:1");
                 assert_eq!(source.field_name(), Some("_version"));
             }
             other => panic!("expected a decode error, got {other:?}"),

@@ -586,7 +586,7 @@ async fn read_model_updates_apply_once_in_any_order() {
         event_type: "Deposited".into(),
         metadata: Metadata::default(),
         event: (),
-        storage_key: Arc::from("test"),
+        location: Arc::from("test"),
     };
     let (newer, older) = (event(2_000), event(1_000));
     let bump = |e: &RecordedEvent<()>| model.update(e).hincrby("totals", "n", 1).commit();
@@ -892,7 +892,7 @@ async fn read_model_batches_apply_each_event_once_and_all_or_nothing() {
         event_type: "Deposited".into(),
         metadata: Metadata::default(),
         event: (),
-        storage_key: Arc::from("test"),
+        location: Arc::from("test"),
     };
     let events: Vec<_> = (1..=6).map(|n| event(n * 1_000)).collect();
     // Event 2 was applied before this batch.

@@ -398,12 +398,12 @@ async fn snapshot_fields_with_the_reserved_prefix_are_rejected() {
 fn decode_error<T: std::fmt::Debug>(result: Result<T, StoreError>) -> (String, String, String) {
     match result {
         Err(StoreError::Decode {
-            stream_key,
-            entry_id,
+            location,
+            entry,
             source,
         }) => (
-            stream_key,
-            entry_id,
+            location,
+            entry,
             source.field_name().unwrap_or_default().to_owned(),
         ),
         other => panic!("expected a decode error, got {other:?}"),

@@ -548,10 +548,10 @@ async fn foreign_entries_are_typed_errors_and_affect_nothing_else() {
             .expect("append");
         match repository.load(&stream.id).await {
             Err(StoreError::Decode {
-                source, stream_key, ..
+                source, location, ..
             }) => {
                 assert_eq!(source.field_name(), Some(*expected_field));
-                assert_eq!(stream_key, key);
+                assert_eq!(location, key);
             }
             other => panic!("expected a decode error, got {other:?}"),
         }

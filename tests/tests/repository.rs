@@ -363,12 +363,12 @@ async fn an_undecodable_event_is_a_typed_error_naming_the_entry() {
         .unwrap();
     match repo.load("a").await.unwrap_err() {
         StoreError::Decode {
-            stream_key,
-            entry_id,
+            location,
+            entry,
             source,
         } => {
-            assert_eq!(stream_key, "memory:account");
-            assert_eq!(entry_id, written.positions[0].to_string());
+            assert_eq!(location, "memory:account");
+            assert_eq!(entry, written.positions[0].to_string());
             assert_eq!(source.field_name(), Some("amount"));
         }
         other => panic!("expected a decode error, got {other}"),

@@ -504,12 +504,12 @@ pub async fn unknown_event_type_gives_typed_decode_error<S: SnapshotStore>(store
         .decode::<Numbered>()
     {
         Err(StoreError::Decode {
-            stream_key,
-            entry_id,
+            location,
+            entry,
             source,
         }) => {
-            assert!(!stream_key.is_empty());
-            assert_eq!(entry_id, written.positions[0].to_string());
+            assert!(!location.is_empty());
+            assert_eq!(entry, written.positions[0].to_string());
             assert!(
                 matches!(source, DecodeError::UnknownEventType { ref event_type, .. } if event_type == "Teleported")
             );
