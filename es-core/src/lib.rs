@@ -9,6 +9,7 @@ pub mod codec;
 pub mod error;
 pub mod event;
 pub mod memory;
+pub mod position;
 pub mod projection;
 pub mod read_model;
 pub mod repository;

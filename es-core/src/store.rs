@@ -7,9 +7,10 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use crate::position::{ParsePositionError, Position};
 
 use async_trait::async_trait;
 
@@ -74,98 +75,6 @@ impl fmt::Display for ExpectedVersion {
             ExpectedVersion::NoStream => f.write_str("no stream"),
             ExpectedVersion::Exact(v) => write!(f, "version {v}"),
         }
-    }
-}
-
-/// A position in a category's order (in one partition's, for a partitioned category).
-///
-/// An ordered token of two numbers, written `<major>-<minor>`, whose meaning each backend
-/// defines: a sequence backend issues [`Position::from_sequence`] (`<n>-0`), another may
-/// use both parts. Every backend issues strictly increasing positions per category (per
-/// partition), and [`Position::ZERO`] is before every event. Compare, store and print
-/// positions; do not read meaning into their parts (an event's time is
-/// [`RecordedEvent::timestamp`]).
-///
-/// ```
-/// use es_core::Position;
-/// let first = Position::from_sequence(1);
-/// assert!(Position::ZERO < first && first < Position::from_sequence(2));
-/// assert_eq!(first.to_string(), "1-0");
-/// assert_eq!("1".parse::<Position>()?, first);
-/// assert_eq!("7-3".parse::<Position>()?, Position::new(7, 3));
-/// # Ok::<_, es_core::store::ParsePositionError>(())
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct Position {
-    major: u64,
-    minor: u64,
-}
-
-impl Position {
-    /// Before every event.
-    pub const ZERO: Position = Position { major: 0, minor: 0 };
-
-    /// The position `<major>-<minor>`.
-    pub const fn new(major: u64, minor: u64) -> Self {
-        Position { major, minor }
-    }
-
-    /// The `n`th position of a backend that numbers events: `<n>-0`.
-    pub const fn from_sequence(n: u64) -> Self {
-        Position::new(n, 0)
-    }
-
-    /// The first part (what a backend puts there is its own business).
-    pub const fn major(self) -> u64 {
-        self.major
-    }
-
-    /// The second part.
-    pub const fn minor(self) -> u64 {
-        self.minor
-    }
-
-    /// The greatest position before this one (no position lies between the two);
-    /// [`Position::ZERO`] for itself.
-    pub const fn previous(self) -> Self {
-        match (self.major, self.minor) {
-            (0, 0) => Position::ZERO,
-            (major, 0) => Position::new(major - 1, u64::MAX),
-            (major, minor) => Position::new(major, minor - 1),
-        }
-    }
-
-    /// The smallest position after this one.
-    pub const fn next(self) -> Self {
-        if self.minor == u64::MAX {
-            Position::new(self.major.saturating_add(1), 0)
-        } else {
-            Position::new(self.major, self.minor + 1)
-        }
-    }
-}
-
-impl fmt::Display for Position {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.major, self.minor)
-    }
-}
-
-/// A text that is not a `<major>-<minor>` (or `<major>`) position.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid position {0:?}: expected `<number>-<number>` or `<number>`")]
-pub struct ParsePositionError(pub String);
-
-impl FromStr for Position {
-    type Err = ParsePositionError;
-    /// `<major>-<minor>`, or `<major>` alone for `<major>-0`.
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let error = || ParsePositionError(text.to_owned());
-        let (major, minor) = text.split_once('-').unwrap_or((text, "0"));
-        Ok(Position::new(
-            major.parse().map_err(|_| error())?,
-            minor.parse().map_err(|_| error())?,
-        ))
     }
 }
 
@@ -501,12 +410,44 @@ pub trait EventStore: Send + Sync {
     async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError>;
 
     /// Up to `limit` events of `category` stored after `after`, in category order.
+    ///
+    /// A partitioned category (see [`partitions`](Self::partitions)) has one order per
+    /// partition, not one for the category: its pages merge the partitions by position, so
+    /// each event comes once and each partition's events come in their order, but events of
+    /// different partitions are ordered only by their positions, and a page read while the
+    /// category is written may pass an event that a lagging partition stores later. Read a
+    /// live partitioned category per partition ([`read_partition`](Self::read_partition),
+    /// one cursor each) or with a projection.
     async fn read_category(
         &self,
         category: &str,
         after: Position,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// How many partitions `category` has: 1 (the default) when the category has one
+    /// order. Each partition holds whole aggregates and orders its own events.
+    fn partitions(&self, _category: &str) -> u32 {
+        1
+    }
+
+    /// Up to `limit` events of `partition` of `category` stored after `after`, in that
+    /// partition's exact order. The default serves a store without partitions: partition 0
+    /// is the category.
+    async fn read_partition(
+        &self,
+        category: &str,
+        partition: u32,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        if partition != 0 {
+            return Err(StoreError::InvalidRequest(format!(
+                "category {category:?} has 1 partition; there is no partition {partition}"
+            )));
+        }
+        self.read_category(category, after, limit).await
+    }
 }
 
 /// Where snapshots are kept.
@@ -571,6 +512,20 @@ impl<T: EventStore + ?Sized> EventStore for Arc<T> {
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         (**self).read_category(category, after, limit).await
+    }
+    fn partitions(&self, category: &str) -> u32 {
+        (**self).partitions(category)
+    }
+    async fn read_partition(
+        &self,
+        category: &str,
+        partition: u32,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        (**self)
+            .read_partition(category, partition, after, limit)
+            .await
     }
 }
 

@@ -9,6 +9,7 @@ use std::fmt::Debug;
 use crate::aggregate::{Aggregate, Handle};
 
 mod cache_cases;
+mod category_cases;
 pub mod conformance;
 pub mod projection_cases;
 mod read_model_cases;

@@ -21,7 +21,7 @@ impl RedisEventStore {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let partitions = self.keys().partitions(category);
         if partitions == 1 {
-            return self.read_partition(category, 0, after, limit).await;
+            return self.read_partition_stream(category, 0, after, limit).await;
         }
         if limit == 0 {
             return Ok(Vec::new());
@@ -35,7 +35,7 @@ impl RedisEventStore {
         let mut merged = Vec::new();
         for partition in 0..partitions {
             let events = self
-                .read_partition(category, partition, after, limit)
+                .read_partition_stream(category, partition, after, limit)
                 .await?;
             merged.extend(events.into_iter().map(|event| (partition, event)));
         }
@@ -52,9 +52,9 @@ impl RedisEventStore {
         Ok(merged.into_iter().map(|(_, event)| event).collect())
     }
 
-    /// Up to `limit` events of `partition` of `category` (0 for an unpartitioned one)
-    /// stored after `after`, in the partition stream's exact order.
-    pub async fn read_partition(
+    /// `read_partition`: up to `limit` events of `partition` of `category` (0 for an
+    /// unpartitioned one) stored after `after`, in the partition stream's exact order.
+    pub(crate) async fn read_partition_stream(
         &self,
         category: &str,
         partition: u32,

@@ -26,7 +26,7 @@ use crate::keys::KeyLayout;
 /// # Partitioned categories
 ///
 /// A category split into *P* partitions ([`RedisConfig::partitions`]) has one category
-/// stream per partition, each with its own positions. [`read_partition`](Self::read_partition)
+/// stream per partition, each with its own positions. [`read_partition`](EventStore::read_partition)
 /// reads one partition in its exact order. [`EventStore::read_category`] merges the
 /// partitions by position (ties, which happen because each partition's stream numbers its
 /// entries on its own, in partition order): events of one aggregate, and of one partition,
@@ -38,7 +38,7 @@ use crate::keys::KeyLayout;
 /// event stored in one partition with a position below the cursor (another partition's
 /// later read, or a node whose clock is behind) is not returned. To follow a partitioned
 /// category live, use a projection (one consumer group per partition stream) or
-/// [`read_partition`](Self::read_partition) with one cursor per partition.
+/// [`read_partition`](EventStore::read_partition) with one cursor per partition.
 ///
 /// ```no_run
 /// use es_core::{AppendOptions, EventStore, ExpectedVersion, NewEvent, ReadRange, StreamId};
@@ -266,6 +266,23 @@ impl EventStore for RedisEventStore {
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         self.read_partitions_merged(category, after, limit).await
+    }
+
+    /// [`RedisConfig::partitions`]' count for `category`.
+    fn partitions(&self, category: &str) -> u32 {
+        self.keys.partitions(category)
+    }
+
+    /// One partition stream, by `XRANGE`.
+    async fn read_partition(
+        &self,
+        category: &str,
+        partition: u32,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read_partition_stream(category, partition, after, limit)
+            .await
     }
 }
 

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use super::cache_cases::*;
+pub use super::category_cases::*;
 pub use super::repository_cases::*;
 pub use super::validation_cases::*;
 use crate::codec::Fields;
@@ -76,7 +77,7 @@ fn new_event(event_type: &'static str, pairs: &[(&'static str, &str)]) -> NewEve
     }
 }
 
-fn numbered(n: usize) -> Vec<NewEvent> {
+pub(super) fn numbered(n: usize) -> Vec<NewEvent> {
     (0..n)
         .map(|i| {
             let mut e = new_event("Numbered", &[]);
@@ -86,7 +87,7 @@ fn numbered(n: usize) -> Vec<NewEvent> {
         .collect()
 }
 
-fn none() -> AppendOptions {
+pub(super) fn none() -> AppendOptions {
     AppendOptions::default()
 }
 
@@ -364,48 +365,6 @@ pub async fn read_as_of_version_and_timestamp<S: SnapshotStore>(store: S) {
     assert!(before_everything.is_empty());
 }
 
-/// A category reads every aggregate's events in append order, in pages.
-pub async fn category_is_read_in_order_across_aggregates<S: SnapshotStore>(store: S) {
-    let mut appended = Vec::new();
-    for round in 0..3 {
-        for id in ["a", "b", "c"] {
-            let stream = StreamId::new("user", id);
-            let written = store
-                .append(&stream, ExpectedVersion::Exact(round), numbered(1), &none())
-                .await
-                .expect("append");
-            appended.push((id.to_owned(), written.version, written.positions[0]));
-        }
-    }
-    store
-        .append(
-            &StreamId::new("order", "a"),
-            ExpectedVersion::Any,
-            numbered(4),
-            &none(),
-        )
-        .await
-        .expect("append elsewhere");
-    let mut read = Vec::new();
-    let mut after = Position::ZERO;
-    loop {
-        let page = store.read_category("user", after, 4).await.expect("read");
-        assert!(page.len() <= 4);
-        let Some(last) = page.last() else { break };
-        after = last.position;
-        read.extend(
-            page.into_iter()
-                .map(|e| (e.stream.id, e.version, e.position)),
-        );
-    }
-    assert_eq!(read, appended);
-    assert!(store
-        .read_category("nothing", Position::ZERO, 10)
-        .await
-        .expect("read")
-        .is_empty());
-}
-
 fn snapshot(version: u64, value: &str) -> Snapshot {
     let mut fields = Fields::new();
     fields.push("balance", value);
@@ -537,13 +496,14 @@ pub async fn hostile_ids_and_binary_values_round_trip<S: SnapshotStore>(store: S
         "A",
     ];
     let every_byte: Vec<u8> = (0..=255u8).collect();
+    let mut appended = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         let stream = StreamId::new("user", *id);
         let mut event = new_event("Numbered", &[]);
         event.fields.push("n", i.to_string());
         event.fields.push("bytes", every_byte.clone());
         event.fields.push("empty", "");
-        store
+        let written = store
             .append(
                 &stream,
                 ExpectedVersion::NoStream,
@@ -552,6 +512,7 @@ pub async fn hostile_ids_and_binary_values_round_trip<S: SnapshotStore>(store: S
             )
             .await
             .unwrap_or_else(|e| panic!("append to {id:?}: {e}"));
+        appended.push(((*id).to_owned(), 1, written.positions[0]));
         let mut snap = snapshot(1, id);
         snap.fields.push("bytes", every_byte.clone());
         store.save_snapshot(&stream, &snap).await.expect("save");
@@ -567,12 +528,5 @@ pub async fn hostile_ids_and_binary_values_round_trip<S: SnapshotStore>(store: S
             Some(snap)
         );
     }
-    let category = store
-        .read_category("user", Position::ZERO, 100)
-        .await
-        .expect("read");
-    assert_eq!(category.len(), ids.len());
-    for (stored, id) in category.iter().zip(ids) {
-        assert_eq!(stored.stream.id, id);
-    }
+    super::category_cases::assert_category_holds(&store, "user", &appended).await;
 }

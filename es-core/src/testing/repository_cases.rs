@@ -224,6 +224,23 @@ impl<S: SnapshotStore> EventStore for CountingStore<S> {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         self.inner.read_category(category, after, limit).await
     }
+
+    fn partitions(&self, category: &str) -> u32 {
+        self.inner.partitions(category)
+    }
+
+    async fn read_partition(
+        &self,
+        category: &str,
+        partition: u32,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read();
+        self.inner
+            .read_partition(category, partition, after, limit)
+            .await
+    }
 }
 
 #[async_trait]

@@ -1,0 +1,115 @@
+//! Category reads: one order per category, or per partition of a partitioned one (see
+//! [`EventStore::read_category`] and [`EventStore::read_partition`]).
+
+use std::collections::HashMap;
+
+use super::conformance::{none, numbered};
+use crate::store::{EventStore, ExpectedVersion, Position, SnapshotStore, StoredEvent, StreamId};
+
+/// A category reads every aggregate's events in append order, in pages: the whole category
+/// in one order, or each partition of a partitioned one in its own.
+pub async fn category_is_read_in_order_across_aggregates<S: SnapshotStore>(store: S) {
+    let mut appended = Vec::new();
+    for round in 0..3 {
+        for id in ["a", "b", "c", "d", "e", "f", "g", "h"] {
+            let stream = StreamId::new("user", id);
+            let written = store
+                .append(&stream, ExpectedVersion::Exact(round), numbered(1), &none())
+                .await
+                .expect("append");
+            appended.push((id.to_owned(), written.version, written.positions[0]));
+        }
+    }
+    store
+        .append(
+            &StreamId::new("order", "a"),
+            ExpectedVersion::Any,
+            numbered(4),
+            &none(),
+        )
+        .await
+        .expect("append elsewhere");
+    assert_category_holds(&store, "user", &appended).await;
+    assert!(store
+        .read_category("nothing", Position::ZERO, 10)
+        .await
+        .expect("read")
+        .is_empty());
+}
+
+/// Checks that `category` holds exactly `appended` (stream id, version, position, in the
+/// order they were appended, one after the other) as the contract promises:
+///
+/// - each partition, read in pages, gives its events in append order, and each aggregate
+///   lives in one partition (with one partition: the whole category, in append order);
+/// - `read_category`, in pages, gives every event once, partitions merged by position.
+pub(crate) async fn assert_category_holds<S: EventStore>(
+    store: &S,
+    category: &str,
+    appended: &[(String, u64, Position)],
+) {
+    let partitions = store.partitions(category);
+    assert!(partitions >= 1, "a category has a partition");
+    let page = 4.max(partitions as usize);
+    let mut home: HashMap<String, u32> = HashMap::new();
+    let mut seen = 0;
+    for partition in 0..partitions {
+        let mut read = Vec::new();
+        let mut after = Position::ZERO;
+        loop {
+            let events = store
+                .read_partition(category, partition, after, 4)
+                .await
+                .expect("read a partition");
+            assert!(events.len() <= 4);
+            let Some(last) = events.last() else { break };
+            after = last.position;
+            read.extend(events.into_iter().map(entry));
+        }
+        for (id, _, _) in &read {
+            let first = *home.entry(id.clone()).or_insert(partition);
+            assert_eq!(first, partition, "aggregate {id:?} is in two partitions");
+        }
+        let expected: Vec<_> = appended
+            .iter()
+            .filter(|(id, _, _)| home.get(id) == Some(&partition))
+            .cloned()
+            .collect();
+        assert_eq!(read, expected, "partition {partition} in append order");
+        seen += read.len();
+    }
+    assert_eq!(seen, appended.len(), "every event in some partition");
+    let beyond = store
+        .read_partition(category, partitions, Position::ZERO, 4)
+        .await;
+    assert!(beyond.is_err(), "partition {partitions} does not exist");
+
+    let mut merged = Vec::new();
+    let mut after = Position::ZERO;
+    loop {
+        let events = store
+            .read_category(category, after, page)
+            .await
+            .expect("read the category");
+        assert!(events.len() <= page);
+        let Some(last) = events.last() else { break };
+        after = last.position;
+        merged.extend(events.into_iter().map(entry));
+    }
+    assert!(
+        merged.windows(2).all(|w| w[0].2 <= w[1].2),
+        "merged by position"
+    );
+    if partitions == 1 {
+        assert_eq!(merged, appended, "one order: the append order");
+    } else {
+        let (mut merged, mut appended) = (merged, appended.to_vec());
+        merged.sort();
+        appended.sort();
+        assert_eq!(merged, appended, "every event once");
+    }
+}
+
+fn entry(event: StoredEvent) -> (String, u64, Position) {
+    (event.stream.id, event.version, event.position)
+}
