@@ -118,6 +118,21 @@ impl KeyLayout {
         }
     }
 
+    /// Where `category`'s partition count is recorded, for this layout and for the other
+    /// one: `<namespace>:{<category>}:partitions` for one partition,
+    /// `<namespace>:{<category>:p0}:partitions` for several (whatever their number, so two
+    /// partitioned layouts share it). Returns (this layout's, the other's).
+    pub fn partition_records(&self, category: &str) -> (String, String) {
+        let category_part = encode_key_part(category);
+        let single = format!("{}:{{{category_part}}}:partitions", self.namespace);
+        let several = format!("{}:{{{category_part}:p0}}:partitions", self.namespace);
+        if self.partitions(category) == 1 {
+            (single, several)
+        } else {
+            (several, single)
+        }
+    }
+
     /// The category stream of `partition` of `category`: the log of record of its events.
     pub fn partition_stream(&self, category: &str, partition: u32) -> String {
         format!("{}:events", self.partition_prefix(category, partition))

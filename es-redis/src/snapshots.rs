@@ -28,6 +28,7 @@ impl SnapshotStore for RedisEventStore {
         snapshot: &Snapshot,
     ) -> Result<bool, StoreError> {
         validate_snapshot(stream, snapshot)?;
+        self.check_partition_count(&stream.category, false).await?;
         let mut invocation = SCRIPTS.save_snapshot.prepare_invoke();
         invocation.key(self.keys().snapshot(stream));
         if self.tail_copies() > 0 {
@@ -51,6 +52,7 @@ impl SnapshotStore for RedisEventStore {
     }
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        self.check_partition_count(&stream.category, false).await?;
         let key = self.keys().snapshot(stream);
         let operation = format!("HGETALL of {key}");
         let reply = self
@@ -66,6 +68,7 @@ impl SnapshotStore for RedisEventStore {
         stream: &StreamId,
         schema: u64,
     ) -> Result<(Option<Snapshot>, Vec<StoredEvent>), StoreError> {
+        self.check_partition_count(&stream.category, false).await?;
         let snapshot_key = self.keys().snapshot(stream);
         let mut invocation = SCRIPTS.load_snapshot_and_tail.prepare_invoke();
         invocation

@@ -16,6 +16,7 @@ use crate::connection::RedisConnection;
 use crate::entry::{self, as_u64, into_array, into_bytes, RawEntry};
 use crate::error::Error;
 use crate::keys::KeyLayout;
+use crate::partition_records::CheckedCategories;
 
 /// An [`EventStore`] and [`SnapshotStore`](es_core::SnapshotStore) on Redis (7.0 or later).
 ///
@@ -67,6 +68,7 @@ pub struct RedisEventStore {
     remembered_append_ids: usize,
     tail_copies: usize,
     appends: Arc<AppendQueue>,
+    checked_categories: Arc<CheckedCategories>,
 }
 
 impl std::fmt::Debug for RedisEventStore {
@@ -106,6 +108,7 @@ impl RedisEventStore {
             ),
             connection,
             config: Arc::new(config.clone()),
+            checked_categories: Arc::default(),
             keys: config.keys(),
             page_size: config.page_size_value(),
             remembered_append_ids: config.remembered_append_ids_value(),
@@ -117,6 +120,11 @@ impl RedisEventStore {
     /// connection with it).
     pub(crate) fn config(&self) -> &RedisConfig {
         &self.config
+    }
+
+    /// The categories whose recorded partition count this store has checked.
+    pub(crate) fn checked_categories(&self) -> &CheckedCategories {
+        &self.checked_categories
     }
 
     /// The key layout of this store's namespace.
@@ -218,6 +226,9 @@ impl EventStore for RedisEventStore {
         for event in events {
             entry::push_append_args(&mut args, stream, event, self.tail_copies > 0)?;
         }
+        // Once the append is known to be valid: a refused one writes nothing, not even the
+        // record.
+        self.check_partition_count(&stream.category, true).await?;
         let call = AppendCall {
             stream_key: self.keys.aggregate_stream(stream),
             index_key: self.keys.index(stream),
@@ -242,11 +253,13 @@ impl EventStore for RedisEventStore {
         if range.to_version.is_some_and(|to| to < from) {
             return Ok(Vec::new());
         }
+        self.check_partition_count(&stream.category, false).await?;
         self.read_pages(stream, from, range.to_version, range.until_millis, None)
             .await
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
+        self.check_partition_count(&stream.category, false).await?;
         let key = self.keys.index(stream);
         let reply = self
             .query(redis::cmd("LLEN").arg(&key), &format!("LLEN of {key}"))
@@ -265,6 +278,7 @@ impl EventStore for RedisEventStore {
         after: Position,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.check_partition_count(category, false).await?;
         self.read_partitions_merged(category, after, limit).await
     }
 
@@ -281,6 +295,7 @@ impl EventStore for RedisEventStore {
         after: Position,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.check_partition_count(category, false).await?;
         self.read_partition_stream(category, partition, after, limit)
             .await
     }

@@ -134,10 +134,10 @@ async fn hostile_ids_round_trip_through_append_read_snapshot_and_key_layout() {
         assert_eq!(snapshot.fields.get("id"), Some(id.as_bytes()));
         assert_eq!(tail.iter().map(|e| e.version).collect::<Vec<_>>(), [2]);
     }
-    // One index and one snapshot per id, plus the category stream; every key has exactly
-    // one hash tag, `{user}`.
+    // One index and one snapshot per id, plus the category stream and the record of its
+    // partition count; every key has exactly one hash tag, `{user}`.
     let keys = keys_of(&store).await;
-    assert_eq!(keys.len(), 2 * ids.len() + 1, "{keys:?}");
+    assert_eq!(keys.len(), 2 * ids.len() + 2, "{keys:?}");
     let prefix = format!("{}:{{user}}:", store.keys().namespace());
     for key in &keys {
         assert!(key.starts_with(&prefix), "{key:?}");
