@@ -8,6 +8,7 @@
 //! append never waits for a batch to fill: with nothing on its way, it goes at once.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use redis::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -25,6 +26,8 @@ pub(crate) struct AppendSettings {
     pub remembered_append_ids: usize,
     /// How many tail copies each aggregate keeps (0: none, and calls carry no tail key).
     pub tail_copies: usize,
+    /// How many replicas must acknowledge each call, and for how long to wait.
+    pub replicas: Option<(usize, Duration)>,
 }
 
 /// One append, encoded for the append script.
@@ -75,12 +78,81 @@ pub(crate) async fn invoke(
             invocation.arg(arg.as_slice());
         }
     }
-    let mut connection = connection.clone();
-    let reply = invocation
-        .invoke_async(&mut connection)
-        .await
-        .map_err(|e| Error::script("append", e))?;
+    let reply = match (settings.replicas, calls.first()) {
+        (Some((replicas, timeout)), Some(first)) => {
+            let (reply, acknowledged) = invoke_and_wait(
+                connection,
+                &invocation,
+                &first.stream_key,
+                replicas,
+                timeout,
+            )
+            .await?;
+            if acknowledged < replicas as u64 {
+                return Err(Error::NotReplicated {
+                    acknowledged,
+                    wanted: replicas,
+                    timeout,
+                });
+            }
+            reply
+        }
+        _ => invocation
+            .invoke_async(&mut connection.clone())
+            .await
+            .map_err(|e| Error::script("append", e))?,
+    };
     split_replies(into_array(reply, "append")?, calls.len())
+}
+
+/// Runs the append script, then `WAIT replicas timeout` on the same connection: the
+/// script's reply and how many replicas acknowledged its writes. On one server both go in
+/// one pipeline (nothing can come between them on the connection); on a cluster the
+/// `WAIT` follows on the connection to the node of `key`'s slot.
+async fn invoke_and_wait(
+    connection: &RedisConnection,
+    invocation: &redis::ScriptInvocation<'_>,
+    key: &str,
+    replicas: usize,
+    timeout: Duration,
+) -> Result<(Value, u64), Error> {
+    let millis = u64::try_from(timeout.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let operation = format!("WAIT {replicas} {millis}");
+    let mut wait = redis::cmd("WAIT");
+    wait.arg(replicas).arg(millis);
+    let acknowledged = |reply: &Value| {
+        as_u64(reply).ok_or_else(|| Error::unexpected(&operation, format!("{reply:?}")))
+    };
+    if connection.is_cluster() {
+        let reply = invocation
+            .invoke_async(&mut connection.clone())
+            .await
+            .map_err(|e| Error::script("append", e))?;
+        let waited = connection.query_on_node_of(key, &wait, &operation).await?;
+        return Ok((reply, acknowledged(&waited)?));
+    }
+    let mut pipe = redis::pipe();
+    pipe.invoke_script(invocation).add_command(wait);
+    let mut connection = connection.clone();
+    let mut replies: Result<Vec<Value>, _> = pipe.query_async(&mut connection).await;
+    if matches!(&replies, Err(e) if e.code() == Some("NOSCRIPT")) {
+        // The server lost its scripts (a restart): load it, then run the pipeline again.
+        invocation
+            .load_async(&mut connection)
+            .await
+            .map_err(|e| Error::script("append", e))?;
+        replies = pipe.query_async(&mut connection).await;
+    }
+    let mut replies = replies.map_err(|e| Error::script("append", e))?.into_iter();
+    match (replies.next(), replies.next()) {
+        (Some(reply), Some(waited)) => Ok((reply, acknowledged(&waited)?)),
+        _ => Err(Error::unexpected(
+            &operation,
+            "a pipeline without two replies",
+        )),
+    }
 }
 
 /// Splits the script's flat reply (per append: status, number, count, that many items) into

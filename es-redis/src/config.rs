@@ -46,6 +46,7 @@ pub struct RedisConfig {
     remembered_append_ids: usize,
     append_batch: usize,
     tail_copies: usize,
+    replicas: Option<(usize, Duration)>,
 }
 
 /// Where Redis is.
@@ -95,6 +96,7 @@ impl RedisConfig {
             remembered_append_ids: 8,
             append_batch: 64,
             tail_copies: 0,
+            replicas: None,
         }
     }
 
@@ -190,6 +192,25 @@ impl RedisConfig {
         self
     }
 
+    /// Reports an append successful only once `replicas` replicas have acknowledged it
+    /// (`WAIT <replicas> <timeout>` after each append call, on the same connection), so a
+    /// failover to one of them keeps every acknowledged append (default: off, and
+    /// replication is asynchronous: a failover can lose the last acknowledged appends).
+    /// `replicas` 0 turns it off.
+    ///
+    /// If fewer replicas acknowledge within `timeout`, the append has still been applied on
+    /// the primary, so its outcome across a failover is unknown: it fails with a
+    /// retryable [`StoreError::Connection`](es_core::StoreError::Connection) (from
+    /// [`Error::NotReplicated`]). Re-send it with the same
+    /// append id (the repository does): the re-send returns the first result and waits
+    /// again. Each append call then costs a round trip more and the replicas' lag; see
+    /// BENCHMARKS.md (P1 with a replica). `WAIT` makes replicas receive the write, not
+    /// write it to disk: combine it with their `appendfsync` for durability on disk.
+    pub fn wait_for_replicas(mut self, replicas: usize, timeout: Duration) -> Self {
+        self.replicas = (replicas > 0).then_some((replicas, timeout));
+        self
+    }
+
     /// Splits `category` into `partitions` partitions (default 1; at least 1), so that
     /// on a cluster its events spread over several shards. Aggregate `id` belongs to
     /// partition [`partition_of`](crate::keys::partition_of)`(id, partitions)`; its
@@ -237,6 +258,10 @@ impl RedisConfig {
         self.tail_copies
     }
 
+    pub(crate) fn wait_for_replicas_value(&self) -> Option<(usize, Duration)> {
+        self.replicas
+    }
+
     /// Checks the settings without connecting.
     pub fn validate(&self) -> Result<(), Error> {
         if self.namespace.is_empty() {
@@ -247,6 +272,14 @@ impl RedisConfig {
                 "namespace {:?} contains `{{` or `}}`, which would move the keys' hash tag",
                 self.namespace
             )));
+        }
+        if self
+            .replicas
+            .is_some_and(|(_, timeout)| timeout.as_millis() == 0)
+        {
+            return Err(Error::Config(
+                "a replica timeout under 1 ms would be `WAIT … 0`, which waits forever".into(),
+            ));
         }
         if let Some((category, _)) = self.partitions.iter().find(|(_, p)| **p == 0) {
             return Err(Error::Config(format!(

@@ -47,10 +47,23 @@ pub enum Error {
     /// A projection did not reach a position in time.
     #[error(transparent)]
     WaitTimeout(#[from] es_core::projection::WaitTimeout),
-    /// A spawned projection runner's task was cancelled (its runtime shut down) before it
-    /// could stop.
-    #[error("the projection runner's task was cancelled before it stopped")]
-    Stopped,
+    /// An append call was applied on the primary, but fewer replicas than
+    /// [`RedisConfig::wait_for_replicas`](crate::RedisConfig::wait_for_replicas) asks
+    /// acknowledged it in time: whether it survives a failover is unknown. A connection
+    /// error to the repository, which re-sends it with the same append id.
+    #[error(
+        "the append was applied on the primary, but {acknowledged} of {wanted} replica(s) \
+         acknowledged it within {timeout:?}: whether it survives a failover is unknown \
+         (re-send it with the same append id)"
+    )]
+    NotReplicated {
+        /// How many replicas acknowledged it.
+        acknowledged: u64,
+        /// How many were asked for.
+        wanted: usize,
+        /// How long it waited.
+        timeout: std::time::Duration,
+    },
     /// Redis replied in a shape the backend does not expect (a corrupt layout, an entry the
     /// index names but the stream no longer holds, …).
     #[error("unexpected reply to {operation}: {detail}")]
@@ -107,7 +120,11 @@ impl Error {
 
     /// Whether this is a lost, refused or timed-out connection.
     pub fn is_connection(&self) -> bool {
-        matches!(self, Error::Redis { source, .. } if is_connection_error(source))
+        match self {
+            Error::Redis { source, .. } => is_connection_error(source),
+            Error::NotReplicated { .. } => true,
+            _ => false,
+        }
     }
 }
 

@@ -103,6 +103,7 @@ impl RedisEventStore {
                 AppendSettings {
                     remembered_append_ids: config.remembered_append_ids_value(),
                     tail_copies: config.tail_copies_value(),
+                    replicas: config.wait_for_replicas_value(),
                 },
                 config.append_batch_value(),
             ),

@@ -4,6 +4,7 @@
 //! cargo run --release --example benchmark             # the full run (a few minutes)
 //! cargo run --release --example benchmark -- --quick  # a smoke run of a few seconds
 //! cargo run --release --example benchmark -- --only P1,P6 --commandstats
+//! cargo run --release --example benchmark -- --only P1W    # appends waiting for a replica
 //! ```
 //!
 //! `--only` runs some measurements; `--commandstats` prints the server's time per command
@@ -21,6 +22,7 @@ mod common;
 mod loads;
 mod memory;
 mod projection;
+mod replication;
 
 use appends::{p1_server_time, p1_single_appends, p2_batch_appends};
 use commands::{p3_cold_commands, p3_hot_commands};
@@ -151,6 +153,10 @@ async fn run(sizes: &Sizes, options: Options) -> Result<(), BoxError> {
     if wanted("P6") {
         rows.extend(p6_loads(sizes, &store, &copies, &raw).await?);
         commandstats(&options, "P6", &mut raw).await?;
+    }
+    if wanted("P1W") {
+        // After the rows it would slow: a primary that had a replica keeps its backlog.
+        rows.extend(replication::p1_replicated(sizes, &server).await?);
     }
     drop(store);
     drop(copies);
