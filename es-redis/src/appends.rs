@@ -74,6 +74,8 @@ pub(crate) async fn invoke(
         .arg(calls.len())
         .arg(settings.tail_copies);
     for call in calls {
+        // Each append's length first: the script checks each append on its own.
+        invocation.arg(call.args.len());
         for arg in &call.args {
             invocation.arg(arg.as_slice());
         }

@@ -324,6 +324,11 @@ fn parse_append_reply(
             .and_then(into_bytes)
             .map(|m| String::from_utf8_lossy(&m).into_owned())
             .unwrap_or_default();
+        if let Some(why) = message.strip_prefix("ESINVALID ") {
+            return Err(AppendOutcome::Error(Error::InvalidRequest(format!(
+                "the append script refused the append to {stream}: {why}"
+            ))));
+        }
         return Err(AppendOutcome::Error(Error::refused("append", message)));
     }
     let version = items.next().as_ref().and_then(as_u64);

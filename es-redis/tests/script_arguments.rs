@@ -94,6 +94,7 @@ async fn append_passes_no_numbers() {
                 b"8",
                 b"1",
                 b"0",
+                b"12",
                 b"c-1",
                 expected,
                 digest,
@@ -138,8 +139,8 @@ async fn appends_in_one_call_touch_only_their_own_keys() {
         &keys,
         &[
             b"8", b"2", b"0", // window, appends, no tail copies
-            b"1", b"0", b"", b"2", b"Opened", b"0", b"Renamed", b"1", b"name", b"x", b"1", b"0",
-            b"", b"1", b"Opened", b"0",
+            b"10", b"1", b"0", b"", b"2", b"Opened", b"0", b"Renamed", b"1", b"name", b"x", b"6",
+            b"1", b"0", b"", b"1", b"Opened", b"0",
         ],
     )
     .await

@@ -9,6 +9,8 @@
 -- ARGV[2]     how many appends follow
 -- ARGV[3]     how many tail copies to keep per aggregate (0: none, and K = 3)
 -- then each append:
+--               how many arguments of this append follow (so a malformed append is
+--               refused alone: the others are found by their lengths),
 --               the aggregate id,
 --               the expected version: '' for any, else the exact version (0: no stream yet),
 --               '' if the append carries no id, else the id's digest: the first 6 bytes
@@ -22,9 +24,11 @@
 --   'ok', version, n, entry ids...      written
 --   'done', version, n, entry ids...    a retry of a remembered append: its first result
 --   'conflict', actual version, 0       refused: another version was expected
---   'error', 0, 1, message              refused: a key has the wrong type (ESLAYOUT), or
---                                       failed (ESAPPEND: a runtime error, say a corrupt record)
--- A refused append writes nothing.
+--   'error', 0, 1, message              refused: malformed arguments (ESINVALID), a key of
+--                                       the wrong type (ESLAYOUT), or failed (ESAPPEND: a
+--                                       runtime error, say a corrupt record)
+-- A refused append writes nothing. Every append's arguments are checked before anything is
+-- written; only arguments whose lengths do not add up fail the whole call.
 --
 -- The index's element 0 is a placeholder (''; indexes written before the append-id hash
 -- hold the old record header there, now unused), so element v (v >= 1) is the entry id of
@@ -93,36 +97,56 @@ if appends == nil or appends < 1 or #KEYS ~= keys_per_append * appends then
   return redis.error_reply('ESINVALID malformed arguments: ' .. tostring(ARGV[2]) .. ' appends')
 end
 local argc = #ARGV
-local starts, at = {}, 4
-for a = 1, appends do
-  starts[a] = at
+
+-- Why the append whose arguments are ARGV[at..last] is malformed, or nil.
+local function malformed(at, last)
   local digest = ARGV[at + 2]
   if digest ~= '' and (digest == nil or #digest ~= 6) then
-    return redis.error_reply('ESINVALID an append id digest is 6 bytes')
+    return 'an append id digest is 6 bytes'
   end
   local count = ARGV[at + 3]
   count = NUMBERS[count] or tonumber(count)
-  if count == nil or count < 1 then
-    return redis.error_reply('ESINVALID an append needs at least one event')
+  if count == nil or count < 1 or count ~= floor(count) then
+    return 'an append needs at least one event'
   end
   at = at + 4
   for e = 1, count do
     local pairs_count = ARGV[at + 1]
     pairs_count = NUMBERS[pairs_count] or tonumber(pairs_count)
-    local last = pairs_count and at + 1 + 2 * pairs_count + copy_args
-    if last == nil or last > argc or pairs_count < 0 or pairs_count > 3000 then
-      if last and last <= argc and pairs_count > 3000 then
-        return redis.error_reply('ESINVALID event ' .. e .. ' has more than 3000 fields')
-      end
-      return redis.error_reply('ESINVALID malformed arguments for event ' .. e)
+    if at + 1 > last or pairs_count == nil or pairs_count < 0
+        or pairs_count ~= floor(pairs_count) then
+      return 'malformed arguments for event ' .. e
     end
-    at = last + 1
+    if pairs_count > 3000 then
+      return 'event ' .. e .. ' has more than 3000 fields'
+    end
+    local event_last = at + 1 + 2 * pairs_count + copy_args
+    if event_last > last then
+      return 'malformed arguments for event ' .. e
+    end
+    at = event_last + 1
   end
+  if at ~= last + 1 then
+    return 'trailing arguments after event ' .. count
+  end
+  return nil
+end
+
+local starts, ends, invalid, at = {}, {}, {}, 4
+for a = 1, appends do
+  local span = ARGV[at]
+  span = NUMBERS[span] or tonumber(span)
+  if span == nil or span < 4 or span ~= floor(span) or at + span > argc then
+    return redis.error_reply('ESINVALID malformed arguments: append ' .. a ..
+      ' has no valid length')
+  end
+  starts[a], ends[a] = at + 1, at + span
+  invalid[a] = malformed(at + 1, at + span)
+  at = at + span + 1
 end
 if at ~= argc + 1 then
-  return redis.error_reply('ESINVALID trailing arguments after the last event')
+  return redis.error_reply('ESINVALID trailing arguments after the last append')
 end
-starts[appends + 1] = at -- so a one-event append's pairs end at the next start - 1 - copy_args
 
 -- The reply, flat; `n` is its length (`#` would search the table).
 local out, n = {}, 0
@@ -278,81 +302,85 @@ local current = 0
 -- an append that fails after making it must not answer a later retry as done.
 local recorded = nil
 local function run(from)
-  local ARGV, KEYS, NUMBERS, starts, out = ARGV, KEYS, NUMBERS, starts, out
+  local ARGV, KEYS, NUMBERS, starts, ends, out = ARGV, KEYS, NUMBERS, starts, ends, out
   local rcall, rpcall, format, tonumber, unpack = rcall, rpcall, format, tonumber, unpack
   local window, copy_args, keys_per_append = window, copy_args, keys_per_append
   local k = keys_per_append * (from - 1)
   for a = from, appends do
     current = a
-    local at, index = starts[a], KEYS[k + 2]
-    local length = rcall('LLEN', index)
-    local version, first_version = 0, '1'
-    if length > 1 then
-      version, first_version = length - 1, format('%d', length)
-    end
-    local expected, digest = ARGV[at + 1], ARGV[at + 2]
-    if expected ~= '' and (NUMBERS[expected] or tonumber(expected)) ~= version then
-      conflict(KEYS[k + 3], digest, index, version)
+    if invalid[a] then
+      reply('error', 0, { 'ESINVALID ' .. invalid[a] })
     else
-      local count_text = ARGV[at + 3]
-      local count = NUMBERS[count_text] or tonumber(count_text)
-      local ids, added = KEYS[k + 3], nil
-      if digest ~= '' and window > 0 then
-        -- One command checks and remembers: a digest already there is a retry.
-        local record = first_version
-        if count ~= 1 then
-          if NUMBERS[count_text] == nil then
-            count_text = tostring(count) -- as `..` writes a number
-          end
-          record = format('%d', version + count) .. ':' .. count_text
-        end
-        added = rcall('HSETNX', ids, digest, record)
-        if added == 1 then
-          recorded = digest
-        end
-        if added == 0 then
-          done(ids, digest, index, rcall('HGET', ids, digest))
-        end
+      local at, index = starts[a], KEYS[k + 2]
+      local length = rcall('LLEN', index)
+      local version, first_version = 0, '1'
+      if length > 1 then
+        version, first_version = length - 1, format('%d', length)
       end
-      if added ~= 0 then
-        local stream = KEYS[k + 1]
-        local pairs_end -- of the first event
-        if count == 1 then
-          pairs_end = starts[a + 1] - 1 - copy_args
-        else
-          pairs_end = at + 5 + 2 * (NUMBERS[ARGV[at + 5]] or tonumber(ARGV[at + 5]))
-        end
-        local id = rpcall('XADD', stream, '*', 'type', ARGV[at + 4], 'aggregate_id', ARGV[at],
-          'version', first_version, unpack(ARGV, at + 6, pairs_end))
-        if id.err then -- an entry id is a string: its `err` is string.err, nil
+      local expected, digest = ARGV[at + 1], ARGV[at + 2]
+      if expected ~= '' and (NUMBERS[expected] or tonumber(expected)) ~= version then
+        conflict(KEYS[k + 3], digest, index, version)
+      else
+        local count_text = ARGV[at + 3]
+        local count = NUMBERS[count_text] or tonumber(count_text)
+        local ids, added = KEYS[k + 3], nil
+        if digest ~= '' and window > 0 then
+          -- One command checks and remembers: a digest already there is a retry.
+          local record = first_version
+          if count ~= 1 then
+            if NUMBERS[count_text] == nil then
+              count_text = tostring(count) -- as `..` writes a number
+            end
+            record = format('%d', version + count) .. ':' .. count_text
+          end
+          added = rcall('HSETNX', ids, digest, record)
           if added == 1 then
-            rcall('HDEL', ids, digest)
-            recorded = nil
+            recorded = digest
           end
-          refused(stream, 'stream', id.err)
-        else
-          if count == 1 and copy_args == 0 then
-            if length == 0 then
-              rcall('RPUSH', index, '', id)
-            else
-              rcall('RPUSH', index, id)
-            end
-            local m = n
-            out[m + 1], out[m + 2], out[m + 3], out[m + 4] = 'ok', version + 1, 1, id
-            n = m + 4
+          if added == 0 then
+            done(ids, digest, index, rcall('HGET', ids, digest))
+          end
+        end
+        if added ~= 0 then
+          local stream = KEYS[k + 1]
+          local pairs_end -- of the first event
+          if count == 1 then
+            pairs_end = ends[a] - copy_args
           else
-            -- Only with tail copies is there a fourth key: without, KEYS[k + 4] is the
-            -- next append's stream.
-            local tail = nil
-            if copy_args == 1 then
-              tail = KEYS[k + 4]
-            end
-            write_rest(stream, index, tail, at, count, version, length, id)
+            pairs_end = at + 5 + 2 * (NUMBERS[ARGV[at + 5]] or tonumber(ARGV[at + 5]))
           end
-          -- Past a multiple of `window` (exact: whole numbers), the old records go.
-          recorded = nil
-          if window > 0 and (version + count) % window < count then
-            forget_old_ids(ids)
+          local id = rpcall('XADD', stream, '*', 'type', ARGV[at + 4], 'aggregate_id', ARGV[at],
+            'version', first_version, unpack(ARGV, at + 6, pairs_end))
+          if id.err then -- an entry id is a string: its `err` is string.err, nil
+            if added == 1 then
+              rcall('HDEL', ids, digest)
+              recorded = nil
+            end
+            refused(stream, 'stream', id.err)
+          else
+            if count == 1 and copy_args == 0 then
+              if length == 0 then
+                rcall('RPUSH', index, '', id)
+              else
+                rcall('RPUSH', index, id)
+              end
+              local m = n
+              out[m + 1], out[m + 2], out[m + 3], out[m + 4] = 'ok', version + 1, 1, id
+              n = m + 4
+            else
+              -- Only with tail copies is there a fourth key: without, KEYS[k + 4] is the
+              -- next append's stream.
+              local tail = nil
+              if copy_args == 1 then
+                tail = KEYS[k + 4]
+              end
+              write_rest(stream, index, tail, at, count, version, length, id)
+            end
+            -- Past a multiple of `window` (exact: whole numbers), the old records go.
+            recorded = nil
+            if window > 0 and (version + count) % window < count then
+              forget_old_ids(ids)
+            end
           end
         end
       end

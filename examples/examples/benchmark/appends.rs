@@ -249,16 +249,18 @@ pub(crate) async fn p1_server_time(
         for call in 0..calls {
             for (with_id, total) in es[case].iter_mut().enumerate() {
                 // The store's own script: the remembered-id window, the number of appends,
-                // no tail copies; then per append its aggregate id, expected version, the
-                // append id's digest (6 bytes, unique per append) or none, one event: its
-                // type and four field pairs.
+                // no tail copies; then per append its length, aggregate id, expected
+                // version, the append id's digest (6 bytes, unique per append) or none, one
+                // event: its type and four field pairs.
                 let append = |c: &mut redis::Cmd, id: String, n: u64| {
                     let digest = if with_id == 1 {
                         (n * 2 + expected as u64).to_be_bytes()[2..].to_vec()
                     } else {
                         Vec::new()
                     };
-                    c.arg(id).arg(expected).arg(digest).arg(1);
+                    // This append's 14 arguments: 4 of its own, the event's type and pair
+                    // count, and its 4 pairs.
+                    c.arg(14).arg(id).arg(expected).arg(digest).arg(1);
                     c.arg("ItemAdded").arg(4);
                     item_pairs(c, n);
                 };
