@@ -98,51 +98,66 @@ if appends == nil or appends < 1 or #KEYS ~= keys_per_append * appends then
 end
 local argc = #ARGV
 
--- Why the append whose arguments are ARGV[at..last] is malformed, or nil.
-local function malformed(at, last)
-  local digest = ARGV[at + 2]
-  if digest ~= '' and (digest == nil or #digest ~= 6) then
-    return 'an append id digest is 6 bytes'
-  end
-  local count = ARGV[at + 3]
-  count = NUMBERS[count] or tonumber(count)
-  if count == nil or count < 1 or count ~= floor(count) then
-    return 'an append needs at least one event'
-  end
-  at = at + 4
-  for e = 1, count do
-    local pairs_count = ARGV[at + 1]
-    pairs_count = NUMBERS[pairs_count] or tonumber(pairs_count)
-    if at + 1 > last or pairs_count == nil or pairs_count < 0
-        or pairs_count ~= floor(pairs_count) then
-      return 'malformed arguments for event ' .. e
-    end
-    if pairs_count > 3000 then
-      return 'event ' .. e .. ' has more than 3000 fields'
-    end
-    local event_last = at + 1 + 2 * pairs_count + copy_args
-    if event_last > last then
-      return 'malformed arguments for event ' .. e
-    end
-    at = event_last + 1
-  end
-  if at ~= last + 1 then
-    return 'trailing arguments after event ' .. count
-  end
-  return nil
-end
-
+-- Each append's arguments are checked before anything is written: `invalid[a]` says why
+-- append a is malformed (it then fails alone). Written inline, without function calls:
+-- this runs for every append.
 local starts, ends, invalid, at = {}, {}, {}, 4
 for a = 1, appends do
-  local span = ARGV[at]
-  span = NUMBERS[span] or tonumber(span)
+  local span = NUMBERS[ARGV[at]] or tonumber(ARGV[at])
   if span == nil or span < 4 or span ~= floor(span) or at + span > argc then
     return redis.error_reply('ESINVALID malformed arguments: append ' .. a ..
       ' has no valid length')
   end
-  starts[a], ends[a] = at + 1, at + span
-  invalid[a] = malformed(at + 1, at + span)
-  at = at + span + 1
+  local first, last = at + 1, at + span
+  starts[a], ends[a] = first, last
+  local digest, why = ARGV[first + 2], nil
+  if digest ~= '' and #digest ~= 6 then
+    why = 'an append id digest is 6 bytes'
+  else
+    local text = ARGV[first + 3]
+    local count = NUMBERS[text]
+    if count == nil then
+      count = tonumber(text)
+      if count and count ~= floor(count) then
+        count = nil
+      end
+    end
+    if count == nil or count < 1 then
+      why = 'an append needs at least one event'
+    else
+      local e_at = first + 4
+      for e = 1, count do
+        text = ARGV[e_at + 1]
+        local pairs_count = NUMBERS[text]
+        if pairs_count == nil then
+          pairs_count = tonumber(text)
+          if pairs_count and pairs_count ~= floor(pairs_count) then
+            pairs_count = nil
+          end
+        end
+        if pairs_count == nil or pairs_count < 0 or e_at + 1 > last then
+          why = 'malformed arguments for event ' .. e
+          break
+        end
+        if pairs_count > 3000 then
+          why = 'event ' .. e .. ' has more than 3000 fields'
+          break
+        end
+        e_at = e_at + 2 + 2 * pairs_count + copy_args
+        if e_at > last + 1 then
+          why = 'malformed arguments for event ' .. e
+          break
+        end
+      end
+      if why == nil and e_at ~= last + 1 then
+        why = 'trailing arguments after event ' .. count
+      end
+    end
+  end
+  if why then
+    invalid[a] = why
+  end
+  at = last + 1
 end
 if at ~= argc + 1 then
   return redis.error_reply('ESINVALID trailing arguments after the last append')
