@@ -72,6 +72,40 @@ pub mod __private {
         }
     }
 
+    /// `Default`, for an aggregate: the derive checks it at the aggregate's name (through
+    /// [`RequireDefault`]), so a missing `Default` says why an aggregate needs one.
+    #[diagnostic::on_unimplemented(
+        message = "aggregate `{Self}` does not implement `Default`",
+        label = "an aggregate needs `Default`: it is the state before the first event",
+        note = "add `#[derive(Default)]` to `{Self}`, or implement `Default` by hand"
+    )]
+    pub trait AggregateDefault: Default {}
+
+    // `do_not_recommend`: report `AggregateDefault` (our message), not the `Default` bound.
+    #[diagnostic::do_not_recommend]
+    impl<T: Default> AggregateDefault for T {}
+
+    /// A type that is well-formed only when `T` is [`AggregateDefault`].
+    pub struct RequireDefault<T: AggregateDefault>(::core::marker::PhantomData<T>);
+
+    /// The value of an `#[aggregate(skip)]` field when a snapshot is decoded: its `Default`.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` has no `Default` value for an `#[aggregate(skip)]` field",
+        label = "a skipped field is not stored: loading a snapshot sets it to `Default::default()`",
+        note = "implement `Default` for `{Self}`, make the field an `Option<{Self}>`, or store it: remove `#[aggregate(skip)]`"
+    )]
+    pub trait SkippedField: Sized {
+        /// `Default::default()`.
+        fn skipped_value() -> Self;
+    }
+
+    #[diagnostic::do_not_recommend]
+    impl<T: Default> SkippedField for T {
+        fn skipped_value() -> Self {
+            T::default()
+        }
+    }
+
     /// `a == b` in a const context (for the duplicate event type check).
     pub const fn str_eq(a: &str, b: &str) -> bool {
         let (a, b) = (a.as_bytes(), b.as_bytes());

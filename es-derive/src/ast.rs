@@ -56,16 +56,31 @@ pub(crate) struct AggregateInput<'a> {
     pub body: Body,
 }
 
-fn reject_generics(cx: &Ctxt, input: &DeriveInput, what: &str) {
-    if !input.generics.params.is_empty() || input.generics.where_clause.is_some() {
+/// Events and aggregates are decoded from storage into one concrete, owned type.
+fn reject_generics(cx: &Ctxt, input: &DeriveInput, what: &str, hint: &str) {
+    let generics = &input.generics;
+    let only_lifetimes = generics
+        .params
+        .iter()
+        .all(|p| matches!(p, syn::GenericParam::Lifetime(_)));
+    if !generics.params.is_empty() && only_lifetimes {
         cx.error_spanned_by(
-            &input.generics,
+            generics,
             format!(
-                "generic {what} are not supported; help: use a concrete type (a type alias of a generic type does not help: name the fields' types)"
+                "{what} cannot have lifetime parameters: they are decoded from storage into values they own; help: hold owned data (`String`, not `&str`; `Vec<T>`, not `&[T]`)"
             ),
+        );
+    } else if !generics.params.is_empty() || generics.where_clause.is_some() {
+        cx.error_spanned_by(
+            generics,
+            format!("generic {what} are not supported; help: {hint}"),
         );
     }
 }
+
+/// The hint for generic event structs and aggregates.
+const CONCRETE_FIELDS: &str =
+    "use a concrete type (a type alias of a generic type does not help: name the fields' types)";
 
 fn fields(cx: &Ctxt, fields: &Fields, place: Place, what: &str) -> Body {
     match fields {
@@ -108,7 +123,7 @@ impl<'a> EventInput<'a> {
     pub(crate) fn from_ast(cx: &Ctxt, input: &'a DeriveInput) -> Option<Self> {
         match &input.data {
             Data::Struct(data) => {
-                reject_generics(cx, input, "event types");
+                reject_generics(cx, input, "event types", CONCRETE_FIELDS);
                 let attrs = attr::parse(cx, &input.attrs, Place::EventStruct);
                 let body = fields(cx, &data.fields, Place::EventField, "events");
                 let event_type = attrs
@@ -123,7 +138,12 @@ impl<'a> EventInput<'a> {
                 }))
             }
             Data::Enum(data) => {
-                reject_generics(cx, input, "event enums");
+                reject_generics(
+                    cx,
+                    input,
+                    "event enums",
+                    "name each event struct in a variant, like `Registered(Registered)`; an event enum lists one aggregate's events",
+                );
                 attr::parse(cx, &input.attrs, Place::EventEnum);
                 let mut variants = Vec::new();
                 for variant in &data.variants {
@@ -190,7 +210,7 @@ impl<'a> AggregateInput<'a> {
                 return None;
             }
         };
-        reject_generics(cx, input, "aggregates");
+        reject_generics(cx, input, "aggregates", CONCRETE_FIELDS);
         let attrs = attr::parse(cx, &input.attrs, Place::Aggregate);
         let body = fields(cx, &data.fields, Place::AggregateField, "aggregates");
         if attrs.event.is_none() && !attrs.event_invalid {

@@ -81,7 +81,7 @@ pub(crate) struct Attrs {
     pub event: Option<syn::Path>,
     pub json: Option<Span>,
     pub skip: Option<Span>,
-    /// `event = ...` was given but is not a path (already reported).
+    /// `event` was given without a path (already reported).
     pub event_invalid: bool,
 }
 
@@ -187,6 +187,14 @@ fn text(cx: &Ctxt, meta: &ParseNestedMeta, key: &str) -> syn::Result<Option<Text
 }
 
 fn event_path(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<syn::Path>> {
+    if !meta.input.peek(syn::Token![=]) {
+        cx.error_spanned_by(
+            &meta.path,
+            "`event` needs a value; help: name the aggregate's event type, like `event = UserEvent`",
+        );
+        skip_value(meta)?;
+        return Ok(None);
+    }
     let mut expr = meta.value()?.parse::<Expr>()?;
     // A path passed through a `macro_rules!` fragment arrives in an invisible group.
     while let Expr::Group(group) = expr {

@@ -71,16 +71,31 @@ fn aggregate_fallback(input: &DeriveInput, model: &AggregateInput) -> TokenStrea
         return TokenStream::new();
     };
     let ident = model.ident;
+    let requires_default = requires_default(ident);
     quote! {
+        #requires_default
+
         #[automatically_derived]
         impl ::es_core::Aggregate for #ident {
             type Event = #event;
             const NAME: &'static str = "";
             const SNAPSHOT_SCHEMA: u64 = 0;
-            fn apply_event(&mut self, _: &Self::Event) { ::core::unreachable!() }
+            fn apply_event(&mut self, _: &#event) { ::core::unreachable!() }
             fn encode_snapshot(&self, _: &mut ::es_core::__private::Fields) -> ::core::result::Result<(), ::es_core::__private::EncodeError> { ::core::unreachable!() }
             fn decode_snapshot(_: &::es_core::__private::Fields) -> ::core::result::Result<Self, ::es_core::__private::DecodeError> { ::core::unreachable!() }
         }
+    }
+}
+
+/// An item that is well-formed only when the aggregate is `Default`: a missing `Default` is
+/// reported at the aggregate's name with `AggregateDefault`'s message, before rustc's own
+/// error for the `Aggregate: Default` supertrait. That second error stays: only a where
+/// clause on the impl could stand in for the supertrait, and it would make every use of the
+/// aggregate (`Handle` impls, repositories) fail as well.
+fn requires_default(ident: &syn::Ident) -> TokenStream {
+    quote_spanned! {ident.span()=>
+        const _: ::core::marker::PhantomData<::es_core::__private::RequireDefault<#ident>> =
+            ::core::marker::PhantomData;
     }
 }
 
@@ -124,7 +139,7 @@ fn decode_body(body: &Body, what: &TokenStream) -> TokenStream {
                 let ty = &field.ty;
                 let value = if field.skip {
                     let default = quote_spanned! {field.ty_span()=>
-                        <#ty as ::core::default::Default>::default
+                        <#ty as ::es_core::__private::SkippedField>::skipped_value
                     };
                     quote!(#default())
                 } else if field.json {
@@ -230,7 +245,7 @@ fn event_enum(input: &EventEnum) -> TokenStream {
     for (i, later) in variants.iter().enumerate() {
         for earlier in &variants[..i] {
             let message = format!(
-                "event enum `{ident}`: variants `{}` and `{}` have the same event type; help: give one of their structs another `#[event(rename = \"...\")]`",
+                "event enum `{ident}`: variants `{}` and `{}` have the same event type; help: if they hold the same struct, keep one variant; else give one of the structs another `#[event(rename = \"...\")]`",
                 earlier.ident, later.ident
             );
             let (a, b) = (earlier.ty, later.ty);
@@ -245,6 +260,20 @@ fn event_enum(input: &EventEnum) -> TokenStream {
             });
         }
     }
+
+    // Spanned at each variant's type: two paths to one struct (which the derive cannot tell
+    // apart) conflict there. The local is bound and used under the same span.
+    let froms = variants.iter().map(|v| {
+        let (ty, variant) = (v.ty, v.ident);
+        quote_spanned! {ty.span()=>
+            #[automatically_derived]
+            impl ::core::convert::From<#ty> for #ident {
+                fn from(__es_event: #ty) -> Self {
+                    Self::#variant(__es_event)
+                }
+            }
+        }
+    });
 
     let apply_bounds = tys
         .iter()
@@ -287,14 +316,7 @@ fn event_enum(input: &EventEnum) -> TokenStream {
             }
         }
 
-        #(
-            #[automatically_derived]
-            impl ::core::convert::From<#tys> for #ident {
-                fn from(__es_event: #tys) -> Self {
-                    Self::#idents(__es_event)
-                }
-            }
-        )*
+        #(#froms)*
 
         #[automatically_derived]
         impl<#generic: ?Sized> ::es_core::ApplyTo<#generic> for #ident
@@ -328,7 +350,10 @@ fn aggregate_impl(input: &AggregateInput) -> TokenStream {
     let dispatch = quote_spanned! {syn::spanned::Spanned::span(event)=>
         <#event as ::es_core::ApplyTo<Self>>::apply_to
     };
+    let requires_default = requires_default(ident);
     quote! {
+        #requires_default
+
         #[automatically_derived]
         impl ::es_core::Aggregate for #ident {
             type Event = #event;
@@ -337,7 +362,9 @@ fn aggregate_impl(input: &AggregateInput) -> TokenStream {
 
             const SNAPSHOT_SCHEMA: u64 = #schema;
 
-            fn apply_event(&mut self, __es_event: &Self::Event) {
+            // `#event`, not `Self::Event`: a signature naming `Self::Event` would report a
+            // missing `Default` once more.
+            fn apply_event(&mut self, __es_event: &#event) {
                 #dispatch(__es_event, self)
             }
 

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use syn::spanned::Spanned;
+use syn::{GenericArgument, PathArguments, Type, TypePath};
 
 use crate::ast::{AggregateInput, EventEnum, EventStruct, Field};
 use crate::ctxt::Ctxt;
@@ -44,13 +45,16 @@ pub(crate) fn event_struct(cx: &Ctxt, input: &EventStruct) {
             ));
         }
     }
+    for field in fields {
+        lossy_option(cx, field, "event");
+    }
     stored_names(cx, fields, "event");
 }
 
 pub(crate) fn event_enum(cx: &Ctxt, input: &EventEnum) {
     let mut seen: HashMap<String, &syn::Ident> = HashMap::new();
     for variant in &input.variants {
-        let ty = variant.ty;
+        let ty = same_module_path(variant.ty);
         let key = quote::quote!(#ty).to_string();
         if let Some(first) = seen.get(&key) {
             cx.error_spanned_by(
@@ -64,6 +68,22 @@ pub(crate) fn event_enum(cx: &Ctxt, input: &EventEnum) {
             seen.insert(key, variant.ident);
         }
     }
+}
+
+/// `self::Registered` names the same type as `Registered`: compare them as one (another
+/// path to the same struct, like `crate::Registered`, is caught by the generated code).
+fn same_module_path(ty: &Type) -> Type {
+    let mut ty = ungroup(ty).clone();
+    if let Type::Path(TypePath { qself: None, path }) = &mut ty {
+        if path.leading_colon.is_none()
+            && path.segments.len() > 1
+            && path.segments[0].ident == "self"
+            && path.segments[0].arguments.is_none()
+        {
+            path.segments = path.segments.iter().skip(1).cloned().collect();
+        }
+    }
+    ty
 }
 
 pub(crate) fn aggregate(cx: &Ctxt, input: &AggregateInput) {
@@ -91,6 +111,9 @@ pub(crate) fn aggregate(cx: &Ctxt, input: &AggregateInput) {
                 ),
             ));
         }
+    }
+    for field in fields.iter().filter(|f| !f.skip) {
+        lossy_option(cx, field, "aggregate");
     }
     for field in fields.iter().filter(|f| f.skip && f.json) {
         cx.syn_error(syn::Error::new(
@@ -128,6 +151,157 @@ fn stored_names<F: std::borrow::Borrow<Field>>(cx: &Ctxt, fields: &[F], attr: &s
                     field.member, field.stored_name
                 ),
             ));
+        }
+    }
+}
+
+/// A stored `None` is an absent field, and so is a JSON `null` (see `es_core::codec`): an
+/// `Option` of something that is itself stored as absent reads `Some(None)` back as `None`.
+fn lossy_option(cx: &Ctxt, field: &Field, attr: &str) {
+    if !loses_some_of_absent(&field.ty, field.json) {
+        return;
+    }
+    const THREE_STATES: &str =
+        "use an enum with three states, like `enum Change<T> { Unchanged, Cleared, Set(T) }`";
+    let message = if field.json {
+        format!(
+            "json field `{}` is an `Option` of a type that can be JSON `null`: `None` and `Some(null)` are both stored as an absent field and read back as `None`; help: drop the outer `Option` if the inner type has a `null` of its own (like `serde_json::Value::Null`), or {THREE_STATES}",
+            field.member
+        )
+    } else {
+        format!(
+            "field `{}` is an `Option` of an `Option`: `None` and `Some(None)` are both stored as an absent field and read back as `None`; help: {THREE_STATES}, stored through a `FieldValue` impl or `#[{attr}(json)]`",
+            field.member
+        )
+    };
+    cx.error_spanned_by(&field.ty, message);
+}
+
+/// Whether a field of type `ty` stores `Some(x)` as an absent field for some `x`. The derive
+/// sees only syntax: it knows `Option`, `Box` / `Rc` / `Arc`, `()` and `serde_json::Value`
+/// by name.
+fn loses_some_of_absent(ty: &Type, json: bool) -> bool {
+    let Some(inner) = option_argument(transparent(ty)) else {
+        return false;
+    };
+    let inner = transparent(inner);
+    option_argument(inner).is_some() || (json && (is_unit(inner) || is_json_value(inner)))
+}
+
+/// The type inside an invisible group (a `$ty` of a `macro_rules!`) or parentheses.
+fn ungroup(mut ty: &Type) -> &Type {
+    loop {
+        match ty {
+            Type::Group(group) => ty = &group.elem,
+            Type::Paren(paren) => ty = &paren.elem,
+            _ => return ty,
+        }
+    }
+}
+
+/// The single type argument of a path type whose last segment is `name`.
+fn type_argument<'a>(ty: &'a Type, name: &str) -> Option<&'a Type> {
+    let Type::Path(TypePath { qself: None, path }) = ungroup(ty) else {
+        return None;
+    };
+    let last = path.segments.last()?;
+    if last.ident != name {
+        return None;
+    }
+    let PathArguments::AngleBracketed(arguments) = &last.arguments else {
+        return None;
+    };
+    match arguments.args.iter().collect::<Vec<_>>()[..] {
+        [GenericArgument::Type(inner)] => Some(inner),
+        _ => None,
+    }
+}
+
+fn option_argument(ty: &Type) -> Option<&Type> {
+    type_argument(ty, "Option")
+}
+
+/// Through the pointers that store (and serialize) as what they point to.
+fn transparent(mut ty: &Type) -> &Type {
+    while let Some(inner) = ["Box", "Rc", "Arc"]
+        .iter()
+        .find_map(|name| type_argument(ty, name))
+    {
+        ty = inner;
+    }
+    ungroup(ty)
+}
+
+fn is_unit(ty: &Type) -> bool {
+    matches!(ungroup(ty), Type::Tuple(tuple) if tuple.elems.is_empty())
+}
+
+/// `Value` or `serde_json::Value`.
+fn is_json_value(ty: &Type) -> bool {
+    let Type::Path(TypePath { qself: None, path }) = ungroup(ty) else {
+        return false;
+    };
+    let segments: Vec<_> = path.segments.iter().collect();
+    match segments[..] {
+        [value] => value.ident == "Value" && value.arguments.is_none(),
+        [.., krate, value] => {
+            krate.ident == "serde_json" && value.ident == "Value" && value.arguments.is_none()
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use syn::parse_quote;
+
+    use super::loses_some_of_absent;
+
+    #[test]
+    fn an_option_of_something_stored_as_absent_is_lossy() {
+        let plain: [syn::Type; 5] = [
+            parse_quote!(Option<Option<String>>),
+            parse_quote!(std::option::Option<::core::option::Option<u8>>),
+            parse_quote!(Option<Box<Option<u8>>>),
+            parse_quote!(Box<Option<Option<u8>>>),
+            parse_quote!((Option<(Option<u8>)>)),
+        ];
+        for ty in &plain {
+            assert!(loses_some_of_absent(ty, false), "{}", quote::quote!(#ty));
+            assert!(loses_some_of_absent(ty, true), "{}", quote::quote!(#ty));
+        }
+        let json: [syn::Type; 4] = [
+            parse_quote!(Option<serde_json::Value>),
+            parse_quote!(Option<::serde_json::Value>),
+            parse_quote!(Option<Value>),
+            parse_quote!(Option<std::sync::Arc<()>>),
+        ];
+        for ty in &json {
+            assert!(loses_some_of_absent(ty, true), "{}", quote::quote!(#ty));
+        }
+    }
+
+    #[test]
+    fn options_that_keep_some_round_trip() {
+        let plain: [syn::Type; 5] = [
+            parse_quote!(Option<String>),
+            parse_quote!(Option<Vec<Option<u8>>>),
+            parse_quote!(Box<Option<u8>>),
+            parse_quote!(Option<()>),
+            parse_quote!(Option<serde_json::Value>),
+        ];
+        for ty in &plain {
+            assert!(!loses_some_of_absent(ty, false), "{}", quote::quote!(#ty));
+        }
+        let json: [syn::Type; 5] = [
+            parse_quote!(serde_json::Value),
+            parse_quote!(Option<Vec<Option<u8>>>),
+            parse_quote!(Option<my::Value>),
+            parse_quote!(Option<Value<u8>>),
+            parse_quote!(Option<std::collections::BTreeMap<String, Option<u8>>>),
+        ];
+        for ty in &json {
+            assert!(!loses_some_of_absent(ty, true), "{}", quote::quote!(#ty));
         }
     }
 }

@@ -1,0 +1,20 @@
+use es_core::{Aggregate, Apply, Event};
+
+#[derive(Event)]
+struct Registered {
+    name: String,
+}
+
+#[derive(Aggregate)]
+#[aggregate(event = Registered)]
+struct User {
+    name: String,
+}
+
+impl Apply<Registered> for User {
+    fn apply(&mut self, e: &Registered) {
+        self.name = e.name.clone();
+    }
+}
+
+fn main() {}
