@@ -41,6 +41,10 @@ pub(crate) struct AppendCall {
     /// Its tail copies, with [`RedisConfig::tail_copies`](crate::RedisConfig::tail_copies)
     /// (every append of one store has one, or none does).
     pub tail_key: Option<String>,
+    /// The record of its partition's partition count.
+    pub partition_record_key: String,
+    /// The category's partition count, as this store is configured.
+    pub partitions: u32,
     /// Its arguments: aggregate id, expected version, append id, event count, events.
     pub args: Vec<Vec<u8>>,
     /// How many events it holds.
@@ -68,17 +72,20 @@ pub(crate) async fn invoke(
         if let Some(tail) = &call.tail_key {
             invocation.key(tail);
         }
+        invocation.key(&call.partition_record_key);
     }
     invocation
         .arg(settings.remembered_append_ids)
         .arg(calls.len())
         .arg(settings.tail_copies);
     for call in calls {
-        // Each append's length first: the script checks each append on its own.
-        invocation.arg(call.args.len());
+        // Each append's length first (the script checks each append on its own), its
+        // partition count last.
+        invocation.arg(call.args.len() + 1);
         for arg in &call.args {
             invocation.arg(arg.as_slice());
         }
+        invocation.arg(call.partitions);
     }
     let reply = match (settings.replicas, calls.first()) {
         (Some((replicas, timeout)), Some(first)) => {

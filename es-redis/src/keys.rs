@@ -118,8 +118,16 @@ impl KeyLayout {
         }
     }
 
-    /// Where `category`'s partition count is recorded, for this layout and for the other
-    /// one: `<namespace>:{<category>}:partitions` for one partition,
+    /// The record of `category`'s partition count kept in `partition`'s slot:
+    /// `<partition prefix>:partitions`. The first append that starts an aggregate in a
+    /// partition records the count there, and the append script refuses appends sent with
+    /// another.
+    pub fn partition_record(&self, category: &str, partition: u32) -> String {
+        format!("{}:partitions", self.partition_prefix(category, partition))
+    }
+
+    /// Where a store checks `category`'s partition count on first use, for this layout
+    /// and for the other one: `<namespace>:{<category>}:partitions` for one partition,
     /// `<namespace>:{<category>:p0}:partitions` for several (whatever their number, so two
     /// partitioned layouts share it). Returns (this layout's, the other's).
     pub fn partition_records(&self, category: &str) -> (String, String) {

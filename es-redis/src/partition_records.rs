@@ -14,6 +14,14 @@
 //! cannot both pass: each records, then reads the other's record (partitioned layouts
 //! share one record key, where the second `SET NX` finds the first count), so at least one
 //! of them sees the other's count.
+//!
+//! The append script checks too ([`KeyLayout::partition_record`], in each partition's own
+//! slot): an append that starts an aggregate records its count in its partition if none
+//! is there, and is refused if another is. So even with the first-use record lost (deleted
+//! by hand), a store with another count cannot start a second history of an aggregate in
+//! a partition written with the first.
+//!
+//! [`KeyLayout::partition_record`]: crate::KeyLayout::partition_record
 
 use std::collections::HashSet;
 use std::sync::Mutex;

@@ -235,6 +235,10 @@ impl EventStore for RedisEventStore {
             index_key: self.keys.index(stream),
             append_ids_key: self.keys.append_ids(stream),
             tail_key: (self.tail_copies > 0).then(|| self.keys.tail(stream)),
+            partition_record_key: self
+                .keys
+                .partition_record(&stream.category, self.keys.partition_of(stream)),
+            partitions: self.keys.partitions(&stream.category),
             args,
             events: count,
         };
@@ -324,6 +328,13 @@ fn parse_append_reply(
             .and_then(into_bytes)
             .map(|m| String::from_utf8_lossy(&m).into_owned())
             .unwrap_or_default();
+        if let Some(why) = message.strip_prefix("ESPARTITIONS ") {
+            return Err(AppendOutcome::Error(Error::InvalidRequest(format!(
+                "category `{}`: {why}: every process must use the same \
+                 `RedisConfig::partitions` for a category; nothing was written",
+                stream.category
+            ))));
+        }
         if let Some(why) = message.strip_prefix("ESINVALID ") {
             return Err(AppendOutcome::Error(Error::InvalidRequest(format!(
                 "the append script refused the append to {stream}: {why}"

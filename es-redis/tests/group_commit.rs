@@ -33,6 +33,8 @@ enum Fault {
     AppendIdsOfTheWrongType,
     /// Its category stream key holds a string.
     StreamOfTheWrongType,
+    /// It starts an aggregate in a partition whose record holds another partition count.
+    AnotherPartitionCount,
 }
 
 struct Call {
@@ -57,10 +59,16 @@ fn call(prefix: &str, bad: usize, fault: Fault) -> Call {
         } else {
             format!("{prefix}:events")
         };
+        let record = if is_bad && matches!(fault, Fault::AnotherPartitionCount) {
+            format!("{prefix}:other-partitions")
+        } else {
+            format!("{prefix}:partitions")
+        };
         keys.extend([
             stream,
             format!("{prefix}:index:{id}"),
             format!("{prefix}:appends:{id}"),
+            record,
         ]);
         let digest: Vec<u8> = match (is_bad, fault) {
             (true, Fault::ShortDigest) => b"abc".to_vec(),
@@ -85,6 +93,7 @@ fn call(prefix: &str, bad: usize, fault: Fault) -> Call {
                 append.push(e.to_string().into_bytes());
             }
         }
+        append.push(b"1".to_vec()); // the partition count, last
         args.push(append.len().to_string().into_bytes());
         args.extend(append);
     }
@@ -172,6 +181,7 @@ async fn a_bad_append_fails_alone_first_in_the_middle_or_last_and_leaves_no_orph
         Fault::IndexOfTheWrongType,
         Fault::AppendIdsOfTheWrongType,
         Fault::StreamOfTheWrongType,
+        Fault::AnotherPartitionCount,
     ];
     for fault in faults {
         for bad in [0, APPENDS / 2, APPENDS - 1] {
@@ -191,6 +201,14 @@ async fn a_bad_append_fails_alone_first_in_the_middle_or_last_and_leaves_no_orph
                     .await
                     .expect("corrupt a key");
             }
+            if let Fault::AnotherPartitionCount = fault {
+                let _: () = redis::cmd("SET")
+                    .arg(format!("{prefix}:other-partitions"))
+                    .arg("4")
+                    .query_async(&mut connection)
+                    .await
+                    .expect("record another count");
+            }
             let reply: Value = redis::cmd("EVAL")
                 .arg(APPEND)
                 .arg(call.keys.len())
@@ -203,10 +221,10 @@ async fn a_bad_append_fails_alone_first_in_the_middle_or_last_and_leaves_no_orph
             assert_eq!(statuses.len(), APPENDS, "{fault:?} at {bad}: {statuses:?}");
             for (a, (status, message)) in statuses.iter().enumerate() {
                 if a == bad {
-                    let code = if corrupt.is_some() {
-                        "ESLAYOUT"
-                    } else {
-                        "ESINVALID"
+                    let code = match fault {
+                        Fault::AnotherPartitionCount => "ESPARTITIONS",
+                        _ if corrupt.is_some() => "ESLAYOUT",
+                        _ => "ESINVALID",
                     };
                     assert_eq!(status, "error", "{fault:?} at {bad}");
                     assert!(message.starts_with(code), "{fault:?} at {bad}: {message}");
@@ -236,10 +254,10 @@ async fn arguments_whose_lengths_do_not_add_up_write_nothing() {
     let mut connection = connection().await;
     let prefix = format!("{}:{{cat}}", unique_namespace("group-commit-lengths"));
     let mut call = call(&prefix, 0, Fault::NoEvents);
-    // The last append (a good one: its length, 4 arguments of its own and two events of 4)
-    // claims more arguments than there are.
-    let last_length = call.args.len() - 13;
-    assert_eq!(call.args[last_length], b"12");
+    // The last append (a good one: its length, 4 arguments of its own, two events of 4 and
+    // its partition count) claims more arguments than there are.
+    let last_length = call.args.len() - 14;
+    assert_eq!(call.args[last_length], b"13");
     call.args[last_length] = b"99".to_vec();
     let refused: Result<Value, _> = redis::cmd("EVAL")
         .arg(APPEND)

@@ -157,3 +157,63 @@ async fn reading_an_empty_category_records_no_count() {
         1
     );
 }
+
+/// The append script checks each partition's record too: with the first-use records lost
+/// (deleted by hand), a store with another count still cannot start an aggregate in a
+/// partition written with the first count.
+#[tokio::test]
+async fn the_append_script_refuses_another_count_when_the_first_use_record_is_lost() {
+    let namespace = unique_namespace("counts-script");
+    let first = connect(server().config(&namespace).partitions("user", 4)).await;
+    // An aggregate in each of the first store's partitions.
+    let mut written = [false; 4];
+    for n in 0.. {
+        let id = format!("u{n}");
+        let partition = es_redis::keys::partition_of(&id, 4) as usize;
+        if !written[partition] {
+            append(&first, &id).await.expect("append");
+            written[partition] = true;
+        }
+        if written.iter().all(|w| *w) {
+            break;
+        }
+        assert!(n < 1_000, "no id for some partition");
+    }
+    let mut connection = first.connection();
+    let (own, other) = first.keys().partition_records("user");
+    let _: u64 = redis::cmd("DEL")
+        .arg(&own)
+        .arg(&other)
+        .query_async(&mut connection)
+        .await
+        .expect("lose the first-use records");
+
+    let second = connect(server().config(&namespace).partitions("user", 6)).await;
+    // An id the second store puts in partition 1, which the first store wrote.
+    let id = (0..)
+        .map(|n| format!("v{n}"))
+        .find(|id| es_redis::keys::partition_of(id, 6) == 1)
+        .expect("an id");
+    let stream = first.keys().partition_stream("user", 1);
+    let before: u64 = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut connection)
+        .await
+        .expect("XLEN");
+    let refused = append(&second, &id)
+        .await
+        .expect_err("the script refuses another count");
+    let text = refused.to_string();
+    assert!(
+        matches!(refused, StoreError::InvalidRequest(_))
+            && text.contains("records 4 partition(s)")
+            && text.contains("sent for 6"),
+        "{text}"
+    );
+    let after: u64 = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut connection)
+        .await
+        .expect("XLEN");
+    assert_eq!(after, before, "nothing was written");
+}

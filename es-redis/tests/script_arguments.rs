@@ -80,21 +80,22 @@ async fn prune_applied_passes_no_numbers() {
 #[tokio::test]
 async fn append_passes_no_numbers() {
     let prefix = format!("{}:{{cart}}", unique_namespace("append"));
-    let (stream, index, ids) = (
+    let (stream, index, ids, record) = (
         format!("{prefix}:events"),
         format!("{prefix}:index:c-1"),
         format!("{prefix}:appends:c-1"),
+        format!("{prefix}:partitions"),
     );
     let script = include_str!("../src/scripts/append.lua");
     for (expected, digest) in [(&b"0"[..], &b"abcdef"[..]), (b"2", b"ghijkl"), (b"", b"")] {
         let reply = eval(
             script,
-            &[&stream, &index, &ids],
+            &[&stream, &index, &ids, &record],
             &[
                 b"8",
                 b"1",
                 b"0",
-                b"12",
+                b"13",
                 b"c-1",
                 expected,
                 digest,
@@ -107,6 +108,7 @@ async fn append_passes_no_numbers() {
                 b"1",
                 b"sku",
                 b"SKU-2",
+                b"1",
             ],
         )
         .await
@@ -129,9 +131,11 @@ async fn appends_in_one_call_touch_only_their_own_keys() {
         format!("{first}:events"),
         format!("{first}:index:1"),
         format!("{first}:appends:1"),
+        format!("{first}:partitions"),
         format!("{second}:events"),
         format!("{second}:index:1"),
         format!("{second}:appends:1"),
+        format!("{second}:partitions"),
     ];
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     let reply = eval(
@@ -139,8 +143,9 @@ async fn appends_in_one_call_touch_only_their_own_keys() {
         &keys,
         &[
             b"8", b"2", b"0", // window, appends, no tail copies
-            b"10", b"1", b"0", b"", b"2", b"Opened", b"0", b"Renamed", b"1", b"name", b"x", b"6",
-            b"1", b"0", b"", b"1", b"Opened", b"0",
+            b"11", b"1", b"0", b"", b"2", b"Opened", b"0", b"Renamed", b"1", b"name", b"x",
+            b"1", // the first append: its length, arguments and partition count
+            b"7", b"1", b"0", b"", b"1", b"Opened", b"0", b"1", // the second
         ],
     )
     .await
@@ -158,7 +163,7 @@ async fn appends_in_one_call_touch_only_their_own_keys() {
     let server = RedisServer::shared().unwrap_or_else(|e| panic!("{e}"));
     let mut connection = server.config("admin").connect().await.expect("connect");
     let kind: String = redis::cmd("TYPE")
-        .arg(keys[3])
+        .arg(keys[4])
         .query_async(&mut connection)
         .await
         .expect("TYPE");

@@ -3,8 +3,9 @@
 -- RedisConfig::append_batch).
 --
 -- KEYS        per append a, K keys: its category stream, its aggregate's index (a list),
---             its recent append ids (a hash), and with tail copies (K = 4) its tail
---             copies (a list); K = 3 without
+--             its recent append ids (a hash), with tail copies its tail copies (a list),
+--             and last the record of its partition's partition count (a string); K = 5
+--             with tail copies, K = 4 without
 -- ARGV[1]     how many append ids to remember per aggregate (at least)
 -- ARGV[2]     how many appends follow
 -- ARGV[3]     how many tail copies to keep per aggregate (0: none, and K = 3)
@@ -17,16 +18,20 @@
 --               of its SHA-1 (the client hashes it; 48 bits, kept as they are to save
 --               memory),
 --               how many events follow, then each event: type, number of field pairs, pairs,
---               and with tail copies its copy (see src/copies.rs)
+--               and with tail copies its copy (see src/copies.rs),
+--               last, the category's partition count as the client is configured: an
+--               append that starts an aggregate records it in the partition's record if
+--               none is there, and is refused (ESPARTITIONS) if another count is
 --
 -- Replies with one flat array (Redis converts nested Lua tables slowly: each is probed for
 -- special fields), holding for each append: a status, a number, a count and that many items:
 --   'ok', version, n, entry ids...      written
 --   'done', version, n, entry ids...    a retry of a remembered append: its first result
 --   'conflict', actual version, 0       refused: another version was expected
---   'error', 0, 1, message              refused: malformed arguments (ESINVALID), a key of
---                                       the wrong type (ESLAYOUT), or failed (ESAPPEND: a
---                                       runtime error, say a corrupt record)
+--   'error', 0, 1, message              refused: malformed arguments (ESINVALID), another
+--                                       partition count (ESPARTITIONS), a key of the wrong
+--                                       type (ESLAYOUT), or failed (ESAPPEND: a runtime
+--                                       error, say a corrupt record)
 -- A refused append writes nothing. Every append's arguments are checked before anything is
 -- written; only arguments whose lengths do not add up fail the whole call.
 --
@@ -89,9 +94,9 @@ else
 end
 local appends = tonumber(ARGV[2])
 local copies = tonumber(ARGV[3]) or 0
-local keys_per_append, copy_args = 3, 0
+local keys_per_append, copy_args = 4, 0
 if copies > 0 then
-  keys_per_append, copy_args = 4, 1
+  keys_per_append, copy_args = 5, 1
 end
 if appends == nil or appends < 1 or #KEYS ~= keys_per_append * appends then
   return redis.error_reply('ESINVALID malformed arguments: ' .. tostring(ARGV[2]) .. ' appends')
@@ -104,14 +109,17 @@ local argc = #ARGV
 local starts, ends, invalid, at = {}, {}, {}, 4
 for a = 1, appends do
   local span = NUMBERS[ARGV[at]] or tonumber(ARGV[at])
-  if span == nil or span < 4 or span ~= floor(span) or at + span > argc then
+  if span == nil or span < 5 or span ~= floor(span) or at + span > argc then
     return redis.error_reply('ESINVALID malformed arguments: append ' .. a ..
       ' has no valid length')
   end
-  local first, last = at + 1, at + span
+  local first, last = at + 1, at + span - 1 -- the events end before the partition count
   starts[a], ends[a] = first, last
   local digest, why = ARGV[first + 2], nil
-  if digest ~= '' and #digest ~= 6 then
+  local partitions = NUMBERS[ARGV[last + 1]] or tonumber(ARGV[last + 1])
+  if partitions == nil or partitions < 1 or partitions ~= floor(partitions) then
+    why = 'a partition count is a whole number of at least 1'
+  elseif digest ~= '' and #digest ~= 6 then
     why = 'an append id digest is 6 bytes'
   else
     local text = ARGV[first + 3]
@@ -157,7 +165,7 @@ for a = 1, appends do
   if why then
     invalid[a] = why
   end
-  at = last + 1
+  at = last + 2
 end
 if at ~= argc + 1 then
   return redis.error_reply('ESINVALID trailing arguments after the last append')
@@ -312,6 +320,27 @@ end
 -- or HSETNX): the failure ends the pcall below, which asks TYPE. The first XADD runs with
 -- redis.pcall: its failure (another type, or the stream's last id the largest possible,
 -- set by hand) is answered here, once the append-id record it made is deleted.
+-- Why an append that starts an aggregate is refused for its partition count `wanted`, or
+-- nil: the partition's record (`key`) holds another count. The first such append records
+-- its count. Checked once per key and call.
+local partitions_seen = {}
+local function partitions_refused(key, wanted)
+  local seen = partitions_seen[key]
+  if seen == nil then
+    seen = rcall('GET', key) -- a key of another type raises: the append fails alone
+    if not seen then
+      rcall('SET', key, wanted)
+      seen = wanted
+    end
+    partitions_seen[key] = seen
+  end
+  if seen ~= wanted then
+    return 'ESPARTITIONS ' .. key .. ' records ' .. seen ..
+      ' partition(s), but the append was sent for ' .. wanted
+  end
+  return nil
+end
+
 local current = 0
 -- The digest whose append-id record the running append made, until the append is written:
 -- an append that fails after making it must not answer a later retry as done.
@@ -336,65 +365,72 @@ local function run(from)
       if expected ~= '' and (NUMBERS[expected] or tonumber(expected)) ~= version then
         conflict(KEYS[k + 3], digest, index, version)
       else
-        local count_text = ARGV[at + 3]
-        local count = NUMBERS[count_text] or tonumber(count_text)
-        local ids, added = KEYS[k + 3], nil
-        if digest ~= '' and window > 0 then
-          -- One command checks and remembers: a digest already there is a retry.
-          local record = first_version
-          if count ~= 1 then
-            if NUMBERS[count_text] == nil then
-              count_text = tostring(count) -- as `..` writes a number
+        -- An append that starts an aggregate checks its partition's recorded count.
+        local why = length == 0
+          and partitions_refused(KEYS[k + keys_per_append], ARGV[ends[a] + 1])
+        if why then
+          reply('error', 0, { why })
+        else
+          local count_text = ARGV[at + 3]
+          local count = NUMBERS[count_text] or tonumber(count_text)
+          local ids, added = KEYS[k + 3], nil
+          if digest ~= '' and window > 0 then
+            -- One command checks and remembers: a digest already there is a retry.
+            local record = first_version
+            if count ~= 1 then
+              if NUMBERS[count_text] == nil then
+                count_text = tostring(count) -- as `..` writes a number
+              end
+              record = format('%d', version + count) .. ':' .. count_text
             end
-            record = format('%d', version + count) .. ':' .. count_text
-          end
-          added = rcall('HSETNX', ids, digest, record)
-          if added == 1 then
-            recorded = digest
-          end
-          if added == 0 then
-            done(ids, digest, index, rcall('HGET', ids, digest))
-          end
-        end
-        if added ~= 0 then
-          local stream = KEYS[k + 1]
-          local pairs_end -- of the first event
-          if count == 1 then
-            pairs_end = ends[a] - copy_args
-          else
-            pairs_end = at + 5 + 2 * (NUMBERS[ARGV[at + 5]] or tonumber(ARGV[at + 5]))
-          end
-          local id = rpcall('XADD', stream, '*', 'type', ARGV[at + 4], 'aggregate_id', ARGV[at],
-            'version', first_version, unpack(ARGV, at + 6, pairs_end))
-          if id.err then -- an entry id is a string: its `err` is string.err, nil
+            added = rcall('HSETNX', ids, digest, record)
             if added == 1 then
-              rcall('HDEL', ids, digest)
-              recorded = nil
+              recorded = digest
             end
-            refused(stream, 'stream', id.err)
-          else
-            if count == 1 and copy_args == 0 then
-              if length == 0 then
-                rcall('RPUSH', index, '', id)
-              else
-                rcall('RPUSH', index, id)
-              end
-              local m = n
-              out[m + 1], out[m + 2], out[m + 3], out[m + 4] = 'ok', version + 1, 1, id
-              n = m + 4
+            if added == 0 then
+              done(ids, digest, index, rcall('HGET', ids, digest))
+            end
+          end
+          if added ~= 0 then
+            local stream = KEYS[k + 1]
+            local pairs_end -- of the first event
+            if count == 1 then
+              pairs_end = ends[a] - copy_args
             else
-              -- Only with tail copies is there a fourth key: without, KEYS[k + 4] is the
-              -- next append's stream.
-              local tail = nil
-              if copy_args == 1 then
-                tail = KEYS[k + 4]
-              end
-              write_rest(stream, index, tail, at, count, version, length, id)
+              pairs_end = at + 5 + 2 * (NUMBERS[ARGV[at + 5]] or tonumber(ARGV[at + 5]))
             end
-            -- Past a multiple of `window` (exact: whole numbers), the old records go.
-            recorded = nil
-            if window > 0 and (version + count) % window < count then
-              forget_old_ids(ids)
+            local id = rpcall('XADD', stream, '*', 'type', ARGV[at + 4], 'aggregate_id', ARGV[at],
+              'version', first_version, unpack(ARGV, at + 6, pairs_end))
+            if id.err then -- an entry id is a string: its `err` is string.err, nil
+              if added == 1 then
+                rcall('HDEL', ids, digest)
+                recorded = nil
+              end
+              refused(stream, 'stream', id.err)
+            else
+              if count == 1 and copy_args == 0 then
+                if length == 0 then
+                  rcall('RPUSH', index, '', id)
+                else
+                  rcall('RPUSH', index, id)
+                end
+                local m = n
+                out[m + 1], out[m + 2], out[m + 3], out[m + 4] = 'ok', version + 1, 1, id
+                n = m + 4
+              else
+                -- Only with tail copies is there a fourth key: without, KEYS[k + 4] is the
+                -- next append's stream.
+                local tail = nil
+                if copy_args == 1 then
+                  tail = KEYS[k + 4]
+                end
+                write_rest(stream, index, tail, at, count, version, length, id)
+              end
+              -- Past a multiple of `window` (exact: whole numbers), the old records go.
+              recorded = nil
+              if window > 0 and (version + count) % window < count then
+                forget_old_ids(ids)
+              end
             end
           end
         end

@@ -185,17 +185,21 @@ async fn script_call(
     prefix: &str,
     call: usize,
     aggregate_keys: &[&str],
+    shared_keys: &[&str],
     header: &[usize],
     append: &impl Fn(&mut redis::Cmd, String, u64),
 ) -> Result<f64, BoxError> {
     let mut invocation = redis::cmd("EVALSHA");
     invocation
         .arg(redis::Script::new(source).get_hash())
-        .arg((1 + aggregate_keys.len()) * CONCURRENCY);
+        .arg((1 + aggregate_keys.len() + shared_keys.len()) * CONCURRENCY);
     for a in 0..CONCURRENCY {
         invocation.arg(format!("{prefix}:{{cart}}:events"));
         for key in aggregate_keys {
             invocation.arg(format!("{prefix}:{{cart}}:{key}:{call}-{a}"));
+        }
+        for key in shared_keys {
+            invocation.arg(format!("{prefix}:{{cart}}:{key}"));
         }
     }
     invocation.arg(header);
@@ -251,24 +255,29 @@ pub(crate) async fn p1_server_time(
                 // The store's own script: the remembered-id window, the number of appends,
                 // no tail copies; then per append its length, aggregate id, expected
                 // version, the append id's digest (6 bytes, unique per append) or none, one
-                // event: its type and four field pairs.
+                // event (its type and four field pairs), and the category's partition
+                // count; each append's keys end with the category's partition record.
                 let append = |c: &mut redis::Cmd, id: String, n: u64| {
                     let digest = if with_id == 1 {
                         (n * 2 + expected as u64).to_be_bytes()[2..].to_vec()
                     } else {
                         Vec::new()
                     };
-                    // This append's 14 arguments: 4 of its own, the event's type and pair
-                    // count, and its 4 pairs.
-                    c.arg(14).arg(id).arg(expected).arg(digest).arg(1);
+                    // This append's 15 arguments: 4 of its own, the event's type and pair
+                    // count, its 4 pairs, and the category's partition count.
+                    c.arg(15).arg(id).arg(expected).arg(digest).arg(1);
                     c.arg("ItemAdded").arg(4);
                     item_pairs(c, n);
+                    c.arg(1);
                 };
                 let prefix = format!("es-{with_id}");
                 let keys = ["index", "appends"];
                 let header = [8, CONCURRENCY, 0];
-                *total += script_call(&mut raw, ES_APPEND, &prefix, call, &keys, &header, &append)
-                    .await?;
+                let shared = ["partitions"];
+                *total += script_call(
+                    &mut raw, ES_APPEND, &prefix, call, &keys, &shared, &header, &append,
+                )
+                .await?;
             }
             let append = |c: &mut redis::Cmd, id: String, n: u64| {
                 c.arg("ItemAdded").arg(id);
@@ -280,6 +289,7 @@ pub(crate) async fn p1_server_time(
                 "minimal",
                 call,
                 &["index"],
+                &[],
                 &[],
                 &append,
             )
