@@ -11,6 +11,7 @@ use crate::aggregate::{Aggregate, Handle};
 mod cache_cases;
 mod category_cases;
 pub mod conformance;
+mod live_projection_cases;
 pub mod projection_cases;
 mod read_model_cases;
 mod repository_cases;

@@ -57,12 +57,15 @@ const IN_FLIGHT: usize = 2;
 /// A call closes once it holds this many events, so one script never blocks Redis long.
 const MAX_EVENTS_PER_CALL: usize = 1_000;
 
-/// Runs `calls` in one call of the append script; replies with one reply per call.
+/// Runs `calls` in one call of the append script; replies with one reply per call. With
+/// [`AppendSettings::replicas`], an append the script wrote that too few replicas
+/// acknowledged gets [`Error::NotReplicated`] (its outcome across a failover is unknown);
+/// conflicts and refusals, which wrote nothing, keep their replies.
 pub(crate) async fn invoke(
     connection: &RedisConnection,
     settings: AppendSettings,
     calls: &[AppendCall],
-) -> Result<Vec<Value>, Error> {
+) -> Result<Vec<Result<Value, Error>>, Error> {
     let mut invocation = SCRIPTS.append.prepare_invoke();
     for call in calls {
         invocation
@@ -87,80 +90,120 @@ pub(crate) async fn invoke(
         }
         invocation.arg(call.partitions);
     }
-    let reply = match (settings.replicas, calls.first()) {
-        (Some((replicas, timeout)), Some(first)) => {
-            let (reply, acknowledged) = invoke_and_wait(
-                connection,
-                &invocation,
-                &first.stream_key,
-                replicas,
-                timeout,
-            )
-            .await?;
-            if acknowledged < replicas as u64 {
-                return Err(Error::NotReplicated {
-                    acknowledged,
-                    wanted: replicas,
-                    timeout,
-                });
-            }
-            reply
-        }
-        _ => invocation
+    let (Some((replicas, timeout)), Some(first)) = (settings.replicas, calls.first()) else {
+        let reply = invocation
             .invoke_async(&mut connection.clone())
             .await
-            .map_err(|e| Error::script("append", e))?,
+            .map_err(|e| Error::script("append", e))?;
+        let replies = split_replies(into_array(reply, "append")?, calls.len())?;
+        return Ok(replies.into_iter().map(Ok).collect());
     };
-    split_replies(into_array(reply, "append")?, calls.len())
+    let (reply, waited) = invoke_and_wait(
+        connection,
+        &invocation,
+        &first.stream_key,
+        replicas,
+        timeout,
+    )
+    .await?;
+    let not_replicated = match waited {
+        Ok(acknowledged) if acknowledged >= replicas as u64 => None,
+        Ok(acknowledged) => Some(Error::NotReplicated {
+            acknowledged,
+            wanted: replicas,
+            timeout,
+        }),
+        // The script ran: whatever stopped the wait, its outcome is unknown.
+        Err(error) if error.is_connection() => Some(error),
+        Err(error) => {
+            tracing::warn!(%error, "WAIT failed after an append call");
+            Some(Error::NotReplicated {
+                acknowledged: 0,
+                wanted: replicas,
+                timeout,
+            })
+        }
+    };
+    let replies = split_replies(into_array(reply, "append")?, calls.len())?;
+    Ok(replies
+        .into_iter()
+        .map(|reply| match &not_replicated {
+            Some(error) if wrote(&reply) => Err(error.clone()),
+            _ => Ok(reply),
+        })
+        .collect())
+}
+
+/// Whether a reply is of an append the script wrote (`ok`), or recognised as written
+/// (`done`): those wait for the replicas.
+fn wrote(reply: &Value) -> bool {
+    matches!(reply, Value::Array(items)
+        if matches!(items.first(), Some(Value::BulkString(status)) if status == b"ok" || status == b"done"))
 }
 
 /// Runs the append script, then `WAIT replicas timeout` on the same connection: the
-/// script's reply and how many replicas acknowledged its writes. On one server both go in
-/// one pipeline (nothing can come between them on the connection); on a cluster the
-/// `WAIT` follows on the connection to the node of `key`'s slot.
+/// script's reply and what the wait gave (how many replicas acknowledged its writes). On
+/// one server both go in one pipeline (nothing can come between them on the connection);
+/// on a cluster the `WAIT` follows on the connection to the node of `key`'s slot. An error
+/// of the script is the call's error; an error of the wait comes back beside the reply.
 async fn invoke_and_wait(
     connection: &RedisConnection,
     invocation: &redis::ScriptInvocation<'_>,
     key: &str,
     replicas: usize,
     timeout: Duration,
-) -> Result<(Value, u64), Error> {
+) -> Result<(Value, Result<u64, Error>), Error> {
     let millis = u64::try_from(timeout.as_millis())
         .unwrap_or(u64::MAX)
         .max(1);
     let operation = format!("WAIT {replicas} {millis}");
     let mut wait = redis::cmd("WAIT");
     wait.arg(replicas).arg(millis);
-    let acknowledged = |reply: &Value| {
-        as_u64(reply).ok_or_else(|| Error::unexpected(&operation, format!("{reply:?}")))
+    let acknowledged = |reply: redis::RedisResult<Value>| {
+        let reply = reply.map_err(|e| Error::redis(&operation, e))?;
+        as_u64(&reply).ok_or_else(|| Error::unexpected(&operation, format!("{reply:?}")))
     };
     if connection.is_cluster() {
         let reply = invocation
             .invoke_async(&mut connection.clone())
             .await
             .map_err(|e| Error::script("append", e))?;
-        let waited = connection.query_on_node_of(key, &wait, &operation).await?;
-        return Ok((reply, acknowledged(&waited)?));
+        let waited = connection
+            .query_on_node_of(key, &wait, &operation)
+            .await
+            .and_then(|value| acknowledged(Ok(value)));
+        return Ok((reply, waited));
     }
     let mut pipe = redis::pipe();
-    pipe.invoke_script(invocation).add_command(wait);
+    pipe.invoke_script(invocation)
+        .add_command(wait)
+        .ignore_errors();
     let mut connection = connection.clone();
-    let mut replies: Result<Vec<Value>, _> = pipe.query_async(&mut connection).await;
-    if matches!(&replies, Err(e) if e.code() == Some("NOSCRIPT")) {
-        // The server lost its scripts (a restart): load it, then run the pipeline again.
-        invocation
-            .load_async(&mut connection)
+    let mut loaded = false;
+    loop {
+        let replies: Vec<redis::RedisResult<Value>> = pipe
+            .query_async(&mut connection)
             .await
             .map_err(|e| Error::script("append", e))?;
-        replies = pipe.query_async(&mut connection).await;
-    }
-    let mut replies = replies.map_err(|e| Error::script("append", e))?.into_iter();
-    match (replies.next(), replies.next()) {
-        (Some(reply), Some(waited)) => Ok((reply, acknowledged(&waited)?)),
-        _ => Err(Error::unexpected(
-            &operation,
-            "a pipeline without two replies",
-        )),
+        let mut replies = replies.into_iter();
+        let (Some(reply), Some(waited)) = (replies.next(), replies.next()) else {
+            return Err(Error::unexpected(
+                &operation,
+                "a pipeline without two replies",
+            ));
+        };
+        match reply {
+            Ok(reply) => return Ok((reply, acknowledged(waited))),
+            Err(error) if error.code() == Some("NOSCRIPT") && !loaded => {
+                // The server lost its scripts (a restart): load it, then run it again.
+                invocation
+                    .load_async(&mut connection)
+                    .await
+                    .map_err(|e| Error::script("append", e))?;
+                loaded = true;
+            }
+            Err(error) => return Err(Error::script("append", error)),
+        }
     }
 }
 
@@ -261,7 +304,7 @@ impl AppendQueue {
     async fn alone(&self, call: AppendCall) -> Result<Value, Error> {
         let mut replies =
             invoke(&self.connection, self.settings, std::slice::from_ref(&call)).await?;
-        Ok(replies.swap_remove(0))
+        replies.swap_remove(0)
     }
 }
 
@@ -317,7 +360,7 @@ async fn send_batch(connection: RedisConnection, settings: AppendSettings, batch
     match invoke(&connection, settings, &calls).await {
         Ok(values) => {
             for (value, reply) in values.into_iter().zip(replies) {
-                let _ = reply.send(Ok(value));
+                let _ = reply.send(value);
             }
         }
         Err(error) => {

@@ -7,8 +7,8 @@
 //! in a process records the count (`SET … NX GET`) under the layout's record key
 //! ([`KeyLayout::partition_records`]), and checks the other layout's record: a count that
 //! differs is a configuration error naming both, before anything is written. Reads check
-//! too, once and without recording, so a misconfigured reader gets the error instead of an
-//! empty aggregate.
+//! too, without recording, so a misconfigured reader (a projection too) gets the error
+//! instead of an empty aggregate.
 //!
 //! Two processes that first write one category at the same time with different counts
 //! cannot both pass: each records, then reads the other's record (partitioned layouts
@@ -23,8 +23,9 @@
 //!
 //! [`KeyLayout::partition_record`]: crate::KeyLayout::partition_record
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use es_core::StoreError;
 use redis::Value;
@@ -32,69 +33,123 @@ use redis::Value;
 use crate::entry::into_bytes;
 use crate::store::RedisEventStore;
 
-/// The categories whose recorded count this store has checked (shared by its clones):
-/// for reading (checked once), and for writing (recorded and checked once).
+/// How long a reader trusts that nothing is recorded for a category before it looks again.
+const UNRECORDED_RECHECK: Duration = Duration::from_secs(5);
+
+/// What this store knows of its categories' records (shared by its clones).
 #[derive(Debug, Default)]
-pub(crate) struct CheckedCategories(Mutex<[HashSet<String>; 2]>);
+pub(crate) struct CheckedCategories(Mutex<Checked>);
+
+#[derive(Debug, Default)]
+struct Checked {
+    /// Recorded with this store's count (by it, or found): nothing more to check.
+    confirmed: HashSet<String>,
+    /// Found unrecorded by a reader, and when.
+    unrecorded: HashMap<String, Instant>,
+}
 
 impl CheckedCategories {
-    fn lock(&self) -> std::sync::MutexGuard<'_, [HashSet<String>; 2]> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Checked> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Whether `category` was checked for this use (a check for writing serves reading).
-    fn contains(&self, category: &str, writing: bool) -> bool {
+    /// Whether `category` needs no check for this use: confirmed, or (for a read) found
+    /// unrecorded a moment ago.
+    fn settled(&self, category: &str, writing: bool) -> bool {
         let checked = self.lock();
-        checked[1].contains(category) || (!writing && checked[0].contains(category))
+        checked.confirmed.contains(category)
+            || (!writing
+                && checked
+                    .unrecorded
+                    .get(category)
+                    .is_some_and(|at| at.elapsed() < UNRECORDED_RECHECK))
     }
 
-    fn insert(&self, category: &str, writing: bool) {
-        self.lock()[usize::from(writing)].insert(category.to_owned());
+    fn confirm(&self, category: &str) {
+        let mut checked = self.lock();
+        checked.unrecorded.remove(category);
+        checked.confirmed.insert(category.to_owned());
+    }
+
+    fn unrecorded(&self, category: &str) {
+        self.lock()
+            .unrecorded
+            .insert(category.to_owned(), Instant::now());
     }
 }
 
 impl RedisEventStore {
-    /// Checks `category`'s recorded partition count against this store's (once per
-    /// category and store); with `writing`, records it first if nothing is recorded.
+    /// Checks `category`'s recorded partition count against this store's; with
+    /// `writing`, records it if nothing is recorded. Once a record with this store's count
+    /// is found or made, the category is not checked again; a reader that finds no record
+    /// looks again after a few seconds (a writer may record one meanwhile).
+    ///
+    /// A refused store writes nothing, so it cannot lock a category for correctly
+    /// configured ones: it reads the other layout's record first, records its own only if
+    /// there is none (`SET … NX GET`), then reads the other layout's record again (a
+    /// writer with another count may have recorded meanwhile), and if that now holds
+    /// another count, takes back the record it just made.
     pub(crate) async fn check_partition_count(
         &self,
         category: &str,
         writing: bool,
     ) -> Result<(), StoreError> {
-        if self.checked_categories().contains(category, writing) {
+        if self.checked_categories().settled(category, writing) {
             return Ok(());
         }
-        let configured = self.keys().partitions(category);
+        let configured = self.keys().partitions(category).to_string();
         let (own, other) = self.keys().partition_records(category);
-        let own_value = if writing {
-            let mut command = redis::cmd("SET");
-            command.arg(&own).arg(configured).arg("NX").arg("GET");
-            self.query(&command, &format!("SET of {own}")).await?
-        } else {
-            self.query(redis::cmd("GET").arg(&own), &format!("GET of {own}"))
-                .await?
+        let refused = |key: &str, recorded: &str| {
+            StoreError::InvalidRequest(format!(
+                "category `{category}` is recorded with {recorded} partition(s) (in `{key}`), \
+                 but this store is configured with {configured}: every process must use the \
+                 same `RedisConfig::partitions` for a category, or aggregates end up with two \
+                 histories; nothing was written"
+            ))
         };
-        let other_value = self
-            .query(redis::cmd("GET").arg(&other), &format!("GET of {other}"))
-            .await?;
-        for (key, value) in [(&own, own_value), (&other, other_value)] {
-            let Some(recorded) = recorded_count(value) else {
-                continue;
-            };
-            if recorded != configured.to_string() {
-                return Err(StoreError::InvalidRequest(format!(
-                    "category `{category}` is recorded with {recorded} partition(s) (in `{key}`), \
-                     but this store is configured with {configured}: every process must use the \
-                     same `RedisConfig::partitions` for a category, or aggregates end up with two \
-                     histories; nothing was written"
-                )));
+        let get = |key: &str| {
+            let key = key.to_owned();
+            async move {
+                let value = self
+                    .query(redis::cmd("GET").arg(&key), &format!("GET of {key}"))
+                    .await?;
+                Ok::<_, StoreError>(recorded_count(value))
+            }
+        };
+        if let Some(recorded) = get(&other).await? {
+            if recorded != configured {
+                return Err(refused(&other, &recorded));
             }
         }
-        // A reader checks once: if nothing is recorded yet, there is nothing it could
-        // misread; its first append records and checks again.
-        self.checked_categories().insert(category, writing);
+        let own_recorded = if writing {
+            let mut command = redis::cmd("SET");
+            command.arg(&own).arg(&configured).arg("NX").arg("GET");
+            recorded_count(self.query(&command, &format!("SET of {own}")).await?)
+        } else {
+            get(&own).await?
+        };
+        match own_recorded {
+            Some(recorded) if recorded != configured => return Err(refused(&own, &recorded)),
+            Some(_) => {}
+            None if writing => {
+                // Just recorded: a writer with another count may have recorded the other
+                // layout's record between the first look and now.
+                if let Some(recorded) = get(&other).await? {
+                    if recorded != configured {
+                        self.query(redis::cmd("DEL").arg(&own), &format!("DEL of {own}"))
+                            .await?;
+                        return Err(refused(&other, &recorded));
+                    }
+                }
+            }
+            None => {
+                self.checked_categories().unrecorded(category);
+                return Ok(());
+            }
+        }
+        self.checked_categories().confirm(category);
         Ok(())
     }
 }

@@ -60,7 +60,7 @@ fn assert_names_both(error: &StoreError, recorded: u32, configured: u32) {
 /// `first` writes `user`; then a store with `second`'s count is refused, writes nothing,
 /// and cannot read either.
 async fn check(first: RedisConfig, second: RedisConfig, counts: (u32, u32)) {
-    let writer = connect(first).await;
+    let writer = connect(first.clone()).await;
     for n in 0..8 {
         append(&writer, &format!("u{n}")).await.expect("append");
     }
@@ -89,8 +89,16 @@ async fn check(first: RedisConfig, second: RedisConfig, counts: (u32, u32)) {
             .expect("EXISTS");
         assert_eq!(exists, 0, "{key} was created by the refused store");
     }
-    // The first store goes on.
+    // The first store goes on, and so does a fresh one configured like it: the refused
+    // store left no record behind.
     assert_eq!(append(&writer, "u1").await.expect("append"), 2);
+    let fresh = connect(first).await;
+    assert_eq!(append(&fresh, "u2").await.expect("a fresh store"), 2);
+    let events = fresh
+        .read_stream(&StreamId::new("user", "u1"), &ReadRange::all())
+        .await
+        .expect("a fresh store reads");
+    assert_eq!(events.len(), 2);
 }
 
 fn server() -> &'static RedisServer {
@@ -117,7 +125,8 @@ async fn another_partition_count_is_refused_on_a_cluster() {
 }
 
 /// Two stores with different counts that first write an empty category at the same time:
-/// at most one of them succeeds.
+/// at most one of them succeeds, and a store configured like the one that did (or like
+/// either, if neither did) can write afterwards: a refused store leaves no record.
 #[tokio::test]
 async fn racing_first_writers_with_different_counts_cannot_both_write() {
     for (a, b) in [(4, 6), (1, 4), (3, 1)] {
@@ -130,16 +139,26 @@ async fn racing_first_writers_with_different_counts_cannot_both_write() {
                 one.is_err() || two.is_err(),
                 "both wrote with {a} and {b} partitions"
             );
+            let winner = match (&one, &two) {
+                (Ok(_), _) => a,
+                (_, Ok(_)) => b,
+                _ => a,
+            };
             for result in [one, two] {
                 if let Err(error) = result {
                     assert!(matches!(error, StoreError::InvalidRequest(_)), "{error}");
                 }
             }
+            let fresh = connect(server().config(&namespace).partitions("user", winner)).await;
+            append(&fresh, "u3")
+                .await
+                .unwrap_or_else(|e| panic!("{a} vs {b}: a store with {winner} is locked out: {e}"));
         }
     }
 }
 
-/// A store that only reads an empty category records nothing: the first writer decides.
+/// A store that only reads an empty category records nothing: the first writer decides,
+/// and the reader, looking again, is refused.
 #[tokio::test]
 async fn reading_an_empty_category_records_no_count() {
     let namespace = unique_namespace("counts-read");

@@ -173,6 +173,20 @@ async fn an_append_no_replica_acknowledged_is_outcome_unknown_until_a_resend_com
         "{unknown}"
     );
     assert!(unknown.to_string().contains("0 of 1 replica"), "{unknown}");
+    // A conflict wrote nothing, so it stays a conflict: only written appends wait.
+    let conflict = store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![numbered(2)],
+            &AppendOptions::with_append_id("second"),
+        )
+        .await
+        .expect_err("the stream exists");
+    assert!(
+        matches!(conflict, StoreError::Conflict(ref c) if c.actual == 1),
+        "{conflict}"
+    );
     // Applied on the primary all the same: the outcome is unknown, not a failure.
     let stored = store
         .read_stream(&stream, &ReadRange::all())

@@ -16,7 +16,8 @@ use crate::error::StoreError;
 use crate::store::{EventStore, Position, StoredEvent};
 
 /// Delivers a projection's categories from any [`EventStore`] by reading each category
-/// after a checkpoint, in batches, polling when there is nothing new.
+/// (each partition of a partitioned one, in its exact order) after a checkpoint, in
+/// batches, polling when there is nothing new.
 ///
 /// Its checkpoint, pending events and dead letters live in memory, in the source: a new
 /// source starts from the beginning, which is what the in-memory backend and tests want
@@ -51,14 +52,22 @@ impl<S: EventStore> PollingSource<S> {
     /// A source over `store` delivering `categories` with `options`' batch size, poll
     /// interval and dead-letter bound.
     pub fn new(store: S, categories: &[Cow<'static, str>], options: &ProjectionOptions) -> Self {
-        let streams: Vec<SourceStream> = categories
-            .iter()
-            .map(|category| SourceStream {
-                category: category.clone(),
-                partition: 0,
-                location: Arc::from(format!("category `{category}`")),
-            })
-            .collect();
+        let mut streams: Vec<SourceStream> = Vec::new();
+        for category in categories {
+            let partitions = store.partitions(category);
+            for partition in 0..partitions {
+                let location = if partitions == 1 {
+                    format!("category `{category}`")
+                } else {
+                    format!("partition {partition} of category `{category}`")
+                };
+                streams.push(SourceStream {
+                    category: category.clone(),
+                    partition,
+                    location: Arc::from(location),
+                });
+            }
+        }
         PollingSource {
             state: Mutex::new(streams.iter().map(|_| StreamState::default()).collect()),
             store,
@@ -83,7 +92,7 @@ impl<S: EventStore> PollingSource<S> {
             let cursor = self.lock()[index].cursor;
             let events = self
                 .store
-                .read_category(&stream.category, cursor, self.batch_size)
+                .read_partition(&stream.category, stream.partition, cursor, self.batch_size)
                 .await?;
             let mut state = self.lock();
             let state = &mut state[index];
@@ -129,10 +138,11 @@ impl<S: EventStore> PollingSource<S> {
     async fn lag(&self, index: usize) -> Result<u64, StoreError> {
         let mut after = self.lock()[index].cursor;
         let mut lag = 0;
+        let stream = &self.streams[index];
         loop {
             let page = self
                 .store
-                .read_category(&self.streams[index].category, after, 1000)
+                .read_partition(&stream.category, stream.partition, after, 1000)
                 .await?;
             lag += page.len() as u64;
             match page.last() {
@@ -278,7 +288,7 @@ impl<S: EventStore + 'static> ProjectionSource for PollingSource<S> {
             let lag = self.lag(index).await?;
             let state = self.lock();
             let state = &state[index];
-            let mut status = ProjectionStatus::new(stream.category.to_string(), 0);
+            let mut status = ProjectionStatus::new(stream.category.to_string(), stream.partition);
             status.exists = state.read_once;
             status.consumers = u64::from(state.read_once);
             status.pending = state.pending.len() as u64;

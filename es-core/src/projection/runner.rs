@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -92,7 +93,7 @@ pub struct RunStats {
 /// ```
 pub struct ProjectionRunner<P: Projection> {
     pub(super) projection: P,
-    pub(super) source: Box<dyn ProjectionSource>,
+    pub(super) source: Arc<dyn ProjectionSource>,
     pub(super) options: ProjectionOptions,
     pub(super) name: String,
     progress: watch::Sender<HashMap<String, Position>>,
@@ -145,7 +146,7 @@ impl<P: Projection> ProjectionRunner<P> {
         ProjectionRunner {
             name: projection.name().to_owned(),
             projection,
-            source,
+            source: Arc::from(source),
             options,
             progress: watch::channel(HashMap::new()).0,
         }
@@ -196,8 +197,10 @@ impl<P: Projection> ProjectionRunner<P> {
     /// letters and failure records deleted, then its [`read_model`](Projection::read_model)
     /// cleared. Stop every runner of the projection first, and start them again after.
     ///
-    /// The position is reset first: if the rebuild is interrupted in between, the kept read
-    /// model still records every event as applied, and the replay changes nothing.
+    /// The position is reset before the read model is cleared. If the rebuild is
+    /// interrupted in between, run it again until it succeeds: the kept read model records
+    /// only recent events as applied (older records are pruned), so a replay onto it would
+    /// apply older events a second time.
     pub async fn rebuild(&self) -> Result<(), StoreError> {
         self.source.prepare().await?;
         self.source.reset().await?;
@@ -336,6 +339,8 @@ impl<P: Projection> ProjectionRunner<P> {
     /// [`run`](Self::run) with a stop signal, for a worker beside the rest of the program.
     pub fn spawn(self) -> RunningProjection<P> {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let source = self.source.clone();
+        let progress = self.progress();
         let task = tokio::spawn(async move {
             let stats = self
                 .run(async {
@@ -345,7 +350,12 @@ impl<P: Projection> ProjectionRunner<P> {
                 .await;
             (self, stats)
         });
-        RunningProjection { stop, task }
+        RunningProjection {
+            stop,
+            task,
+            source,
+            progress,
+        }
     }
 
     /// Reclaims and processes the events pending longer than `idle`, in every stream.
@@ -417,9 +427,26 @@ fn check<P: Projection>(projection: &P) -> Result<(), StoreError> {
 pub struct RunningProjection<P: Projection> {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<(ProjectionRunner<P>, Result<RunStats, StoreError>)>,
+    source: Arc<dyn ProjectionSource>,
+    progress: Progress,
 }
 
 impl<P: Projection> RunningProjection<P> {
+    /// A handle to wait on the runner's progress (see [`ProjectionRunner::progress`]).
+    pub fn progress(&self) -> Progress {
+        self.progress.clone()
+    }
+
+    /// The projection's progress in each stream it reads, while it runs.
+    pub async fn status(&self) -> Result<Vec<ProjectionStatus>, StoreError> {
+        self.source.status().await
+    }
+
+    /// The events of `category` the projection dead-lettered, oldest first.
+    pub async fn dead_letters(&self, category: &str) -> Result<Vec<DeadLetter>, StoreError> {
+        self.source.dead_letters(category).await
+    }
+
     /// Stops the runner gracefully: it finishes and acknowledges the batch in hand. Returns
     /// the runner and what it did, or the error that ended the run. A panic in a handler is
     /// resumed here.

@@ -13,7 +13,9 @@ use crate::store::Position;
 type Hash = BTreeMap<String, Vec<u8>>;
 
 /// Read models in memory: what [`InMemoryStore`](crate::InMemoryStore) keeps, and what a
-/// projection's unit tests write to.
+/// projection's unit tests write to. It records applied events by category and position,
+/// so it suits stores whose categories have one order (positions of different partitions
+/// may be equal).
 #[derive(Default)]
 pub struct InMemoryReadModels {
     models: Mutex<HashMap<String, Model>>,

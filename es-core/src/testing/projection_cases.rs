@@ -35,7 +35,7 @@ macro_rules! projection_conformance_tests {
             batch_failures_are_pinned_on_their_event,
             read_models_apply_each_event_exactly_once,
             rebuild_replays_into_a_cleared_read_model,
-            progress_waits_for_new_events_and_stop_leaves_nothing_pending,
+            progress_waits_for_new_events_and_stop_finishes_the_batch_in_hand,
             status_reports_lag_and_pending,
             competing_consumers_share_the_work,
             misconfigured_projections_are_refused,
@@ -50,6 +50,11 @@ macro_rules! projection_conformance_tests {
     )*};
 }
 
+pub use super::live_projection_cases::{
+    competing_consumers_share_the_work,
+    progress_waits_for_new_events_and_stop_finishes_the_batch_in_hand,
+    status_reports_lag_and_pending,
+};
 pub use super::read_model_cases::read_models_apply_each_event_exactly_once;
 
 /// What a backend under test must be: a store to append to, and a projection backend.
@@ -83,25 +88,74 @@ pub(super) enum Input {
 /// Names and kick counts per user, in a read model; fails on the names in `poison`;
 /// counts batches and single calls.
 #[derive(Clone)]
-struct Profiles {
-    model: ReadModel,
-    poison: Vec<String>,
+pub(super) struct Profiles {
+    pub(super) model: ReadModel,
+    pub(super) poison: Vec<String>,
     /// Batch handling reports the failing event itself (`BatchError::at`), or fails the
     /// whole batch (`BatchError::nothing_handled`).
     pinpoint: bool,
     batches: Arc<Mutex<Vec<usize>>>,
     singles: Arc<AtomicU64>,
+    /// Holds the first batch in the handler until the test opens it.
+    pub(super) gate: Option<Arc<Gate>>,
+}
+
+/// Holds a projection's first batch in its handler: the test sees it `entered`, then
+/// `open`s it.
+pub(super) struct Gate {
+    entered: std::sync::atomic::AtomicBool,
+    open: tokio::sync::Semaphore,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate {
+            entered: Default::default(),
+            open: tokio::sync::Semaphore::new(0),
+        }
+    }
+}
+
+impl Gate {
+    /// Whether a batch is held (or was).
+    pub(super) fn entered(&self) -> bool {
+        self.entered.load(Ordering::SeqCst)
+    }
+
+    /// Lets the held batch go on (and every later one).
+    pub(super) fn open(&self) {
+        self.open
+            .add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
+    }
+
+    async fn pass(&self) {
+        self.entered.store(true, Ordering::SeqCst);
+        let _ = self.open.acquire().await;
+    }
 }
 
 impl Profiles {
-    fn new<B: Backend>(backend: &B, name: &str) -> Self {
+    pub(super) fn new<B: Backend>(backend: &B, name: &str) -> Self {
         Profiles {
             model: backend.read_model(name),
             poison: Vec::new(),
             pinpoint: false,
             batches: Arc::default(),
             singles: Arc::default(),
+            gate: None,
         }
+    }
+
+    /// The same projection, counting what it is given on its own counters.
+    pub(super) fn counted_apart(mut self) -> Self {
+        self.batches = Arc::default();
+        self.singles = Arc::default();
+        self
+    }
+
+    /// How many events its handlers were given.
+    pub(super) fn events_handled(&self) -> usize {
+        self.batches.lock().expect("batches").iter().sum()
     }
 
     fn check(&self, event: &RecordedEvent<Input>) -> Result<(), StoreError> {
@@ -150,6 +204,9 @@ impl Projection for Profiles {
         &self,
         events: &[RecordedEvent<Input>],
     ) -> Result<(), BatchError<StoreError>> {
+        if let Some(gate) = &self.gate {
+            gate.pass().await;
+        }
         self.batches.lock().expect("batches").push(events.len());
         let mut batch = self.model.batch();
         for (at, event) in events.iter().enumerate() {
@@ -186,18 +243,18 @@ pub(super) async fn append<B: Backend, E: Event>(
     written.positions[0]
 }
 
-fn registered(name: &str) -> Registered {
+pub(super) fn registered(name: &str) -> Registered {
     Registered { name: name.into() }
 }
 
-fn options(consumer: &str) -> ProjectionOptions {
+pub(super) fn options(consumer: &str) -> ProjectionOptions {
     ProjectionOptions::new(consumer)
         .batch_size(4)
         .block(Duration::from_millis(20))
         .poll_interval(Duration::from_millis(2))
 }
 
-async fn names(model: &ReadModel) -> Vec<(String, String)> {
+pub(super) async fn names(model: &ReadModel) -> Vec<(String, String)> {
     model
         .hash("names")
         .await
@@ -207,7 +264,7 @@ async fn names(model: &ReadModel) -> Vec<(String, String)> {
         .collect()
 }
 
-fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+pub(super) fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
     items
         .iter()
         .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
@@ -378,140 +435,6 @@ pub async fn rebuild_replays_into_a_cleared_read_model<B: Backend>(backend: B) {
     let stats = runner.run_once().await.expect("replay");
     assert_eq!(stats.handled, 2);
     assert_eq!(model.hashes().await.expect("after"), before);
-}
-
-/// A spawned runner delivers new events; `Progress::wait_for` returns once they are
-/// processed, and times out for a position never reached; stopping finishes the batch in
-/// hand, leaving nothing pending.
-pub async fn progress_waits_for_new_events_and_stop_leaves_nothing_pending<B: Backend>(backend: B) {
-    let runner =
-        ProjectionRunner::connect(&backend, Profiles::new(&backend, "live"), options("c1"))
-            .await
-            .expect("runner");
-    let mut progress = runner.progress();
-    let model = runner.projection().model.clone();
-    let running = runner.spawn();
-    let mut last = Position::ZERO;
-    for n in 0..30 {
-        last = append(
-            &backend,
-            "user",
-            &format!("u{n}"),
-            &registered(&format!("n{n}")),
-        )
-        .await;
-    }
-    progress
-        .wait_for("user", last, Duration::from_secs(10))
-        .await
-        .expect("processed");
-    assert_eq!(model.hash("names").await.expect("names").len(), 30);
-    let never = Position::new(u64::MAX, 0);
-    let timeout = progress
-        .wait_for("user", never, Duration::from_millis(30))
-        .await;
-    assert!(timeout.is_err(), "a position never reached");
-    for n in 30..60 {
-        append(
-            &backend,
-            "user",
-            &format!("u{n}"),
-            &registered(&format!("n{n}")),
-        )
-        .await;
-    }
-    let (runner, _) = running.stop().await.expect("stop");
-    let status = runner.status().await.expect("status");
-    assert!(
-        status.iter().all(|s| s.pending == 0),
-        "stop acknowledged its batch: {status:?}"
-    );
-    let done = runner.run_once().await.expect("the rest");
-    assert_eq!(
-        model.hash("names").await.expect("names").len(),
-        60,
-        "{done:?}"
-    );
-}
-
-/// Status reports what is left to deliver and what is pending.
-pub async fn status_reports_lag_and_pending<B: Backend>(backend: B) {
-    let runner =
-        ProjectionRunner::connect(&backend, Profiles::new(&backend, "lagging"), options("c1"))
-            .await
-            .expect("runner");
-    runner.prepare().await.expect("prepare");
-    let mut last = Position::ZERO;
-    for n in 0..5 {
-        last = append(&backend, "user", "1", &registered(&format!("n{n}"))).await;
-    }
-    let user = |statuses: Vec<crate::projection::ProjectionStatus>| {
-        crate::projection::ProjectionStatus::combine(
-            "user",
-            &statuses
-                .into_iter()
-                .filter(|s| s.category == "user")
-                .collect::<Vec<_>>(),
-        )
-    };
-    let before = user(runner.status().await.expect("status"));
-    assert_eq!((before.lag, before.pending), (Some(5), 0), "{before:?}");
-    assert!(!before.has_processed(last));
-    runner.run_once().await.expect("run");
-    let after = user(runner.status().await.expect("status"));
-    assert_eq!((after.lag, after.pending), (Some(0), 0), "{after:?}");
-    assert!(after.has_processed(last), "{after:?}");
-}
-
-/// Where the backend supports competing consumers, two runners of one projection share
-/// the work; where it does not, each runner keeps its own position and handles every
-/// event. Either way the read model applies each event once.
-pub async fn competing_consumers_share_the_work<B: Backend>(backend: B) {
-    let profiles = Profiles::new(&backend, "shared");
-    let a = ProjectionRunner::connect(&backend, profiles.clone(), options("a"))
-        .await
-        .expect("a");
-    let b = ProjectionRunner::connect(&backend, profiles.clone(), options("b"))
-        .await
-        .expect("b");
-    let competing = a.capabilities().competing_consumers;
-    let (mut progress_a, mut progress_b) = (a.progress(), b.progress());
-    let (a, b) = (a.spawn(), b.spawn());
-    let mut last = Position::ZERO;
-    for n in 0..100 {
-        last = append(
-            &backend,
-            "activity",
-            &format!("u{}", n % 7),
-            &Kicked { times: 1 },
-        )
-        .await;
-    }
-    let timeout = Duration::from_secs(20);
-    progress_a
-        .wait_for("activity", last, timeout)
-        .await
-        .expect("processed (a)");
-    progress_b
-        .wait_for("activity", last, timeout)
-        .await
-        .expect("processed (b)");
-    let ((_, a), (_, b)) = (a.stop().await.expect("a"), b.stop().await.expect("b"));
-    if competing {
-        assert!(a.handled + b.handled >= 100, "{a:?} {b:?}");
-    } else {
-        assert_eq!(
-            (a.handled, b.handled),
-            (100, 100),
-            "each runner handles every event"
-        );
-    }
-    let kicks = profiles.model.hash("kicks").await.expect("kicks");
-    let total: i64 = kicks
-        .values()
-        .map(|v| String::from_utf8_lossy(v).parse::<i64>().expect("n"))
-        .sum();
-    assert_eq!(total, 100, "each event applied once");
 }
 
 /// A projection reading nothing, or writing another projection's read model, is refused.

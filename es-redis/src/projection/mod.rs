@@ -196,6 +196,10 @@ impl ProjectionBackend for RedisEventStore {
         categories: &[Cow<'static, str>],
         options: &ProjectionOptions,
     ) -> Result<Box<dyn ProjectionSource>, StoreError> {
+        // A projection configured with another partition count would read empty streams.
+        for category in categories {
+            self.check_partition_count(category, false).await?;
+        }
         let config = self.config();
         let read_timeout = options.block_value() + READ_TIMEOUT_MARGIN;
         // No timeout stays no timeout; a shorter one is raised above the block time.

@@ -8,7 +8,7 @@
 --             with tail copies, K = 4 without
 -- ARGV[1]     how many append ids to remember per aggregate (at least)
 -- ARGV[2]     how many appends follow
--- ARGV[3]     how many tail copies to keep per aggregate (0: none, and K = 3)
+-- ARGV[3]     how many tail copies to keep per aggregate (0: none, and K = 4)
 -- then each append:
 --               how many arguments of this append follow (so a malformed append is
 --               refused alone: the others are found by their lengths),
@@ -32,8 +32,10 @@
 --                                       partition count (ESPARTITIONS), a key of the wrong
 --                                       type (ESLAYOUT), or failed (ESAPPEND: a runtime
 --                                       error, say a corrupt record)
--- A refused append writes nothing. Every append's arguments are checked before anything is
--- written; only arguments whose lengths do not add up fail the whole call.
+-- A refused append writes nothing (but for its partition's count record, which an append
+-- that starts an aggregate writes first if there is none: the count the client checked).
+-- Every append's arguments are checked before anything is written; only arguments whose
+-- lengths do not add up fail the whole call.
 --
 -- The index's element 0 is a placeholder (''; indexes written before the append-id hash
 -- hold the old record header there, now unused), so element v (v >= 1) is the entry id of
@@ -418,8 +420,8 @@ local function run(from)
                 out[m + 1], out[m + 2], out[m + 3], out[m + 4] = 'ok', version + 1, 1, id
                 n = m + 4
               else
-                -- Only with tail copies is there a fourth key: without, KEYS[k + 4] is the
-                -- next append's stream.
+                -- Only with tail copies is KEYS[k + 4] a tail list: without, it is the
+                -- partition's count record.
                 local tail = nil
                 if copy_args == 1 then
                   tail = KEYS[k + 4]
