@@ -19,7 +19,6 @@ pub(crate) async fn p1_single_appends(
     unbatched: &RedisEventStore,
     raw: &ConnectionManager,
 ) -> Result<Vec<Row>, BoxError> {
-    let appends = CONCURRENCY * sizes.p1_appends;
     // Best rate of: appends batched (the default), with an append id, not batched.
     let mut best = [0f64; 3];
     let mut best_raw = 0f64;
@@ -32,19 +31,7 @@ pub(crate) async fn p1_single_appends(
             let rate = append_rate(store, prefix, sizes.p1_appends, with_id).await?;
             best[variant] = best[variant].max(rate);
         }
-        let raw = raw.clone();
-        let (elapsed, _) = concurrently(CONCURRENCY, sizes.p1_appends, move |task, i| {
-            let mut raw = raw.clone();
-            async move {
-                let mut command = redis::cmd("XADD");
-                command.arg("raw:{cart}:events").arg("*");
-                raw_entry(&mut command, &format!("p1-{task}"), i as u64 + 1, i as u64);
-                let _: String = command.query_async(&mut raw).await?;
-                Ok(())
-            }
-        })
-        .await?;
-        best_raw = best_raw.max(per_second(appends, elapsed));
+        best_raw = best_raw.max(raw_xadd_rate(raw, "p1", sizes.p1_appends).await?);
     }
     let row = |id, what: &str, rate: f64| Row {
         id,
@@ -76,6 +63,35 @@ pub(crate) async fn p1_single_appends(
             best[2],
         )),
     ])
+}
+
+/// `XADD`/s of [`CONCURRENCY`] tasks each adding `per_task` entries shaped like P1's
+/// events (aggregate `<prefix>-<task>`) to one raw stream: P1's baseline.
+pub(crate) async fn raw_xadd_rate(
+    raw: &ConnectionManager,
+    prefix: &str,
+    per_task: usize,
+) -> Result<f64, BoxError> {
+    let raw = raw.clone();
+    let prefix = Arc::new(prefix.to_owned());
+    let (elapsed, _) = concurrently(CONCURRENCY, per_task, move |task, i| {
+        let mut raw = raw.clone();
+        let prefix = prefix.clone();
+        async move {
+            let mut command = redis::cmd("XADD");
+            command.arg("raw:{cart}:events").arg("*");
+            raw_entry(
+                &mut command,
+                &format!("{prefix}-{task}"),
+                i as u64 + 1,
+                i as u64,
+            );
+            let _: String = command.query_async(&mut raw).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    Ok(per_second(CONCURRENCY * per_task, elapsed))
 }
 
 /// Appends/s of [`CONCURRENCY`] tasks each appending `per_task` single events, one at a

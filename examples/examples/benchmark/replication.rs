@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use es_redis::testing::RedisServer;
 use es_redis::RedisEventStore;
 
-use crate::appends::append_rate;
+use crate::appends::{append_rate, raw_xadd_rate};
 use crate::common::*;
 
 /// P1's appends with a replica attached (loopback): not waiting for it, and waiting for
@@ -26,7 +26,6 @@ pub(crate) async fn p1_replicated(
     )
     .await?;
     let raw = server.config("raw").connect().await?;
-    let appends = CONCURRENCY * sizes.p1_appends;
     let (mut best_plain, mut best_waiting, mut best_raw) = (0f64, 0f64, 0f64);
     for round in 0..sizes.rounds {
         let rate =
@@ -40,19 +39,7 @@ pub(crate) async fn p1_replicated(
         )
         .await?;
         best_waiting = best_waiting.max(rate);
-        let raw = raw.clone();
-        let (elapsed, _) = concurrently(CONCURRENCY, sizes.p1_appends, move |task, i| {
-            let mut raw = raw.clone();
-            async move {
-                let mut command = redis::cmd("XADD");
-                command.arg("raw:{cart}:events").arg("*");
-                raw_entry(&mut command, &format!("p1r-{task}"), i as u64 + 1, i as u64);
-                let _: String = command.query_async(&mut raw).await?;
-                Ok(())
-            }
-        })
-        .await?;
-        best_raw = best_raw.max(per_second(appends, elapsed));
+        best_raw = best_raw.max(raw_xadd_rate(&raw, "p1r", sizes.p1_appends).await?);
     }
     let row = |id, what: &str, rate: f64| Row {
         id,
