@@ -47,8 +47,19 @@ pub const RESERVED_EVENT_FIELDS: &[&str] = &[
     note = "derive `Event` on a struct with named fields and use it as the variant's type"
 )]
 pub trait Event: Sized + Send + Sync + 'static {
-    /// Every event type this type can hold.
+    /// Every event type this type can hold: the names new events are stored under.
     const EVENT_TYPES: &'static [&'static str];
+
+    /// Older names of those event types (`#[event(alias = "OldName")]`): entries stored
+    /// under them still decode, into the event that now has another name. Nothing is
+    /// written under an alias. Empty unless an event struct declares one.
+    const EVENT_ALIASES: &'static [&'static str] = &[];
+
+    /// Whether [`decode`](Event::decode) accepts entries stored as `event_type`: one of
+    /// [`EVENT_TYPES`](Event::EVENT_TYPES) or [`EVENT_ALIASES`](Event::EVENT_ALIASES).
+    fn reads_type(event_type: &str) -> bool {
+        Self::EVENT_TYPES.contains(&event_type) || Self::EVENT_ALIASES.contains(&event_type)
+    }
 
     /// The event type of this value (stored as the `type` field).
     fn event_type(&self) -> &'static str;
@@ -70,6 +81,9 @@ pub trait Event: Sized + Send + Sync + 'static {
 pub trait NamedEvent: Event {
     /// The stored event type.
     const NAME: &'static str;
+
+    /// Older names entries of this type may be stored under (`#[event(alias = "...")]`).
+    const ALIASES: &'static [&'static str] = &[];
 }
 
 /// How an aggregate changes when an event happens. Implement it once per event type the

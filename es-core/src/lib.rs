@@ -106,6 +106,67 @@ pub mod __private {
         }
     }
 
+    /// The value of an `#[event(default)]` field stored before the field existed.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` has no `Default` value for an `#[event(default)]` field",
+        label = "an entry stored before this field existed decodes it as `Default::default()`",
+        note = "implement `Default` for `{Self}`, or give the value: `#[event(default = expr)]`"
+    )]
+    pub trait DefaultField: Sized {
+        /// `Default::default()`.
+        fn default_value() -> Self;
+    }
+
+    #[diagnostic::do_not_recommend]
+    impl<T: Default> DefaultField for T {
+        fn default_value() -> Self {
+            T::default()
+        }
+    }
+
+    /// Every name of `parts`, in order, as one array (an event enum's `EVENT_ALIASES`).
+    pub const fn concat_names<const N: usize>(parts: &[&[&'static str]]) -> [&'static str; N] {
+        let mut out = [""; N];
+        let (mut part, mut n) = (0, 0);
+        while part < parts.len() {
+            let mut i = 0;
+            while i < parts[part].len() {
+                out[n] = parts[part][i];
+                n += 1;
+                i += 1;
+            }
+            part += 1;
+        }
+        out
+    }
+
+    /// Whether an event type of name `a` and aliases `a_aliases` shares a stored name with
+    /// one of name `b` and aliases `b_aliases` (for the duplicate alias check).
+    pub const fn names_overlap(a: &str, a_aliases: &[&str], b: &str, b_aliases: &[&str]) -> bool {
+        if str_eq(a, b) || contains(a_aliases, b) || contains(b_aliases, a) {
+            return true;
+        }
+        let mut i = 0;
+        while i < a_aliases.len() {
+            if contains(b_aliases, a_aliases[i]) {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+
+    const fn contains(list: &[&str], name: &str) -> bool {
+        let mut i = 0;
+        while i < list.len() {
+            if str_eq(list[i], name) {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+
     /// `a == b` in a const context (for the duplicate event type check).
     pub const fn str_eq(a: &str, b: &str) -> bool {
         let (a, b) = (a.as_bytes(), b.as_bytes());

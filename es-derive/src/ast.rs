@@ -6,7 +6,7 @@ use syn::ext::IdentExt as _;
 use syn::spanned::Spanned;
 use syn::{Data, DeriveInput, Fields, Ident, Type};
 
-use crate::attr::{self, Place, Text};
+use crate::attr::{self, FieldDefault, Place, Text};
 use crate::ctxt::Ctxt;
 
 /// One stored field of an event struct or an aggregate.
@@ -19,6 +19,8 @@ pub(crate) struct Field {
     pub name_span: Span,
     pub json: bool,
     pub skip: bool,
+    /// `#[event(default)]` / `#[event(default = expr)]`: the value when the field is absent.
+    pub default: Option<FieldDefault>,
 }
 
 pub(crate) enum Body {
@@ -30,6 +32,8 @@ pub(crate) struct EventStruct<'a> {
     pub ident: &'a Ident,
     pub event_type: String,
     pub rename: Option<Text>,
+    /// Older stored names, `#[event(alias = "...")]`.
+    pub aliases: Vec<Text>,
     pub body: Body,
 }
 
@@ -53,6 +57,8 @@ pub(crate) struct AggregateInput<'a> {
     pub event: Option<syn::Path>,
     pub name: String,
     pub name_lit: Option<Text>,
+    /// `#[aggregate(snapshot_version = N)]`; 0 when absent.
+    pub snapshot_version: u64,
     pub body: Body,
 }
 
@@ -112,6 +118,7 @@ fn fields(cx: &Ctxt, fields: &Fields, place: Place, what: &str) -> Body {
                         name_span,
                         json: attrs.json.is_some(),
                         skip: attrs.skip.is_some(),
+                        default: attrs.default,
                     })
                 })
                 .collect(),
@@ -134,6 +141,7 @@ impl<'a> EventInput<'a> {
                     ident: &input.ident,
                     event_type,
                     rename: attrs.rename,
+                    aliases: attrs.aliases,
                     body,
                 }))
             }
@@ -228,6 +236,7 @@ impl<'a> AggregateInput<'a> {
             event: attrs.event,
             name,
             name_lit: attrs.name,
+            snapshot_version: attrs.snapshot_version.unwrap_or(0),
             body,
         })
     }

@@ -28,10 +28,10 @@ impl Place {
 
     fn allowed(self) -> &'static [&'static str] {
         match self {
-            Place::EventStruct => &["rename"],
+            Place::EventStruct => &["rename", "alias"],
             Place::EventEnum | Place::EventVariant => &[],
-            Place::EventField => &["rename", "json"],
-            Place::Aggregate => &["event", "name"],
+            Place::EventField => &["rename", "json", "default"],
+            Place::Aggregate => &["event", "name", "snapshot_version"],
             Place::AggregateField => &["rename", "json", "skip"],
         }
     }
@@ -63,6 +63,18 @@ impl Place {
             (Place::Aggregate, "rename") => {
                 Some("an aggregate's storage name is set with `name = \"...\"`")
             }
+            (Place::EventEnum | Place::EventVariant | Place::EventField, "alias") => {
+                Some("an alias is an older name of an event type: put `#[event(alias = \"OldName\")]` on the event struct")
+            }
+            (Place::AggregateField, "default") => Some(
+                "a snapshot of another layout is ignored and the aggregate rebuilt from its events, so a new aggregate field needs no default",
+            ),
+            (Place::EventStruct | Place::EventEnum | Place::EventVariant, "default") => {
+                Some("defaults are per field: put `#[event(default)]` on the field that was added")
+            }
+            (Place::EventStruct | Place::EventEnum | Place::EventVariant | Place::AggregateField, "snapshot_version") => {
+                Some("`snapshot_version` goes on the aggregate: `#[aggregate(snapshot_version = 2)]`")
+            }
             _ => None,
         }
     }
@@ -74,9 +86,29 @@ pub(crate) struct Text {
     pub lit: LitStr,
 }
 
+/// `default` (`Default::default()`) or `default = expr` on an event field.
+pub(crate) enum FieldDefault {
+    /// The `default` key.
+    Trait(syn::Path),
+    Expr(Box<Expr>),
+}
+
+impl quote::ToTokens for FieldDefault {
+    fn to_tokens(&self, tokens: &mut proc_macro2::TokenStream) {
+        match self {
+            FieldDefault::Trait(path) => path.to_tokens(tokens),
+            FieldDefault::Expr(expr) => expr.to_tokens(tokens),
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Attrs {
     pub rename: Option<Text>,
+    /// `alias = "..."`, repeatable.
+    pub aliases: Vec<Text>,
+    pub default: Option<FieldDefault>,
+    pub snapshot_version: Option<u64>,
     pub name: Option<Text>,
     pub event: Option<syn::Path>,
     pub json: Option<Span>,
@@ -127,6 +159,12 @@ pub(crate) fn parse(cx: &Ctxt, attrs: &[Attribute], place: Place) -> Attrs {
             }
             let duplicate = match key.as_str() {
                 "rename" => set(&mut out.rename, text(cx, &meta, &key)?),
+                "alias" => {
+                    out.aliases.extend(text(cx, &meta, &key)?);
+                    false
+                }
+                "default" => set(&mut out.default, field_default(&meta)?),
+                "snapshot_version" => set(&mut out.snapshot_version, snapshot_version(cx, &meta)?),
                 "name" => set(&mut out.name, text(cx, &meta, &key)?),
                 "event" => {
                     let path = event_path(cx, &meta)?;
@@ -206,6 +244,53 @@ fn event_path(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<syn::Path
             cx.error_spanned_by(
                 &other,
                 "`event` expects the path of the aggregate's event type; help: write `event = UserEvent`",
+            );
+            Ok(None)
+        }
+    }
+}
+
+fn field_default(meta: &ParseNestedMeta) -> syn::Result<Option<FieldDefault>> {
+    if meta.input.peek(syn::Token![=]) {
+        let expr: Expr = meta.value()?.parse()?;
+        return Ok(Some(FieldDefault::Expr(Box::new(expr))));
+    }
+    if meta.input.peek(syn::token::Paren) {
+        return Err(meta.error(
+            "`default` takes `= expr` or nothing; help: write `default` (for `Default::default()`) or `default = expr`",
+        ));
+    }
+    Ok(Some(FieldDefault::Trait(meta.path.clone())))
+}
+
+fn snapshot_version(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<u64>> {
+    const HINT: &str = "help: write an integer, like `snapshot_version = 2`, and raise it when `apply` changes how old events build the state";
+    if !meta.input.peek(syn::Token![=]) {
+        cx.error_spanned_by(
+            &meta.path,
+            format!("`snapshot_version` needs a value; {HINT}"),
+        );
+        skip_value(meta)?;
+        return Ok(None);
+    }
+    let expr: Expr = meta.value()?.parse()?;
+    match &expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(int), ..
+        }) => match int.base10_parse::<u64>() {
+            Ok(version) => Ok(Some(version)),
+            Err(_) => {
+                cx.error_spanned_by(
+                    int,
+                    format!("`snapshot_version` must fit in a `u64`; {HINT}"),
+                );
+                Ok(None)
+            }
+        },
+        other => {
+            cx.error_spanned_by(
+                other,
+                format!("`snapshot_version` expects an integer literal; {HINT}"),
             );
             Ok(None)
         }

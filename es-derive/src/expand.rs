@@ -6,6 +6,7 @@ use syn::spanned::Spanned as _;
 use syn::DeriveInput;
 
 use crate::ast::{AggregateInput, Body, EventEnum, EventInput, EventStruct, Field};
+use crate::attr::FieldDefault;
 use crate::ctxt::Ctxt;
 use crate::valid;
 
@@ -142,20 +143,44 @@ fn decode_body(body: &Body, what: &TokenStream) -> TokenStream {
                         <#ty as ::es_core::__private::SkippedField>::skipped_value
                     };
                     quote!(#default())
-                } else if field.json {
-                    let decode = quote_spanned! {field.ty_span()=>
-                        ::es_core::__private::decode_json_field::<#ty>
-                    };
-                    quote!(#decode(#what, __es_fields, #name)?)
                 } else {
-                    // The same path as in `encode_fields`, so a missing codec is one error.
-                    let decode = quote_spanned! {field.ty_span()=>
-                        <#ty as ::es_core::__private::FieldValue>::decode_value
+                    let decode = if field.json {
+                        let decode = quote_spanned! {field.ty_span()=>
+                            ::es_core::__private::decode_json_field::<#ty>
+                        };
+                        quote!(#decode(#what, __es_fields, #name)?)
+                    } else {
+                        // The same path as in `encode_fields`, so a missing codec is one error.
+                        let decode = quote_spanned! {field.ty_span()=>
+                            <#ty as ::es_core::__private::FieldValue>::decode_value
+                        };
+                        quote! {
+                            #decode(__es_fields.get(#name)).map_err(|__es_error| {
+                                ::es_core::__private::DecodeError::field(#what, #name, __es_error)
+                            })?
+                        }
                     };
-                    quote! {
-                        #decode(__es_fields.get(#name)).map_err(|__es_error| {
-                            ::es_core::__private::DecodeError::field(#what, #name, __es_error)
-                        })?
+                    match &field.default {
+                        None => decode,
+                        Some(default) => {
+                            let value = match default {
+                                FieldDefault::Trait(path) => {
+                                    let default = quote_spanned! {path.span()=>
+                                        <#ty as ::es_core::__private::DefaultField>::default_value
+                                    };
+                                    quote!(#default())
+                                }
+                                FieldDefault::Expr(expr) => {
+                                    quote_spanned!(expr.span()=> { let __es_default: #ty = #expr; __es_default })
+                                }
+                            };
+                            quote! {
+                                match __es_fields.get(#name) {
+                                    ::core::option::Option::None => #value,
+                                    ::core::option::Option::Some(_) => #decode,
+                                }
+                            }
+                        }
                     }
                 };
                 quote!(#member: #value)
@@ -171,10 +196,13 @@ fn event_struct(input: &EventStruct) -> TokenStream {
     let what = quote!(#event_type);
     let encode = encode_fields(input.body.fields(), &what);
     let decode = decode_body(&input.body, &what);
+    let aliases: Vec<_> = input.aliases.iter().map(|a| &a.value).collect();
     quote! {
         #[automatically_derived]
         impl ::es_core::Event for #ident {
             const EVENT_TYPES: &'static [&'static str] = &[#event_type];
+
+            const EVENT_ALIASES: &'static [&'static str] = &[#(#aliases),*];
 
             fn event_type(&self) -> &'static str {
                 #event_type
@@ -192,7 +220,7 @@ fn event_struct(input: &EventStruct) -> TokenStream {
                 __es_event_type: &str,
                 __es_fields: &::es_core::__private::Fields,
             ) -> ::core::result::Result<Self, ::es_core::__private::DecodeError> {
-                if __es_event_type != #event_type {
+                if __es_event_type != #event_type #(&& __es_event_type != #aliases)* {
                     return ::core::result::Result::Err(
                         ::es_core::__private::unknown_event_type(__es_event_type, &[#event_type]),
                     );
@@ -204,6 +232,8 @@ fn event_struct(input: &EventStruct) -> TokenStream {
         #[automatically_derived]
         impl ::es_core::NamedEvent for #ident {
             const NAME: &'static str = #event_type;
+
+            const ALIASES: &'static [&'static str] = &[#(#aliases),*];
         }
 
         #[automatically_derived]
@@ -232,6 +262,14 @@ fn event_enum(input: &EventEnum) -> TokenStream {
         })
         .collect();
 
+    let alias_lists: Vec<_> = variants
+        .iter()
+        .map(|v| {
+            let ty = v.ty;
+            quote_spanned!(ty.span()=> <#ty as ::es_core::NamedEvent>::ALIASES)
+        })
+        .collect();
+
     let encodes: Vec<_> = tys
         .iter()
         .map(|ty| quote_spanned!(ty.span()=> <#ty as ::es_core::Event>::encode))
@@ -248,6 +286,10 @@ fn event_enum(input: &EventEnum) -> TokenStream {
                 "event enum `{ident}`: variants `{}` and `{}` have the same event type; help: if they hold the same struct, keep one variant; else give one of the structs another `#[event(rename = \"...\")]`",
                 earlier.ident, later.ident
             );
+            let alias_message = format!(
+                "event enum `{ident}`: variants `{}` and `{}` share a stored event type: an `#[event(alias = \"...\")]` of one struct is the name or an alias of the other, so an entry of that type could decode as either; help: remove that alias from one of the structs",
+                earlier.ident, later.ident
+            );
             let (a, b) = (earlier.ty, later.ty);
             duplicate_checks.push(quote_spanned! {later.ident.span()=>
                 const _: () = ::core::assert!(
@@ -256,6 +298,18 @@ fn event_enum(input: &EventEnum) -> TokenStream {
                         <#b as ::es_core::NamedEvent>::NAME,
                     ),
                     #message,
+                );
+                const _: () = ::core::assert!(
+                    ::es_core::__private::str_eq(
+                        <#a as ::es_core::NamedEvent>::NAME,
+                        <#b as ::es_core::NamedEvent>::NAME,
+                    ) || !::es_core::__private::names_overlap(
+                        <#a as ::es_core::NamedEvent>::NAME,
+                        <#a as ::es_core::NamedEvent>::ALIASES,
+                        <#b as ::es_core::NamedEvent>::NAME,
+                        <#b as ::es_core::NamedEvent>::ALIASES,
+                    ),
+                    #alias_message,
                 );
             });
         }
@@ -285,6 +339,10 @@ fn event_enum(input: &EventEnum) -> TokenStream {
         impl ::es_core::Event for #ident {
             const EVENT_TYPES: &'static [&'static str] = &[#(#names),*];
 
+            const EVENT_ALIASES: &'static [&'static str] = &::es_core::__private::concat_names::<
+                { 0 #(+ #alias_lists.len())* },
+            >(&[#(#alias_lists),*]);
+
             fn event_type(&self) -> &'static str {
                 match self {
                     #(Self::#idents(_) => #names,)*
@@ -305,7 +363,7 @@ fn event_enum(input: &EventEnum) -> TokenStream {
                 __es_fields: &::es_core::__private::Fields,
             ) -> ::core::result::Result<Self, ::es_core::__private::DecodeError> {
                 #(
-                    if __es_event_type == #names {
+                    if __es_event_type == #names || #alias_lists.contains(&__es_event_type) {
                         return #decodes(__es_event_type, __es_fields).map(Self::#idents);
                     }
                 )*
@@ -345,7 +403,7 @@ fn aggregate_impl(input: &AggregateInput) -> TokenStream {
     let fields = input.body.fields();
     let encode = encode_fields(fields, &what);
     let decode = decode_body(&input.body, &what);
-    let schema = snapshot_schema(fields);
+    let schema = snapshot_schema(fields, input.snapshot_version);
     // Spanned at the `event = ...` path: an event the aggregate does not `Apply` is reported there.
     let dispatch = quote_spanned! {syn::spanned::Spanned::span(event)=>
         <#event as ::es_core::ApplyTo<Self>>::apply_to
@@ -393,8 +451,10 @@ fn aggregate_impl(input: &AggregateInput) -> TokenStream {
     }
 }
 
-/// FNV-1a over each stored field's name, type and codec: a changed layout changes it.
-fn snapshot_schema(fields: &[Field]) -> u64 {
+/// FNV-1a over each stored field's name, type and codec: a changed layout changes it. A
+/// `snapshot_version` other than 0 is hashed last, so raising it changes the schema too
+/// (and an aggregate without one keeps the hash it always had).
+fn snapshot_schema(fields: &[Field], snapshot_version: u64) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for field in fields.iter().filter(|f| !f.skip) {
         let ty = &field.ty;
@@ -405,6 +465,12 @@ fn snapshot_schema(fields: &[Field]) -> u64 {
             if field.json { "json" } else { "plain" }
         );
         for byte in text.bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    if snapshot_version != 0 {
+        for byte in format!("snapshot_version:{snapshot_version};").bytes() {
             hash ^= u64::from(byte);
             hash = hash.wrapping_mul(0x0100_0000_01b3);
         }

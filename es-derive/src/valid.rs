@@ -32,6 +32,28 @@ pub(crate) fn event_struct(cx: &Ctxt, input: &EventStruct) {
             );
         }
     }
+    let mut aliases = std::collections::HashSet::new();
+    for alias in &input.aliases {
+        if alias.value.trim().is_empty() {
+            cx.error_spanned_by(
+                &alias.lit,
+                "an alias cannot be empty; help: give the name entries were stored under before, like `alias = \"UserRegistered\"`",
+            );
+        } else if alias.value == input.event_type {
+            cx.error_spanned_by(
+                &alias.lit,
+                format!(
+                    "alias `{}` is this event's own stored name; help: an alias is an older name entries were stored under: remove it, or rename the event with `rename = \"...\"` and keep the old name as the alias",
+                    alias.value
+                ),
+            );
+        } else if !aliases.insert(alias.value.as_str()) {
+            cx.error_spanned_by(
+                &alias.lit,
+                format!("duplicate alias `{}`; help: keep only one", alias.value),
+            );
+        }
+    }
     let fields = input.body.fields();
     for field in fields {
         if RESERVED_EVENT_FIELDS.contains(&field.stored_name.as_str()) {
@@ -47,6 +69,20 @@ pub(crate) fn event_struct(cx: &Ctxt, input: &EventStruct) {
     }
     for field in fields {
         lossy_option(cx, field, "event");
+    }
+    for field in fields {
+        let Some(default) = &field.default else {
+            continue;
+        };
+        if option_argument(transparent(&field.ty)).is_some() {
+            cx.error_spanned_by(
+                default,
+                format!(
+                    "field `{}` is an `Option`: an absent field already reads as `None`, and with a default a stored `None` (an absent field) would read back as the default; help: remove `default`, or make the field a plain type with `default`",
+                    field.member
+                ),
+            );
+        }
     }
     stored_names(cx, fields, "event");
 }

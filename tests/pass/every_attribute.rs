@@ -7,7 +7,8 @@ mod domain {
     use es_core::{Aggregate, Apply, Event};
 
     #[derive(Event)]
-    #[event(rename = "UserRegistered")]
+    #[event(rename = "UserRegistered", alias = "Registered")]
+    #[event(alias = "SignedUp")]
     pub struct Registered {
         #[event(rename = "first_name")]
         pub name: String,
@@ -16,6 +17,12 @@ mod domain {
         pub tags: BTreeMap<String, Vec<u8>>,
         #[event(rename = "nick", json)]
         pub nicknames: Vec<String>,
+        #[event(default)]
+        pub age: u32,
+        #[event(default = String::from("en"), rename = "lang")]
+        pub language: String,
+        #[event(json, default = vec![1])]
+        pub scores: Vec<u8>,
     }
 
     #[derive(Event)]
@@ -28,7 +35,7 @@ mod domain {
     }
 
     #[derive(Aggregate, Default)]
-    #[aggregate(event = UserEvent, name = "user-v2")]
+    #[aggregate(event = UserEvent, name = "user-v2", snapshot_version = 3)]
     pub struct User {
         #[aggregate(rename = "display_name")]
         pub name: String,
@@ -67,6 +74,7 @@ fn main() {
     assert_eq!(domain::User::NAME, "user-v2");
     assert_eq!(domain::Tombstone::NAME, "tombstone");
     assert_eq!(domain::UserEvent::EVENT_TYPES, ["UserRegistered", "Deleted"]);
+    assert_eq!(domain::UserEvent::EVENT_ALIASES, ["Registered", "SignedUp"]);
     let mut user = domain::User::default();
     user.apply_event(&domain::Deleted.into());
     assert!(user.deleted);

@@ -168,9 +168,10 @@ impl<E: fmt::Display> fmt::Display for BatchError<E> {
 
 impl<E: fmt::Debug + fmt::Display> std::error::Error for BatchError<E> {}
 
-/// Whether a stored event is one `E` handles (else a projection skips it).
+/// Whether a stored event is one `E` handles (else a projection skips it): its type is one
+/// of `E`'s event types or one of their aliases ([`Event::reads_type`]).
 pub fn handles<E: Event>(stored: &StoredEvent) -> bool {
-    E::EVENT_TYPES.contains(&stored.event_type.as_str())
+    E::reads_type(&stored.event_type)
 }
 
 /// An event a projection could not process: kept aside so later events still flow.
