@@ -1000,6 +1000,149 @@ async fn a_corrupt_snapshot_falls_back_to_full_replay() {
     }
 }
 
+/// Entries written by an older version of the code (#15): one appended through the store
+/// under an old type name, one by hand in the store's layout (category stream and index)
+/// without the fields added since. Both decode through today's types, the aggregate loads,
+/// and a new append is stored under the current name.
+#[tokio::test]
+async fn entries_of_an_older_shape_decode_through_the_current_types() {
+    use es_core::{Aggregate, Apply, Event, Handle, Repository};
+
+    #[derive(Event, Debug, PartialEq)]
+    #[event(alias = "UserSignedUp", alias = "SignedUp")]
+    struct Registered {
+        name: String,
+        #[event(default = 18)]
+        age: u32,
+        #[event(default)]
+        nickname: String,
+    }
+
+    #[derive(Event, Debug, PartialEq)]
+    enum UserEvent {
+        Registered(Registered),
+    }
+
+    #[derive(Aggregate, Default, Debug)]
+    #[aggregate(event = UserEvent, name = "user")]
+    struct User {
+        #[aggregate(skip)]
+        names: Vec<String>,
+        #[aggregate(skip)]
+        ages: Vec<u32>,
+    }
+
+    impl Apply<Registered> for User {
+        fn apply(&mut self, e: &Registered) {
+            self.names.push(e.name.clone());
+            self.ages.push(e.age);
+        }
+    }
+
+    struct Register;
+
+    impl Handle<Register> for User {
+        type Error = String;
+        fn handle(&self, _: &Register) -> Result<Vec<UserEvent>, String> {
+            let event = Registered {
+                name: "Daisy".into(),
+                age: 30,
+                nickname: "D".into(),
+            };
+            Ok(vec![event.into()])
+        }
+    }
+
+    let store = store().await;
+    let stream = StreamId::new("user", "evolved");
+    store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![event("UserSignedUp", &[("name", "Duffy")])],
+            &AppendOptions::default(),
+        )
+        .await
+        .expect("append");
+    let category_key = store.keys().category_stream("user");
+    let mut connection = store.connection();
+    let id: String = run(
+        &mut connection,
+        redis::cmd("XADD")
+            .arg(&category_key)
+            .arg("*")
+            .arg("type")
+            .arg("SignedUp")
+            .arg("aggregate_id")
+            .arg("evolved")
+            .arg("version")
+            .arg("2")
+            .arg("name")
+            .arg("Daffy")
+            .arg("age")
+            .arg("7"),
+    )
+    .await;
+    let _: i64 = run(
+        &mut connection,
+        redis::cmd("RPUSH")
+            .arg(store.keys().index(&stream))
+            .arg(&id),
+    )
+    .await;
+
+    let decoded: Vec<UserEvent> = store
+        .read_stream(&stream, &ReadRange::all())
+        .await
+        .expect("read")
+        .into_iter()
+        .map(|stored| stored.decode::<UserEvent>().expect("decodes").event)
+        .collect();
+    let registered = |name: &str, age, nickname: &str| {
+        UserEvent::Registered(Registered {
+            name: name.into(),
+            age,
+            nickname: nickname.into(),
+        })
+    };
+    assert_eq!(
+        decoded,
+        [registered("Duffy", 18, ""), registered("Daffy", 7, "")]
+    );
+
+    let users = Repository::<User, _>::new(store.clone());
+    let loaded = users.load("evolved").await.expect("load");
+    assert_eq!(
+        (loaded.state.names.as_slice(), loaded.state.ages.as_slice()),
+        (&["Duffy".to_owned(), "Daffy".to_owned()][..], &[18, 7][..])
+    );
+    let done = users.execute("evolved", &Register).await.expect("execute");
+    assert_eq!(done.version, 3);
+    let last: Vec<(String, Vec<(String, String)>)> = run(
+        &mut connection,
+        redis::cmd("XREVRANGE")
+            .arg(&category_key)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1),
+    )
+    .await;
+    assert_eq!(
+        last[0].1[0],
+        ("type".to_owned(), "Registered".to_owned()),
+        "a new append is stored under the current name"
+    );
+    let stored = store
+        .read_stream(&stream, &ReadRange::all())
+        .await
+        .expect("read");
+    assert_eq!(
+        stored.iter().map(|e| &*e.event_type).collect::<Vec<_>>(),
+        ["UserSignedUp", "SignedUp", "Registered"]
+    );
+}
+
 /// Reads fetch an aggregate's entries from the category stream as ranges where they sit
 /// together and one by one where other aggregates' entries are in between: either way
 /// every event comes back, in order, and an entry missing from the stream is named.
