@@ -44,6 +44,11 @@ pub trait Aggregate: Default + Send + Sync + 'static {
 
     /// A fingerprint of the snapshot layout (field names and types). A stored snapshot of
     /// another layout is ignored and the aggregate rebuilt by full replay.
+    ///
+    /// `#[derive(Aggregate)]` hashes each stored field's name, type and codec, and the
+    /// aggregate's `#[aggregate(snapshot_version = N)]` when it is not 0: raise `N` when
+    /// [`apply_event`](Aggregate::apply_event) builds the same fields differently, and the
+    /// snapshots written before are ignored too.
     const SNAPSHOT_SCHEMA: u64;
 
     /// Folds one event into the state.

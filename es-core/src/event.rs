@@ -41,6 +41,25 @@ pub const RESERVED_EVENT_FIELDS: &[&str] = &[
 /// event.encode(&mut fields).unwrap();
 /// assert_eq!(UserEvent::decode("EmailChanged", &fields).unwrap(), event);
 /// ```
+///
+/// Entries stored by older code still decode: `#[event(default)]` or
+/// `#[event(default = expr)]` on a field added later gives it a value when it is absent, and
+/// `#[event(alias = "OldName")]` on a renamed struct reads entries stored under its old
+/// name (listed in [`EVENT_ALIASES`](Event::EVENT_ALIASES); new entries get the current name).
+///
+/// ```
+/// use es_core::{codec::Fields, Event};
+///
+/// #[derive(Event, Debug, PartialEq)]
+/// #[event(alias = "SignedUp")]
+/// struct Registered { name: String, #[event(default = 18)] age: u32 }
+///
+/// let mut stored = Fields::new();
+/// stored.push("name", "Duffy");
+/// let event = Registered::decode("SignedUp", &stored).unwrap();
+/// assert_eq!(event, Registered { name: "Duffy".into(), age: 18 });
+/// assert_eq!(event.event_type(), "Registered");
+/// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an event",
     label = "expected a type that derives `Event`",
