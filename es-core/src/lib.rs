@@ -8,6 +8,7 @@ pub mod cache;
 pub mod codec;
 pub mod error;
 pub mod event;
+pub mod evolution;
 pub mod memory;
 pub mod position;
 pub mod projection;

@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use es_core::evolution::check_category;
 use es_core::projection::{Projection, ProjectionOptions, ProjectionRunner};
 use es_core::read_model::ReadModel;
 use es_core::StoreError;
@@ -297,6 +298,22 @@ async fn social_profile(
     backend: Backend,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let store: Arc<dyn SnapshotStore> = backend.store();
+    if options.check {
+        // The pre-deploy check: can this build read everything stored in the namespace?
+        let reports = [
+            check_category::<UserUpdate, _>(&*store, "user_updates").await?,
+            check_category::<Activity, _>(&*store, "user_activity").await?,
+            check_category::<Friendship, _>(&*store, "user_friends").await?,
+        ];
+        for report in &reports {
+            print!("{report}");
+        }
+        if reports.iter().all(|r| r.is_clean()) {
+            println!("every stored event decodes with this build");
+            return Ok(());
+        }
+        return Err("some stored events do not decode with this build".into());
+    }
     let updates = Repository::<UserProfile, _>::new(store.clone());
     let activity = Repository::<UserActivity, _>::new(store.clone());
     let friends = Repository::<UserFriends, _>::new(store.clone());

@@ -17,9 +17,12 @@ pub struct Options {
     pub in_memory: bool,
     /// `--namespace NS`: the Redis key namespace (default: a fresh one per run).
     pub namespace: String,
+    /// `--check`: decode every stored event with the current code and report what fails
+    /// (the pre-deploy check), instead of running the example; it changes nothing.
+    pub check: bool,
 }
 
-const USAGE: &str = "options: [--in-memory] [--redis-url URL] [--namespace NS]";
+const USAGE: &str = "options: [--in-memory] [--redis-url URL] [--namespace NS] [--check]";
 
 impl Options {
     /// Parses the process arguments.
@@ -37,11 +40,13 @@ impl Options {
                 .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
             in_memory: false,
             namespace: format!("example-{millis}"),
+            check: false,
         };
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--in-memory" => options.in_memory = true,
+                "--check" => options.check = true,
                 "--redis-url" => {
                     options.redis_url = args.next().ok_or("--redis-url needs a URL")?;
                 }

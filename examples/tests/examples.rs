@@ -132,6 +132,53 @@ fn social_profile_on_redis() {
     }
 }
 
+/// The pre-deploy check over what a social_profile run stored: every entry decodes; and an
+/// entry of a shape this build cannot read is reported, with a failing exit status.
+#[test]
+fn social_profile_check_reads_everything_the_run_stored() {
+    let args = redis_args("social-check");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_ok("social_profile", &args, SOCIAL_LINES);
+    let mut check = args.clone();
+    check.push("--check");
+    assert_ok(
+        "social_profile",
+        &check,
+        &[
+            "category `user_updates`: 3 entries checked, 0 undecodable",
+            "category `user_activity`: 2 entries checked, 0 undecodable",
+            "category `user_friends`: 3 entries checked, 0 undecodable",
+            "every stored event decodes with this build",
+        ],
+    );
+    // An entry of an older shape, written by hand.
+    let server = RedisServer::shared().expect("redis-server");
+    let namespace = args[3];
+    let stream = format!("{namespace}:{{user_activity}}:events");
+    let status = std::process::Command::new("redis-cli")
+        .args(["-p", &server.port().to_string(), "XADD", &stream, "*"])
+        .args([
+            "type",
+            "Kicked",
+            "aggregate_id",
+            "9",
+            "version",
+            "1",
+            "whom",
+            "Bugs",
+        ])
+        .output()
+        .expect("redis-cli");
+    assert!(status.status.success(), "{status:?}");
+    let (output, stdout) = run("social_profile", &check);
+    assert!(!output.status.success(), "the check fails: {stdout}");
+    assert!(
+        stdout.contains("category `user_activity`: 3 entries checked, 1 undecodable")
+            && stdout.contains("field `object` is missing"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn quickstart_runs() {
     assert_ok(

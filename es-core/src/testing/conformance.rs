@@ -48,6 +48,7 @@ macro_rules! conformance_tests {
             reserved_event_fields_are_refused,
             reserved_snapshot_fields_are_refused,
             hostile_ids_and_binary_values_round_trip,
+            the_pre_deploy_check_finds_exactly_the_undecodable_entries,
             repository_retries_conflicts_and_snapshots,
             one_repository_serialises_commands_to_an_aggregate,
             two_cached_repositories_interleave_without_losing_commands,
