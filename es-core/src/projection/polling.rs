@@ -2,14 +2,15 @@
 //! polling of category reads. The in-memory backend runs projections with it.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
 use super::source::{
-    Capabilities, Delivery, ProjectionSource, ProjectionStatus, SourceStream, StreamBatch,
+    watermarks, Capabilities, Delivery, ProjectionSource, ProjectionStatus, SourceStream,
+    StreamBatch,
 };
 use super::{DeadLetter, ProjectionOptions};
 use crate::error::StoreError;
@@ -134,22 +135,43 @@ impl<S: EventStore> PollingSource<S> {
         Ok(batch)
     }
 
-    /// How many events of stream `index` lie after its cursor.
-    async fn lag(&self, index: usize) -> Result<u64, StoreError> {
+    /// How many events of stream `index` lie after its cursor; with `at_most`, counts no
+    /// further than that (one short read tells "caught up" from "behind").
+    async fn lag(&self, index: usize, at_most: Option<usize>) -> Result<u64, StoreError> {
         let mut after = self.lock()[index].cursor;
         let mut lag = 0;
         let stream = &self.streams[index];
+        let page_size = at_most.unwrap_or(1000);
         loop {
             let page = self
                 .store
-                .read_partition(&stream.category, stream.partition, after, 1000)
+                .read_partition(&stream.category, stream.partition, after, page_size)
                 .await?;
             lag += page.len() as u64;
             match page.last() {
-                Some(last) if page.len() == 1000 => after = last.position,
+                Some(last) if page.len() == page_size && at_most.is_none() => after = last.position,
                 _ => return Ok(lag),
             }
         }
+    }
+
+    /// Each stream's status, its lag exact or (with `at_most`) counted no further.
+    async fn statuses(&self, at_most: Option<usize>) -> Result<Vec<ProjectionStatus>, StoreError> {
+        let mut statuses = Vec::with_capacity(self.streams.len());
+        for (index, stream) in self.streams.iter().enumerate() {
+            let lag = self.lag(index, at_most).await?;
+            let state = self.lock();
+            let state = &state[index];
+            let mut status = ProjectionStatus::new(stream.category.to_string(), stream.partition);
+            status.exists = state.read_once;
+            status.consumers = u64::from(state.read_once);
+            status.pending = state.pending.len() as u64;
+            status.lag = Some(lag);
+            status.last_delivered = state.cursor;
+            status.oldest_pending = state.pending.keys().next().copied();
+            statuses.push(status);
+        }
+        Ok(statuses)
     }
 }
 
@@ -283,21 +305,14 @@ impl<S: EventStore + 'static> ProjectionSource for PollingSource<S> {
     }
 
     async fn status(&self) -> Result<Vec<ProjectionStatus>, StoreError> {
-        let mut statuses = Vec::with_capacity(self.streams.len());
-        for (index, stream) in self.streams.iter().enumerate() {
-            let lag = self.lag(index).await?;
-            let state = self.lock();
-            let state = &state[index];
-            let mut status = ProjectionStatus::new(stream.category.to_string(), stream.partition);
-            status.exists = state.read_once;
-            status.consumers = u64::from(state.read_once);
-            status.pending = state.pending.len() as u64;
-            status.lag = Some(lag);
-            status.last_delivered = state.cursor;
-            status.oldest_pending = state.pending.keys().next().copied();
-            statuses.push(status);
-        }
-        Ok(statuses)
+        self.statuses(None).await
+    }
+
+    /// Watermarks need only whether a partition is caught up, not its exact lag: one
+    /// event read per stream, not every event after the cursor (the runner asks after
+    /// every batch).
+    async fn watermarks(&self) -> Result<HashMap<String, Position>, StoreError> {
+        Ok(watermarks(&self.statuses(Some(1)).await?))
     }
 
     async fn dead_letters(&self, category: &str) -> Result<Vec<DeadLetter>, StoreError> {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::source::{watermarks, Capabilities, ProjectionBackend, ProjectionSource, StreamBatch};
+use super::source::{Capabilities, ProjectionBackend, ProjectionSource, StreamBatch};
 use super::{is_ready, DeadLetter, Progress, Projection, ProjectionOptions, ProjectionStatus};
 use crate::error::StoreError;
 use crate::store::Position;
@@ -393,7 +393,7 @@ impl<P: Projection> ProjectionRunner<P> {
     }
 
     async fn publish_progress(&self) -> Result<(), StoreError> {
-        let watermarks = watermarks(&self.source.status().await?);
+        let watermarks = self.source.watermarks().await?;
         self.progress.send_if_modified(|current| {
             let changed = *current != watermarks;
             *current = watermarks;

@@ -236,6 +236,13 @@ pub trait ProjectionSource: Send + Sync + 'static {
     /// The projection's progress in each of its streams.
     async fn status(&self) -> Result<Vec<ProjectionStatus>, StoreError>;
 
+    /// The watermark of each category: what the runner publishes as progress after its
+    /// batches. The default derives it from [`status`](Self::status); a backend whose
+    /// exact lag is costly overrides it.
+    async fn watermarks(&self) -> Result<HashMap<String, Position>, StoreError> {
+        Ok(watermarks(&self.status().await?))
+    }
+
     /// The events of `category` it dead-lettered, oldest first.
     async fn dead_letters(&self, category: &str) -> Result<Vec<DeadLetter>, StoreError>;
 
