@@ -39,14 +39,9 @@ fn server() -> &'static RedisServer {
     RedisServer::shared().unwrap_or_else(|e| panic!("{e}"))
 }
 
-struct Setup {
-    store: RedisEventStore,
-}
-
-async fn setup(label: &str) -> Setup {
+async fn setup(label: &str) -> RedisEventStore {
     let config = server().config(&unique_namespace(label));
-    let store = RedisEventStore::connect(&config).await.expect("connect");
-    Setup { store }
+    RedisEventStore::connect(&config).await.expect("connect")
 }
 
 fn deposit(amount: i64) -> NewEvent {
@@ -243,7 +238,7 @@ impl Projection for Balances {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_runners_share_the_work_without_duplicates() {
-    let Setup { store, .. } = setup("share").await;
+    let store = setup("share").await;
     let last = append_deposits(&store, 1, 10_000, 50).await;
     let a = Recorder::new("ledger", "a");
     let b = a.sharing("b");
@@ -278,7 +273,7 @@ async fn two_runners_share_the_work_without_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_held_by_a_vanished_consumer_are_reclaimed() {
-    let Setup { store, .. } = setup("reclaim").await;
+    let store = setup("reclaim").await;
     let last = append_deposits(&store, 1, 50, 5).await;
     let recorder = Recorder::new("ledger", "live");
     let options = options("live").claim_idle(Duration::from_millis(300));
@@ -318,7 +313,7 @@ async fn entries_held_by_a_vanished_consumer_are_reclaimed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_dropped_mid_batch_leaves_its_batch_to_the_others() {
-    let Setup { store, .. } = setup("dropped").await;
+    let store = setup("dropped").await;
     let last = append_deposits(&store, 1, 30, 3).await;
     let stuck = Recorder {
         hang_on: Some(1),
@@ -368,7 +363,7 @@ async fn a_runner_dropped_mid_batch_leaves_its_batch_to_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_entries_are_dead_lettered_while_later_events_flow() {
-    let Setup { store, .. } = setup("poison").await;
+    let store = setup("poison").await;
     let key = store.keys().category_stream(CATEGORY);
     append_deposits(&store, 1, 10, 1).await;
     // Written by hand: no `version`, so it does not decode.
@@ -470,7 +465,7 @@ async fn poison_entries_are_dead_lettered_while_later_events_flow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_projection_started_late_catches_up_to_the_same_read_model() {
-    let Setup { store, .. } = setup("late").await;
+    let store = setup("late").await;
     let live = Balances::new(&store, "balances-live");
     let live_runner = ProjectionRunner::connect(&store, live.clone(), options("live"))
         .await
@@ -541,7 +536,7 @@ async fn a_projection_started_late_catches_up_to_the_same_read_model() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_event_is_not_applied_twice() {
-    let Setup { store, .. } = setup("redeliver").await;
+    let store = setup("redeliver").await;
     let last = append_deposits(&store, 1, 20, 1).await;
     let balances = Balances {
         crash_after_commit_on: Some(7),
@@ -576,7 +571,7 @@ async fn a_redelivered_event_is_not_applied_twice() {
 
 #[tokio::test]
 async fn read_model_updates_apply_once_in_any_order() {
-    let Setup { store, .. } = setup("commit").await;
+    let store = setup("commit").await;
     let model = store.read_model("counts");
     let event = |millis: u64| RecordedEvent {
         stream: StreamId::new(CATEGORY, "acc-1"),
@@ -683,7 +678,7 @@ async fn read_model_updates_apply_once_in_any_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_and_acknowledges_the_batch_in_hand() {
-    let Setup { store, .. } = setup("shutdown").await;
+    let store = setup("shutdown").await;
     append_deposits(&store, 1, 300, 3).await;
     let recorder = Recorder {
         delay: Duration::from_millis(1),
@@ -719,7 +714,7 @@ async fn shutdown_finishes_and_acknowledges_the_batch_in_hand() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuild_replays_into_a_cleared_read_model() {
-    let Setup { store, .. } = setup("rebuild").await;
+    let store = setup("rebuild").await;
     let last = append_deposits(&store, 1, 500, 5).await;
     let balances = Balances::new(&store, "balances");
     let runner = ProjectionRunner::connect(&store, balances.clone(), options("only"))
@@ -775,7 +770,7 @@ async fn rebuild_replays_into_a_cleared_read_model() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_and_pending_are_reported() {
-    let Setup { store, .. } = setup("lag").await;
+    let store = setup("lag").await;
     let recorder = Recorder::new("ledger", "only");
     let runner = ProjectionRunner::connect(&store, recorder, options("only"))
         .await
@@ -813,7 +808,7 @@ async fn lag_and_pending_are_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_for_a_position_times_out_then_succeeds() {
-    let Setup { store, .. } = setup("wait").await;
+    let store = setup("wait").await;
     let recorder = Recorder::new("ledger", "only");
     let runner = ProjectionRunner::connect(&store, recorder, options("only"))
         .await
@@ -848,7 +843,7 @@ async fn waiting_for_a_position_times_out_then_succeeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applied_entries_are_pruned_once_acknowledged() {
-    let Setup { store, .. } = setup("prune").await;
+    let store = setup("prune").await;
     let last = append_deposits(&store, 1, 200, 2).await;
     let balances = Balances::new(&store, "balances");
     let options = options("only").prune_grace(Duration::ZERO);
@@ -882,7 +877,7 @@ async fn applied_entries_are_pruned_once_acknowledged() {
 
 #[tokio::test]
 async fn read_model_batches_apply_each_event_once_and_all_or_nothing() {
-    let Setup { store, .. } = setup("batch-commit").await;
+    let store = setup("batch-commit").await;
     let model = store.read_model("batched");
     let event = |millis: u64| RecordedEvent {
         stream: StreamId::new(CATEGORY, format!("acc-{}", millis % 2)),
@@ -1038,7 +1033,7 @@ impl Projection for BatchBalances {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_handlers_commit_once_per_read_and_isolate_a_poison_event() {
-    let Setup { store, .. } = setup("batch-runner").await;
+    let store = setup("batch-runner").await;
     let poison = 250;
     let last = append_deposits(&store, 1, 1_000, 4).await;
     let projection = BatchBalances {
@@ -1243,7 +1238,7 @@ impl Projection for AlwaysFails {
 /// A dead-letter stream keeps about its bound of letters (the newest), not every one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dead_letter_stream_is_bounded() {
-    let Setup { store, .. } = setup("dead-letter-bound").await;
+    let store = setup("dead-letter-bound").await;
     let last = append_deposits(&store, 1, 400, 2).await;
     let options = options("only")
         .max_deliveries(1)

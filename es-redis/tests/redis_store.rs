@@ -46,6 +46,29 @@ fn numbered(range: std::ops::Range<usize>) -> Vec<NewEvent> {
         .collect()
 }
 
+/// Writes an entry by hand, as another writer (or an older version) might: `XADD` of
+/// `pairs` to the category stream of `stream`, then `RPUSH` of its id to the aggregate's
+/// index. Returns the entry id.
+async fn write_by_hand(
+    store: &RedisEventStore,
+    stream: &StreamId,
+    pairs: &[(&str, &str)],
+) -> String {
+    let mut connection = store.connection();
+    let mut xadd = redis::cmd("XADD");
+    xadd.arg(store.keys().aggregate_stream(stream)).arg("*");
+    for (name, value) in pairs {
+        xadd.arg(name).arg(value);
+    }
+    let id: String = run(&mut connection, &xadd).await;
+    let _: i64 = run(
+        &mut connection,
+        redis::cmd("RPUSH").arg(store.keys().index(stream)).arg(&id),
+    )
+    .await;
+    id
+}
+
 async fn run<T: redis::FromRedisValue>(
     connection: &mut RedisConnection,
     command: &redis::Cmd,
@@ -437,27 +460,13 @@ async fn hand_written_undecodable_entries_name_stream_entry_and_field() {
 
     // By hand: an entry without `version`, appended to the category stream and to the
     // broken aggregate's index.
+    let bad_id = write_by_hand(
+        &store,
+        &broken,
+        &[("type", "Numbered"), ("aggregate_id", "broken"), ("n", "1")],
+    )
+    .await;
     let mut connection = store.connection();
-    let bad_id: String = run(
-        &mut connection,
-        redis::cmd("XADD")
-            .arg(&category_key)
-            .arg("*")
-            .arg("type")
-            .arg("Numbered")
-            .arg("aggregate_id")
-            .arg("broken")
-            .arg("n")
-            .arg("1"),
-    )
-    .await;
-    let _: i64 = run(
-        &mut connection,
-        redis::cmd("RPUSH")
-            .arg(store.keys().index(&broken))
-            .arg(&bad_id),
-    )
-    .await;
     store
         .append(
             &fine,
@@ -1064,32 +1073,20 @@ async fn entries_of_an_older_shape_decode_through_the_current_types() {
         )
         .await
         .expect("append");
+    write_by_hand(
+        &store,
+        &stream,
+        &[
+            ("type", "SignedUp"),
+            ("aggregate_id", "evolved"),
+            ("version", "2"),
+            ("name", "Daffy"),
+            ("age", "7"),
+        ],
+    )
+    .await;
     let category_key = store.keys().category_stream("user");
     let mut connection = store.connection();
-    let id: String = run(
-        &mut connection,
-        redis::cmd("XADD")
-            .arg(&category_key)
-            .arg("*")
-            .arg("type")
-            .arg("SignedUp")
-            .arg("aggregate_id")
-            .arg("evolved")
-            .arg("version")
-            .arg("2")
-            .arg("name")
-            .arg("Daffy")
-            .arg("age")
-            .arg("7"),
-    )
-    .await;
-    let _: i64 = run(
-        &mut connection,
-        redis::cmd("RPUSH")
-            .arg(store.keys().index(&stream))
-            .arg(&id),
-    )
-    .await;
 
     let decoded: Vec<UserEvent> = store
         .read_stream(&stream, &ReadRange::all())
