@@ -1,6 +1,6 @@
 //! Events: [`Event`] (an event type or an enum of them) and [`NamedEvent`] (one event type).
 
-use crate::codec::Fields;
+use crate::codec::{FieldError, Fields};
 use crate::error::{DecodeError, EncodeError};
 
 /// Field names every backend may use in a stored event's envelope; an event field may not
@@ -14,6 +14,24 @@ pub const RESERVED_EVENT_FIELDS: &[&str] = &[
     "causation_id",
     "metadata",
 ];
+
+/// The envelope field that holds an entry's event version: written only when the version is
+/// above 1 (`#[event(version = N)]`), so entries of a first version look as they always did.
+/// An event field may not use the name (`#[derive(Event)]` rejects it).
+pub const EVENT_VERSION_FIELD: &str = "event_version";
+
+/// The event version an entry was written with: its [`EVENT_VERSION_FIELD`], or 1 when it
+/// has none. A value that is not a whole number from 1 up is an error.
+pub fn stored_version(fields: &Fields) -> Result<u32, FieldError> {
+    match fields.get(EVENT_VERSION_FIELD) {
+        None => Ok(1),
+        Some(raw) => std::str::from_utf8(raw)
+            .ok()
+            .and_then(|text| text.parse::<u32>().ok())
+            .filter(|&version| version >= 1)
+            .ok_or_else(|| FieldError::invalid("an event version (1 or more)", raw)),
+    }
+}
 
 /// A domain event, or an enum of events, stored as an event type plus field pairs.
 ///
@@ -60,6 +78,40 @@ pub const RESERVED_EVENT_FIELDS: &[&str] = &[
 /// assert_eq!(event, Registered { name: "Duffy".into(), age: 18 });
 /// assert_eq!(event.event_type(), "Registered");
 /// ```
+///
+/// A changed shape is a new version: `#[event(version = 2, upcast_from = RegisteredV1)]`
+/// with `impl From<RegisteredV1> for Registered`, the old struct kept as a plain
+/// `#[derive(Event)]` under the stored name. New entries carry
+/// [`EVENT_VERSION_FIELD`] when their version is above 1; `decode` reads an entry as the
+/// version it was written with and converts it up the chain, one `From` at a time.
+///
+/// ```
+/// use es_core::{codec::Fields, Event};
+///
+/// #[derive(Event)]
+/// #[event(rename = "Registered")]
+/// struct RegisteredV1 { name: String }
+///
+/// #[derive(Event, Debug, PartialEq)]
+/// #[event(version = 2, upcast_from = RegisteredV1)]
+/// struct Registered { first_name: String, last_name: String }
+///
+/// impl From<RegisteredV1> for Registered {
+///     fn from(old: RegisteredV1) -> Self {
+///         let (first, last) = old.name.split_once(' ').unwrap_or((&old.name, ""));
+///         Registered { first_name: first.into(), last_name: last.into() }
+///     }
+/// }
+///
+/// let mut v1 = Fields::new();
+/// v1.push("name", "Duffy Duck");
+/// let event = Registered::decode("Registered", &v1).unwrap();
+/// assert_eq!(event, Registered { first_name: "Duffy".into(), last_name: "Duck".into() });
+///
+/// let mut v2 = Fields::new();
+/// event.encode(&mut v2).unwrap();
+/// assert_eq!(v2.get("event_version"), Some(&b"2"[..]));
+/// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an event",
     label = "expected a type that derives `Event`",
@@ -94,8 +146,8 @@ pub trait Event: Sized + Send + Sync + 'static {
 /// hold `NamedEvent`s.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an event struct",
-    label = "an event enum's variants must each hold one event struct",
-    note = "derive `Event` on a struct with named fields and use it as the variant's type"
+    label = "expected a struct that derives `Event`",
+    note = "an event enum's variants each hold one event struct, and `upcast_from` names one: derive `Event` on a struct with named fields and use it here"
 )]
 pub trait NamedEvent: Event {
     /// The stored event type.
@@ -103,6 +155,11 @@ pub trait NamedEvent: Event {
 
     /// Older names entries of this type may be stored under (`#[event(alias = "...")]`).
     const ALIASES: &'static [&'static str] = &[];
+
+    /// The version new entries are written with (`#[event(version = N)]`); 1 unless the
+    /// struct declares another. Entries of older versions decode as the struct named by
+    /// `upcast_from` and are converted with `From`, one version at a time.
+    const VERSION: u32 = 1;
 }
 
 /// How an aggregate changes when an event happens. Implement it once per event type the

@@ -125,6 +125,79 @@ pub mod __private {
         }
     }
 
+    /// The version an entry of `event_type` was written with (absent: 1).
+    pub fn version_of(event_type: &str, fields: &Fields) -> Result<u32, DecodeError> {
+        crate::event::stored_version(fields).map_err(|error| {
+            DecodeError::field(event_type, crate::event::EVENT_VERSION_FIELD, error)
+        })
+    }
+
+    /// An entry written by a newer version of the code than this one reads.
+    pub fn newer_version(event_type: &str, stored: u32, current: u32) -> DecodeError {
+        DecodeError::field(
+            event_type,
+            crate::event::EVENT_VERSION_FIELD,
+            crate::codec::FieldError::Invalid(format!(
+                "{stored}, newer than this code reads (versions 1 to {current}); help: the entry was written by newer code: deploy it wherever this event is read"
+            )),
+        )
+    }
+
+    /// Records version `version` in an encoded event, when it is above 1.
+    pub fn push_version(out: &mut Fields, version: u32) {
+        if version > 1 {
+            out.push(crate::event::EVENT_VERSION_FIELD, version.to_string());
+        }
+    }
+
+    /// Decodes an entry of a version before `E`'s through `E` (the struct `upcast_from`
+    /// names), which may upcast it further.
+    pub fn decode_older<E: crate::event::NamedEvent>(
+        event_type: &str,
+        fields: &Fields,
+    ) -> Result<E, DecodeError> {
+        E::decode(event_type, fields)
+    }
+
+    /// One step of an upcast chain: `Self` built from the version before it.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be upcast from `{Old}`: `From<{Old}>` is not implemented for `{Self}`",
+        label = "`upcast_from` needs `impl From<{Old}> for {Self}`",
+        note = "entries stored as `{Old}`'s version decode as `{Old}` and are converted with `From`; add `impl From<{Old}> for {Self} {{ fn from(old: {Old}) -> Self {{ … }} }}`"
+    )]
+    pub trait Upcast<Old>: Sized {
+        /// `From::from`.
+        fn upcast(old: Old) -> Self;
+    }
+
+    #[diagnostic::do_not_recommend]
+    impl<Old, New: From<Old>> Upcast<Old> for New {
+        fn upcast(old: Old) -> Self {
+            New::from(old)
+        }
+    }
+
+    /// Whether every stored name of the version before (`old`, `old_aliases`) is read by
+    /// the struct of name `name` and aliases `aliases`.
+    pub const fn names_cover(
+        name: &str,
+        aliases: &[&str],
+        old: &str,
+        old_aliases: &[&str],
+    ) -> bool {
+        if !str_eq(name, old) && !contains(aliases, old) {
+            return false;
+        }
+        let mut i = 0;
+        while i < old_aliases.len() {
+            if !str_eq(name, old_aliases[i]) && !contains(aliases, old_aliases[i]) {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+
     /// Every name of `parts`, in order, as one array (an event enum's `EVENT_ALIASES`).
     pub const fn concat_names<const N: usize>(parts: &[&[&'static str]]) -> [&'static str; N] {
         let mut out = [""; N];

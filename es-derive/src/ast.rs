@@ -34,6 +34,10 @@ pub(crate) struct EventStruct<'a> {
     pub rename: Option<Text>,
     /// Older stored names, `#[event(alias = "...")]`.
     pub aliases: Vec<Text>,
+    /// `#[event(version = N)]`: the version new entries are written with, and its span.
+    pub version: Option<(u32, Span)>,
+    /// `#[event(upcast_from = Path)]`: the struct entries of the version before decode as.
+    pub upcast_from: Option<syn::Path>,
     pub body: Body,
 }
 
@@ -142,6 +146,8 @@ impl<'a> EventInput<'a> {
                     event_type,
                     rename: attrs.rename,
                     aliases: attrs.aliases,
+                    version: attrs.version,
+                    upcast_from: attrs.upcast_from,
                     body,
                 }))
             }

@@ -28,7 +28,7 @@ impl Place {
 
     fn allowed(self) -> &'static [&'static str] {
         match self {
-            Place::EventStruct => &["rename", "alias"],
+            Place::EventStruct => &["rename", "alias", "version", "upcast_from"],
             Place::EventEnum | Place::EventVariant => &[],
             Place::EventField => &["rename", "json", "default"],
             Place::Aggregate => &["event", "name", "snapshot_version"],
@@ -72,6 +72,12 @@ impl Place {
             (Place::EventStruct | Place::EventEnum | Place::EventVariant, "default") => {
                 Some("defaults are per field: put `#[event(default)]` on the field that was added")
             }
+            (Place::EventEnum | Place::EventVariant | Place::EventField, "version" | "upcast_from") => {
+                Some("versions belong to an event struct: put `#[event(version = 2, upcast_from = OldStruct)]` on the struct whose shape changed")
+            }
+            (Place::Aggregate | Place::AggregateField, "version") => {
+                Some("an aggregate's snapshots are versioned with `#[aggregate(snapshot_version = N)]`; event versions go on event structs")
+            }
             (Place::EventStruct | Place::EventEnum | Place::EventVariant | Place::AggregateField, "snapshot_version") => {
                 Some("`snapshot_version` goes on the aggregate: `#[aggregate(snapshot_version = 2)]`")
             }
@@ -109,6 +115,10 @@ pub(crate) struct Attrs {
     pub aliases: Vec<Text>,
     pub default: Option<FieldDefault>,
     pub snapshot_version: Option<u64>,
+    /// `version = N` on an event struct, with the literal's span.
+    pub version: Option<(u32, Span)>,
+    /// `upcast_from = Path` on an event struct.
+    pub upcast_from: Option<syn::Path>,
     pub name: Option<Text>,
     pub event: Option<syn::Path>,
     pub json: Option<Span>,
@@ -165,6 +175,8 @@ pub(crate) fn parse(cx: &Ctxt, attrs: &[Attribute], place: Place) -> Attrs {
                 }
                 "default" => set(&mut out.default, field_default(&meta)?),
                 "snapshot_version" => set(&mut out.snapshot_version, snapshot_version(cx, &meta)?),
+                "version" => set(&mut out.version, event_version(cx, &meta)?),
+                "upcast_from" => set(&mut out.upcast_from, upcast_from(cx, &meta)?),
                 "name" => set(&mut out.name, text(cx, &meta, &key)?),
                 "event" => {
                     let path = event_path(cx, &meta)?;
@@ -225,11 +237,33 @@ fn text(cx: &Ctxt, meta: &ParseNestedMeta, key: &str) -> syn::Result<Option<Text
 }
 
 fn event_path(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<syn::Path>> {
+    type_path(
+        cx,
+        meta,
+        "`event` needs a value; help: name the aggregate's event type, like `event = UserEvent`",
+        "`event` expects the path of the aggregate's event type; help: write `event = UserEvent`",
+    )
+}
+
+fn upcast_from(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<syn::Path>> {
+    type_path(
+        cx,
+        meta,
+        "`upcast_from` needs a value; help: name the struct of the version before, like `upcast_from = RegisteredV1`",
+        "`upcast_from` expects the path of the event struct of the version before; help: write `upcast_from = RegisteredV1`",
+    )
+}
+
+/// `key = Path`; `missing` and `not_a_path` are the errors without a value or with another
+/// expression.
+fn type_path(
+    cx: &Ctxt,
+    meta: &ParseNestedMeta,
+    missing: &str,
+    not_a_path: &str,
+) -> syn::Result<Option<syn::Path>> {
     if !meta.input.peek(syn::Token![=]) {
-        cx.error_spanned_by(
-            &meta.path,
-            "`event` needs a value; help: name the aggregate's event type, like `event = UserEvent`",
-        );
+        cx.error_spanned_by(&meta.path, missing);
         skip_value(meta)?;
         return Ok(None);
     }
@@ -241,10 +275,7 @@ fn event_path(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<syn::Path
     match expr {
         Expr::Path(path) if path.qself.is_none() => Ok(Some(path.path)),
         other => {
-            cx.error_spanned_by(
-                &other,
-                "`event` expects the path of the aggregate's event type; help: write `event = UserEvent`",
-            );
+            cx.error_spanned_by(&other, not_a_path);
             Ok(None)
         }
     }
@@ -291,6 +322,40 @@ fn snapshot_version(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<u64
             cx.error_spanned_by(
                 other,
                 format!("`snapshot_version` expects an integer literal; {HINT}"),
+            );
+            Ok(None)
+        }
+    }
+}
+
+fn event_version(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<(u32, Span)>> {
+    const HINT: &str = "help: write a whole number from 1 up, like `version = 2`, with `upcast_from = ` the struct of the version before";
+    if !meta.input.peek(syn::Token![=]) {
+        cx.error_spanned_by(&meta.path, format!("`version` needs a value; {HINT}"));
+        skip_value(meta)?;
+        return Ok(None);
+    }
+    let expr: Expr = meta.value()?.parse()?;
+    match &expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(int), ..
+        }) => match int.base10_parse::<u32>() {
+            Ok(version) if version >= 1 => Ok(Some((version, int.span()))),
+            _ => {
+                cx.error_spanned_by(
+                    int,
+                    format!(
+                        "an event version is a number from 1 to {}; {HINT}",
+                        u32::MAX
+                    ),
+                );
+                Ok(None)
+            }
+        },
+        other => {
+            cx.error_spanned_by(
+                other,
+                format!("`version` expects an integer literal; {HINT}"),
             );
             Ok(None)
         }

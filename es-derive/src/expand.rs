@@ -197,6 +197,13 @@ fn event_struct(input: &EventStruct) -> TokenStream {
     let encode = encode_fields(input.body.fields(), &what);
     let decode = decode_body(&input.body, &what);
     let aliases: Vec<_> = input.aliases.iter().map(|a| &a.value).collect();
+    let version = input.version.map_or(1, |(version, _)| version);
+    let push_version =
+        (version > 1).then(|| quote!(::es_core::__private::push_version(__es_out, #version);));
+    let (older, chain_checks) = match &input.upcast_from {
+        Some(old) => upcast_step(input, old, version),
+        None => (TokenStream::new(), TokenStream::new()),
+    };
     quote! {
         #[automatically_derived]
         impl ::es_core::Event for #ident {
@@ -212,6 +219,7 @@ fn event_struct(input: &EventStruct) -> TokenStream {
                 &self,
                 __es_out: &mut ::es_core::__private::Fields,
             ) -> ::core::result::Result<(), ::es_core::__private::EncodeError> {
+                #push_version
                 #encode
                 ::core::result::Result::Ok(())
             }
@@ -225,6 +233,13 @@ fn event_struct(input: &EventStruct) -> TokenStream {
                         ::es_core::__private::unknown_event_type(__es_event_type, &[#event_type]),
                     );
                 }
+                let __es_version = ::es_core::__private::version_of(__es_event_type, __es_fields)?;
+                #older
+                if __es_version > #version {
+                    return ::core::result::Result::Err(
+                        ::es_core::__private::newer_version(__es_event_type, __es_version, #version),
+                    );
+                }
                 ::core::result::Result::Ok(#decode)
             }
         }
@@ -234,6 +249,8 @@ fn event_struct(input: &EventStruct) -> TokenStream {
             const NAME: &'static str = #event_type;
 
             const ALIASES: &'static [&'static str] = &[#(#aliases),*];
+
+            const VERSION: u32 = #version;
         }
 
         #[automatically_derived]
@@ -245,7 +262,55 @@ fn event_struct(input: &EventStruct) -> TokenStream {
                 ::es_core::Apply::<#ident>::apply(__es_aggregate, self)
             }
         }
+
+        #chain_checks
     }
+}
+
+/// For `upcast_from = old` on a struct of `version`: the decode branch for entries of older
+/// versions (decoded as `old`, which recurses down the chain, then converted with `From`),
+/// and the compile-time checks of the step, spanned at `old`: it is an event struct one
+/// version below (so versions have no gaps and the chain no cycle), read under names this
+/// struct reads, and convertible.
+fn upcast_step(input: &EventStruct, old: &syn::Path, version: u32) -> (TokenStream, TokenStream) {
+    let ident = input.ident;
+    let old_text = quote!(#old).to_string().replace(' ', "");
+    // Spanned at `old`: an `old` that is no event struct, or a missing `From`, is reported
+    // there, once.
+    let decode_old = quote_spanned!(old.span()=> ::es_core::__private::decode_older::<#old>);
+    let upcast = quote_spanned!(old.span()=> <Self as ::es_core::__private::Upcast<#old>>::upcast);
+    let older = quote! {
+        if __es_version < #version {
+            return match #decode_old(__es_event_type, __es_fields) {
+                ::core::result::Result::Ok(__es_old) => ::core::result::Result::Ok(#upcast(__es_old)),
+                ::core::result::Result::Err(__es_error) => ::core::result::Result::Err(__es_error),
+            };
+        }
+    };
+    let previous = version - 1;
+    let version_message = format!(
+        "`upcast_from = {old_text}` must name version {previous} of `{ident}` (version {version}): each version is converted from the one just before it, so versions have no gaps and the chain no cycle; help: declare `#[event(version = {previous})]` on `{old_text}` (no `version` means 1), or name the struct of version {previous}"
+    );
+    let names_message = format!(
+        "`{old_text}` is stored under a name `{ident}` does not read, so entries of version {previous} would never reach this chain; help: give `{old_text}` the stored name of `{ident}` (`#[event(rename = \"{}\")]`), or list its name as an `#[event(alias = \"...\")]` of `{ident}`",
+        input.event_type
+    );
+    let checks = quote_spanned! {old.span()=>
+        const _: () = ::core::assert!(
+            <#old as ::es_core::NamedEvent>::VERSION == #previous,
+            #version_message,
+        );
+        const _: () = ::core::assert!(
+            ::es_core::__private::names_cover(
+                <#ident as ::es_core::NamedEvent>::NAME,
+                <#ident as ::es_core::NamedEvent>::ALIASES,
+                <#old as ::es_core::NamedEvent>::NAME,
+                <#old as ::es_core::NamedEvent>::ALIASES,
+            ),
+            #names_message,
+        );
+    };
+    (older, checks)
 }
 
 fn event_enum(input: &EventEnum) -> TokenStream {

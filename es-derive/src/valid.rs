@@ -20,6 +20,9 @@ const RESERVED_EVENT_FIELDS: &[&str] = &[
     "metadata",
 ];
 
+/// The envelope field of an entry's event version; must match `es_core::event::EVENT_VERSION_FIELD`.
+const EVENT_VERSION_FIELD: &str = "event_version";
+
 /// Snapshot metadata fields start with this; must match `es_core::aggregate::RESERVED_SNAPSHOT_PREFIX`.
 const RESERVED_SNAPSHOT_PREFIX: &str = "_";
 
@@ -54,8 +57,17 @@ pub(crate) fn event_struct(cx: &Ctxt, input: &EventStruct) {
             );
         }
     }
+    versions(cx, input);
     let fields = input.body.fields();
     for field in fields {
+        if field.stored_name == EVENT_VERSION_FIELD {
+            cx.syn_error(syn::Error::new(
+                field.name_span,
+                format!(
+                    "field name `{EVENT_VERSION_FIELD}` is reserved for the entry's event version (`#[event(version = N)]`); help: rename the stored field with `#[event(rename = \"...\")]`"
+                ),
+            ));
+        }
         if RESERVED_EVENT_FIELDS.contains(&field.stored_name.as_str()) {
             cx.syn_error(syn::Error::new(
                 field.name_span,
@@ -85,6 +97,38 @@ pub(crate) fn event_struct(cx: &Ctxt, input: &EventStruct) {
         }
     }
     stored_names(cx, fields, "event");
+}
+
+/// `version` and `upcast_from` go together: a version above 1 says where older entries go.
+fn versions(cx: &Ctxt, input: &EventStruct) {
+    match (&input.version, &input.upcast_from) {
+        (Some((version, span)), None) if *version > 1 => {
+            let previous = version - 1;
+            let old_attrs = if previous == 1 {
+                format!("#[event(rename = \"{}\")]", input.event_type)
+            } else {
+                format!(
+                    "#[event(rename = \"{}\", version = {previous}, upcast_from = ...)]",
+                    input.event_type
+                )
+            };
+            cx.syn_error(syn::Error::new(
+                *span,
+                format!(
+                    "version {version} of `{}` needs `upcast_from`: entries of version {previous} decode as the struct of that version, then convert with `From`; help: keep that struct as its own `#[derive(Event)]` with `{old_attrs}`, and add `upcast_from = ThatStruct` here",
+                    input.ident
+                ),
+            ))
+        }
+        (None | Some((1, _)), Some(path)) => cx.error_spanned_by(
+            path,
+            format!(
+                "`upcast_from` needs this struct's `version`, above the version of the struct it names; help: add `version = 2` (or the next version after that struct's) to `#[event(...)]` on `{}`",
+                input.ident
+            ),
+        ),
+        _ => {}
+    }
 }
 
 pub(crate) fn event_enum(cx: &Ctxt, input: &EventEnum) {
