@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::error::{DecodeError, StoreError};
-use crate::event::Event;
+use crate::event::{stored_version, Event};
 use crate::store::{EventStore, Position};
 
 /// How many entries the check reads per round trip.
@@ -44,6 +44,9 @@ pub struct UndecodableEntry {
     pub entry: String,
     /// Its stored event type.
     pub event_type: String,
+    /// The event version it was written with (`None` when its `event_version` field is
+    /// itself unreadable).
+    pub version: Option<u32>,
     /// The field at fault, if one is (`None` for an unknown event type).
     pub field: Option<String>,
     /// What is wrong.
@@ -96,9 +99,13 @@ impl fmt::Display for DecodeReport {
             )?;
         }
         for entry in &self.undecodable {
+            let version = entry.version.map_or_else(
+                || "unreadable version".to_owned(),
+                |v| format!("version {v}"),
+            );
             writeln!(
                 f,
-                "  {} of `{}` ({}): {}",
+                "  {} of `{}` ({}, {version}): {}",
                 entry.entry, entry.location, entry.event_type, entry.error
             )?;
         }
@@ -110,7 +117,8 @@ impl fmt::Display for DecodeReport {
 /// event enum of the code about to be deployed; reports each entry it cannot decode (an
 /// unknown event type, a missing or malformed field) with its location, id, type and
 /// field, and counts per type. It reads only; run it against a copy of production data or
-/// the live store before deploying a change to events.
+/// the live store before deploying a change to events. Entries of older event versions are
+/// decoded the way every read decodes them: as their own version, then upcast.
 pub async fn check_category<E: Event, S: EventStore + ?Sized>(
     store: &S,
     category: &str,
@@ -130,6 +138,7 @@ pub async fn check_category<E: Event, S: EventStore + ?Sized>(
                 after = stored.position;
                 report.checked += 1;
                 let event_type = stored.event_type.clone();
+                let version = stored_version(&stored.event).ok();
                 let count = report.by_type.entry(event_type.clone()).or_default();
                 count.entries += 1;
                 match stored.decode::<E>() {
@@ -144,6 +153,7 @@ pub async fn check_category<E: Event, S: EventStore + ?Sized>(
                             location,
                             entry,
                             event_type,
+                            version,
                             field: field_of(&source),
                             error: source.to_string(),
                         });

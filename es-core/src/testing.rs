@@ -7,10 +7,13 @@
 use std::fmt::Debug;
 
 use crate::aggregate::{Aggregate, Handle};
+use crate::codec::Fields;
+use crate::event::Event;
 
 mod cache_cases;
 mod category_cases;
 pub mod conformance;
+mod evolution_cases;
 mod live_projection_cases;
 pub mod projection_cases;
 mod read_model_cases;
@@ -57,6 +60,65 @@ impl<A: Aggregate> AggregateTest<A> {
             state.apply_event(&event.into());
         }
         AggregateTest { state }
+    }
+
+    /// Starts from the state after `events` as a store hands them back: each is encoded,
+    /// then decoded as the aggregate's event type. An event struct of an older version
+    /// (`#[event(version = N, upcast_from = ...)]`) or under an old name is upcast the way a
+    /// load upcasts its stored entries, so a test can start from a history written by
+    /// older code. Panics, naming the event, if one does not decode.
+    ///
+    /// ```
+    /// use es_core::testing::AggregateTest;
+    /// # use es_core::{Aggregate, Apply, Event};
+    /// #[derive(Event)]
+    /// #[event(rename = "Registered")]
+    /// struct RegisteredV1 { name: String }
+    ///
+    /// #[derive(Event)]
+    /// #[event(version = 2, upcast_from = RegisteredV1)]
+    /// struct Registered { first_name: String, last_name: String }
+    ///
+    /// impl From<RegisteredV1> for Registered {
+    ///     fn from(old: RegisteredV1) -> Self {
+    ///         let (first, last) = old.name.split_once(' ').unwrap_or((&old.name, ""));
+    ///         Registered { first_name: first.into(), last_name: last.into() }
+    ///     }
+    /// }
+    /// # #[derive(Event)] enum UserEvent { Registered(Registered) }
+    /// # #[derive(Aggregate, Default)] #[aggregate(event = UserEvent)] struct User { last_name: String }
+    /// # impl Apply<Registered> for User { fn apply(&mut self, e: &Registered) { self.last_name = e.last_name.clone(); } }
+    ///
+    /// let user = AggregateTest::<User>::given_stored([RegisteredV1 { name: "Duffy Duck".into() }])
+    ///     .then_state();
+    /// assert_eq!(user.last_name, "Duck");
+    /// ```
+    pub fn given_stored<E: Event>(events: impl IntoIterator<Item = E>) -> Self {
+        Self::given_no_events().and_stored(events)
+    }
+
+    /// Adds more events to the history as a store hands them back (see
+    /// [`given_stored`](Self::given_stored)).
+    pub fn and_stored<E: Event>(mut self, events: impl IntoIterator<Item = E>) -> Self {
+        for event in events {
+            let mut fields = Fields::new();
+            let event_type = event.event_type();
+            if let Err(error) = event.encode(&mut fields) {
+                panic!("given event `{event_type}` does not encode: {error}");
+            }
+            match A::Event::decode(event_type, &fields) {
+                Ok(event) => self.state.apply_event(&event),
+                Err(error) => panic!(
+                    "given event `{event_type}` does not decode as the aggregate's events: {error}"
+                ),
+            }
+        }
+        self
+    }
+
+    /// The state after the given events, with no command.
+    pub fn then_state(self) -> A {
+        self.state
     }
 
     /// Starts from a new aggregate (no events).

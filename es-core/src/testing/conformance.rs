@@ -17,6 +17,7 @@ use std::time::Duration;
 
 pub use super::cache_cases::*;
 pub use super::category_cases::*;
+pub use super::evolution_cases::older_event_versions_upcast_on_every_read_path;
 pub use super::repository_cases::*;
 pub use super::validation_cases::*;
 use crate::codec::Fields;
@@ -49,6 +50,7 @@ macro_rules! conformance_tests {
             reserved_snapshot_fields_are_refused,
             hostile_ids_and_binary_values_round_trip,
             the_pre_deploy_check_finds_exactly_the_undecodable_entries,
+            older_event_versions_upcast_on_every_read_path,
             repository_retries_conflicts_and_snapshots,
             one_repository_serialises_commands_to_an_aggregate,
             two_cached_repositories_interleave_without_losing_commands,

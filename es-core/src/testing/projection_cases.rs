@@ -39,6 +39,7 @@ macro_rules! projection_conformance_tests {
             status_reports_lag_and_pending,
             competing_consumers_share_the_work,
             misconfigured_projections_are_refused,
+            projections_receive_upcast_events,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {$(
@@ -50,6 +51,7 @@ macro_rules! projection_conformance_tests {
     )*};
 }
 
+pub use super::evolution_cases::projections_receive_upcast_events;
 pub use super::live_projection_cases::{
     competing_consumers_share_the_work,
     progress_waits_for_new_events_and_stop_finishes_the_batch_in_hand,
