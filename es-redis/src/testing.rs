@@ -364,6 +364,50 @@ fn command(port: u16, inline: &str) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&reply).into_owned())
 }
 
+/// Writes an entry the way a writer other than this store would — `redis-cli`, a script,
+/// an older release: `XADD` of `pairs` (the envelope included, as given) to the category
+/// stream of `stream`, then `RPUSH` of the new entry id to the aggregate's index (after
+/// the index's placeholder element 0 when the aggregate is new), so loads find it. Returns the entry id. For tests of entries the current code did not write;
+/// it checks nothing, as such writers do not.
+///
+/// ```no_run
+/// # async fn run(store: &es_redis::RedisEventStore) -> Result<(), redis::RedisError> {
+/// use es_core::StreamId;
+/// let id = es_redis::testing::write_by_hand(
+///     store,
+///     &StreamId::new("user", "42"),
+///     &[("type", "Registered"), ("aggregate_id", "42"), ("version", "1"), ("name", "Duffy Duck")],
+/// )
+/// .await?;
+/// # Ok(())
+/// # }
+/// ```
+pub async fn write_by_hand(
+    store: &RedisEventStore,
+    stream: &es_core::StreamId,
+    pairs: &[(&str, &str)],
+) -> Result<String, redis::RedisError> {
+    let mut connection = store.connection();
+    let mut xadd = redis::cmd("XADD");
+    xadd.arg(store.keys().aggregate_stream(stream)).arg("*");
+    for (name, value) in pairs {
+        xadd.arg(name).arg(value);
+    }
+    let id: String = xadd.query_async(&mut connection).await?;
+    let index = store.keys().index(stream);
+    let indexed: u64 = redis::cmd("LLEN")
+        .arg(&index)
+        .query_async(&mut connection)
+        .await?;
+    let mut rpush = redis::cmd("RPUSH");
+    rpush.arg(&index);
+    if indexed == 0 {
+        rpush.arg("");
+    }
+    let _: i64 = rpush.arg(&id).query_async(&mut connection).await?;
+    Ok(id)
+}
+
 /// A namespace no other test of this process uses: `<label>-<n>`.
 pub fn unique_namespace(label: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);

@@ -7,7 +7,7 @@ use es_core::{
     AppendOptions, EventStore, ExpectedVersion, Metadata, NewEvent, Position, ReadRange, Snapshot,
     SnapshotStore, StoreError, StreamId,
 };
-use es_redis::testing::{unique_namespace, RedisServer};
+use es_redis::testing::{unique_namespace, write_by_hand, RedisServer};
 use es_redis::RedisConnection;
 use es_redis::{RedisConfig, RedisEventStore};
 use redis::Value;
@@ -44,29 +44,6 @@ fn numbered(range: std::ops::Range<usize>) -> Vec<NewEvent> {
             e
         })
         .collect()
-}
-
-/// Writes an entry by hand, as another writer (or an older version) might: `XADD` of
-/// `pairs` to the category stream of `stream`, then `RPUSH` of its id to the aggregate's
-/// index. Returns the entry id.
-async fn write_by_hand(
-    store: &RedisEventStore,
-    stream: &StreamId,
-    pairs: &[(&str, &str)],
-) -> String {
-    let mut connection = store.connection();
-    let mut xadd = redis::cmd("XADD");
-    xadd.arg(store.keys().aggregate_stream(stream)).arg("*");
-    for (name, value) in pairs {
-        xadd.arg(name).arg(value);
-    }
-    let id: String = run(&mut connection, &xadd).await;
-    let _: i64 = run(
-        &mut connection,
-        redis::cmd("RPUSH").arg(store.keys().index(stream)).arg(&id),
-    )
-    .await;
-    id
 }
 
 async fn run<T: redis::FromRedisValue>(
@@ -465,7 +442,8 @@ async fn hand_written_undecodable_entries_name_stream_entry_and_field() {
         &broken,
         &[("type", "Numbered"), ("aggregate_id", "broken"), ("n", "1")],
     )
-    .await;
+    .await
+    .expect("write by hand");
     let mut connection = store.connection();
     store
         .append(
@@ -1007,137 +985,6 @@ async fn a_corrupt_snapshot_falls_back_to_full_replay() {
             "{field}: every event is replayed"
         );
     }
-}
-
-/// Entries written by an older version of the code (#15): one appended through the store
-/// under an old type name, one by hand in the store's layout (category stream and index)
-/// without the fields added since. Both decode through today's types, the aggregate loads,
-/// and a new append is stored under the current name.
-#[tokio::test]
-async fn entries_of_an_older_shape_decode_through_the_current_types() {
-    use es_core::{Aggregate, Apply, Event, Handle, Repository};
-
-    #[derive(Event, Debug, PartialEq)]
-    #[event(alias = "UserSignedUp", alias = "SignedUp")]
-    struct Registered {
-        name: String,
-        #[event(default = 18)]
-        age: u32,
-        #[event(default)]
-        nickname: String,
-    }
-
-    #[derive(Event, Debug, PartialEq)]
-    enum UserEvent {
-        Registered(Registered),
-    }
-
-    #[derive(Aggregate, Default, Debug)]
-    #[aggregate(event = UserEvent, name = "user")]
-    struct User {
-        #[aggregate(skip)]
-        names: Vec<String>,
-        #[aggregate(skip)]
-        ages: Vec<u32>,
-    }
-
-    impl Apply<Registered> for User {
-        fn apply(&mut self, e: &Registered) {
-            self.names.push(e.name.clone());
-            self.ages.push(e.age);
-        }
-    }
-
-    struct Register;
-
-    impl Handle<Register> for User {
-        type Error = String;
-        fn handle(&self, _: &Register) -> Result<Vec<UserEvent>, String> {
-            let event = Registered {
-                name: "Daisy".into(),
-                age: 30,
-                nickname: "D".into(),
-            };
-            Ok(vec![event.into()])
-        }
-    }
-
-    let store = store().await;
-    let stream = StreamId::new("user", "evolved");
-    store
-        .append(
-            &stream,
-            ExpectedVersion::NoStream,
-            vec![event("UserSignedUp", &[("name", "Duffy")])],
-            &AppendOptions::default(),
-        )
-        .await
-        .expect("append");
-    write_by_hand(
-        &store,
-        &stream,
-        &[
-            ("type", "SignedUp"),
-            ("aggregate_id", "evolved"),
-            ("version", "2"),
-            ("name", "Daffy"),
-            ("age", "7"),
-        ],
-    )
-    .await;
-    let category_key = store.keys().category_stream("user");
-    let mut connection = store.connection();
-
-    let decoded: Vec<UserEvent> = store
-        .read_stream(&stream, &ReadRange::all())
-        .await
-        .expect("read")
-        .into_iter()
-        .map(|stored| stored.decode::<UserEvent>().expect("decodes").event)
-        .collect();
-    let registered = |name: &str, age, nickname: &str| {
-        UserEvent::Registered(Registered {
-            name: name.into(),
-            age,
-            nickname: nickname.into(),
-        })
-    };
-    assert_eq!(
-        decoded,
-        [registered("Duffy", 18, ""), registered("Daffy", 7, "")]
-    );
-
-    let users = Repository::<User, _>::new(store.clone());
-    let loaded = users.load("evolved").await.expect("load");
-    assert_eq!(
-        (loaded.state.names.as_slice(), loaded.state.ages.as_slice()),
-        (&["Duffy".to_owned(), "Daffy".to_owned()][..], &[18, 7][..])
-    );
-    let done = users.execute("evolved", &Register).await.expect("execute");
-    assert_eq!(done.version, 3);
-    let last: Vec<(String, Vec<(String, String)>)> = run(
-        &mut connection,
-        redis::cmd("XREVRANGE")
-            .arg(&category_key)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1),
-    )
-    .await;
-    assert_eq!(
-        last[0].1[0],
-        ("type".to_owned(), "Registered".to_owned()),
-        "a new append is stored under the current name"
-    );
-    let stored = store
-        .read_stream(&stream, &ReadRange::all())
-        .await
-        .expect("read");
-    assert_eq!(
-        stored.iter().map(|e| &*e.event_type).collect::<Vec<_>>(),
-        ["UserSignedUp", "SignedUp", "Registered"]
-    );
 }
 
 /// Reads fetch an aggregate's entries from the category stream as ranges where they sit
