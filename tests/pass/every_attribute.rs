@@ -28,6 +28,49 @@ mod domain {
     #[derive(Event)]
     pub struct Deleted;
 
+    pub mod old {
+        #[derive(es_core::Event)]
+        #[event(rename = "Closed", alias = "Shut")]
+        pub struct ClosedV1 {
+            pub reason: String,
+        }
+
+        #[derive(es_core::Event)]
+        #[event(rename = "Closed", version = 2, upcast_from = ClosedV1, alias = "Shut")]
+        pub struct ClosedV2 {
+            #[event(json)]
+            pub reasons: Vec<String>,
+        }
+
+        impl From<ClosedV1> for ClosedV2 {
+            fn from(old: ClosedV1) -> Self {
+                ClosedV2 {
+                    reasons: vec![old.reason],
+                }
+            }
+        }
+    }
+
+    /// Version 3, upcast from a struct in another module, read under the same alias.
+    #[derive(Event)]
+    #[event(version = 3, upcast_from = self::old::ClosedV2)]
+    #[event(alias = "Shut")]
+    pub struct Closed {
+        #[event(json)]
+        pub reasons: Vec<String>,
+        #[event(default)]
+        pub reopened: bool,
+    }
+
+    impl From<old::ClosedV2> for Closed {
+        fn from(old: old::ClosedV2) -> Self {
+            Closed {
+                reasons: old.reasons,
+                reopened: false,
+            }
+        }
+    }
+
     #[derive(Event)]
     pub enum UserEvent {
         Registered(Registered),
@@ -75,6 +118,11 @@ fn main() {
     assert_eq!(domain::Tombstone::NAME, "tombstone");
     assert_eq!(domain::UserEvent::EVENT_TYPES, ["UserRegistered", "Deleted"]);
     assert_eq!(domain::UserEvent::EVENT_ALIASES, ["Registered", "SignedUp"]);
+    let mut shut = es_core::codec::Fields::new();
+    shut.push("reason", "done");
+    let closed = domain::Closed::decode("Shut", &shut).expect("version 1 upcasts");
+    assert_eq!((closed.reasons, closed.reopened), (vec!["done".to_owned()], false));
+    assert_eq!(<domain::Closed as es_core::NamedEvent>::VERSION, 3);
     let mut user = domain::User::default();
     user.apply_event(&domain::Deleted.into());
     assert!(user.deleted);
