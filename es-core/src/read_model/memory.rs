@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use super::{Applied, EventWrites, HashWrite, ReadModelStore, INCREMENT_LIMIT};
+use super::{incremented, Applied, EventWrites, HashWrite, ReadModelStore};
 use crate::error::StoreError;
 use crate::store::Position;
 
@@ -122,35 +122,9 @@ fn apply(hashes: &mut BTreeMap<String, Hash>, write: HashWrite) -> Result<(), St
             }
         }
         HashWrite::Increment { hash, field, by } => {
-            let refused = |why: String| {
-                StoreError::InvalidRequest(format!(
-                    "HINCRBY of field {field} of read-model hash {hash} by {by} refused: {why}"
-                ))
-            };
-            let current = match hashes.get(&hash).and_then(|fields| fields.get(&field)) {
-                None => 0,
-                Some(raw) => std::str::from_utf8(raw)
-                    .ok()
-                    .and_then(|text| text.parse::<i64>().ok().filter(|n| n.to_string() == text))
-                    .filter(|n| n.unsigned_abs() < INCREMENT_LIMIT.unsigned_abs())
-                    .ok_or_else(|| {
-                        refused(format!(
-                            "holds {}, not an integer within |n| < 2^53",
-                            String::from_utf8_lossy(raw)
-                        ))
-                    })?,
-            };
-            if by.unsigned_abs() >= INCREMENT_LIMIT.unsigned_abs() {
-                return Err(refused("the increment is beyond |n| < 2^53".into()));
-            }
-            let sum = current + by;
-            if sum.unsigned_abs() >= INCREMENT_LIMIT.unsigned_abs() {
-                return Err(refused("the sum leaves the range |n| < 2^53".into()));
-            }
-            hashes
-                .entry(hash)
-                .or_default()
-                .insert(field, sum.to_string().into_bytes());
+            let current = hashes.get(&hash).and_then(|fields| fields.get(&field));
+            let sum = incremented(&hash, &field, current.map(Vec::as_slice), by)?;
+            hashes.entry(hash).or_default().insert(field, sum);
         }
         HashWrite::Delete { hash } => {
             hashes.remove(&hash);

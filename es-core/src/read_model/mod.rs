@@ -98,6 +98,44 @@ pub enum HashWrite {
 /// backend checks this range exactly, and refuses the commit beyond it.
 pub const INCREMENT_LIMIT: i64 = 1 << 53;
 
+/// The value of `field` of `hash` after [`HashWrite::Increment`] by `by`, from its stored
+/// value `current` (`None`: absent, counts as 0): the decimal text of the sum. A stored
+/// value that is not an integer, an increment or a sum beyond [`INCREMENT_LIMIT`] is refused
+/// ([`StoreError::InvalidRequest`]). Every backend's read models check increments with it.
+pub fn incremented(
+    hash: &str,
+    field: &str,
+    current: Option<&[u8]>,
+    by: i64,
+) -> Result<Vec<u8>, StoreError> {
+    let refused = |why: String| {
+        StoreError::InvalidRequest(format!(
+            "HINCRBY of field {field} of read-model hash {hash} by {by} refused: {why}"
+        ))
+    };
+    let current = match current {
+        None => 0,
+        Some(raw) => std::str::from_utf8(raw)
+            .ok()
+            .and_then(|text| text.parse::<i64>().ok().filter(|n| n.to_string() == text))
+            .filter(|n| n.unsigned_abs() < INCREMENT_LIMIT.unsigned_abs())
+            .ok_or_else(|| {
+                refused(format!(
+                    "holds {}, not an integer within |n| < 2^53",
+                    String::from_utf8_lossy(raw)
+                ))
+            })?,
+    };
+    if by.unsigned_abs() >= INCREMENT_LIMIT.unsigned_abs() {
+        return Err(refused("the increment is beyond |n| < 2^53".into()));
+    }
+    let sum = current + by;
+    if sum.unsigned_abs() >= INCREMENT_LIMIT.unsigned_abs() {
+        return Err(refused("the sum leaves the range |n| < 2^53".into()));
+    }
+    Ok(sum.to_string().into_bytes())
+}
+
 /// The writes of one event, as a [`ReadModelStore`] receives them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventWrites {

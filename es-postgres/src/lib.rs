@@ -1,0 +1,19 @@
+#![doc = include_str!("../README.md")]
+
+mod config;
+mod error;
+mod projection;
+mod read_model;
+mod schema;
+mod sql_read_model;
+mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use config::PostgresConfig;
+pub use projection::PostgresSource;
+pub use read_model::PostgresReadModels;
+pub use sql_read_model::{SqlReadModel, SqlUpdate};
+pub use store::PostgresEventStore;
+/// The driver's types a [`SqlUpdate`] takes and returns (parameters, rows).
+pub use tokio_postgres::{types::ToSql, Row};
