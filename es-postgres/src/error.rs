@@ -18,7 +18,10 @@ pub(crate) fn store_error(error: tokio_postgres::Error) -> StoreError {
             source: Some(Box::new(error)),
         },
         None => StoreError::Connection {
-            message: format!("PostgreSQL: {error}"),
+            message: match std::error::Error::source(&error) {
+                Some(cause) => format!("PostgreSQL: {error}: {cause}"),
+                None => format!("PostgreSQL: {error}"),
+            },
             source: Some(Box::new(error)),
         },
     }

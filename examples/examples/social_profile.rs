@@ -398,6 +398,16 @@ async fn social_profile(
             keys.category_stream("user_updates")
         );
     }
+    if let (Some(pg), Some(url)) = (backend.postgres(), &options.postgres_url) {
+        let s = pg.quoted_schema();
+        println!("look at the same data with psql:");
+        println!(
+            "  psql {url} -c 'SELECT category, position, aggregate_id, version, event_type, field_names FROM {s}.events ORDER BY category, position'"
+        );
+        println!(
+            "  psql {url} -c 'SELECT hash, field, convert_from(value, $$UTF8$$) FROM {s}.read_model_fields WHERE projection = $${PROJECTION}$$'"
+        );
+    }
 
     println!("profiles:");
     for (hash, fields) in &profiles {

@@ -15,6 +15,12 @@ pub struct Options {
     pub redis_url: String,
     /// `--in-memory`: use the embedded backend instead of Redis.
     pub in_memory: bool,
+    /// `--postgres-url URL`: keep the events in PostgreSQL instead of Redis.
+    pub postgres_url: Option<String>,
+    /// `--read-model-url URL`: the PostgreSQL of SQL read models (the `sql_read_model`
+    /// example; default: `--postgres-url`, else `POSTGRES_URL`, else
+    /// [`DEFAULT_POSTGRES_URL`]).
+    pub read_model_url: Option<String>,
     /// `--namespace NS`: the Redis key namespace (default: a fresh one per run).
     pub namespace: String,
     /// `--check`: decode every stored event with the current code and report what fails
@@ -22,7 +28,10 @@ pub struct Options {
     pub check: bool,
 }
 
-const USAGE: &str = "options: [--in-memory] [--redis-url URL] [--namespace NS] [--check]";
+const USAGE: &str = "options: [--in-memory | --postgres-url URL] [--redis-url URL] [--namespace NS] [--check] [--read-model-url URL]";
+
+/// The PostgreSQL the examples use when no URL is given: the machine's own server.
+pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 impl Options {
     /// Parses the process arguments.
@@ -39,6 +48,8 @@ impl Options {
             redis_url: std::env::var("REDIS_URL")
                 .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
             in_memory: false,
+            postgres_url: None,
+            read_model_url: None,
             namespace: format!("example-{millis}"),
             check: false,
         };
@@ -50,6 +61,13 @@ impl Options {
                 "--redis-url" => {
                     options.redis_url = args.next().ok_or("--redis-url needs a URL")?;
                 }
+                "--postgres-url" => {
+                    options.postgres_url = Some(args.next().ok_or("--postgres-url needs a URL")?);
+                }
+                "--read-model-url" => {
+                    options.read_model_url =
+                        Some(args.next().ok_or("--read-model-url needs a URL")?);
+                }
                 "--namespace" => {
                     options.namespace = args.next().ok_or("--namespace needs a name")?;
                 }
@@ -57,7 +75,33 @@ impl Options {
                 other => return Err(format!("unknown argument {other:?}; {USAGE}")),
             }
         }
+        if options.in_memory && options.postgres_url.is_some() {
+            return Err(format!(
+                "--in-memory and --postgres-url name two backends; {USAGE}"
+            ));
+        }
         Ok(options)
+    }
+
+    /// The PostgreSQL schema for this run: the namespace, with `-` as `_`.
+    pub fn schema(&self) -> String {
+        self.namespace.replace(['-', '.', ':'], "_")
+    }
+
+    /// The PostgreSQL settings of `url` for this run's schema.
+    pub fn postgres_config(&self, url: &str) -> es_postgres::PostgresConfig {
+        es_postgres::PostgresConfig::new(url)
+            .schema(self.schema())
+            .connect_timeout(std::time::Duration::from_secs(2))
+    }
+
+    /// The URL of the PostgreSQL that holds SQL read models.
+    pub fn read_model_url(&self) -> String {
+        self.read_model_url
+            .clone()
+            .or_else(|| self.postgres_url.clone())
+            .or_else(|| std::env::var("POSTGRES_URL").ok())
+            .unwrap_or_else(|| DEFAULT_POSTGRES_URL.to_owned())
     }
 
     /// The Redis settings these options name.
@@ -71,6 +115,11 @@ impl Options {
     pub fn describe(&self) -> String {
         if self.in_memory {
             "backend: in memory".to_owned()
+        } else if let Some(url) = &self.postgres_url {
+            format!(
+                "backend: PostgreSQL at {url}, schema `{}` (fresh for this run; pass --namespace to choose)",
+                self.schema()
+            )
         } else {
             format!(
                 "backend: Redis at {}, key namespace `{}` (fresh for this run; pass --namespace to choose)",
@@ -88,6 +137,7 @@ pub struct Backend {
     store: Arc<dyn SnapshotStore>,
     projections: Arc<dyn ProjectionBackend>,
     redis: Option<es_redis::RedisEventStore>,
+    postgres: Option<es_postgres::PostgresEventStore>,
 }
 
 impl Backend {
@@ -100,6 +150,16 @@ impl Backend {
                 store: Arc::new(store.clone()),
                 projections: Arc::new(store),
                 redis: None,
+                postgres: None,
+            });
+        }
+        if let Some(url) = &options.postgres_url {
+            let store = connect_postgres(options, url).await?;
+            return Ok(Backend {
+                store: Arc::new(store.clone()),
+                projections: Arc::new(store.clone()),
+                redis: None,
+                postgres: Some(store),
             });
         }
         let config = options.redis_config();
@@ -108,6 +168,7 @@ impl Backend {
                 store: Arc::new(store.clone()),
                 projections: Arc::new(store.clone()),
                 redis: Some(store),
+                postgres: None,
             }),
             Err(error) => Err(format!(
                 "cannot reach Redis at {}: {error}\n\
@@ -133,6 +194,26 @@ impl Backend {
     pub fn redis(&self) -> Option<&es_redis::RedisEventStore> {
         self.redis.as_ref()
     }
+
+    /// The PostgreSQL store, when that is the backend: only to print `psql` hints.
+    pub fn postgres(&self) -> Option<&es_postgres::PostgresEventStore> {
+        self.postgres.as_ref()
+    }
+}
+
+/// Connects to the PostgreSQL at `url` in the run's schema; the error is one line that says
+/// how to get one.
+pub async fn connect_postgres(
+    options: &Options,
+    url: &str,
+) -> Result<es_postgres::PostgresEventStore, String> {
+    es_postgres::PostgresEventStore::connect(&options.postgres_config(url))
+        .await
+        .map_err(|error| {
+            format!(
+                "cannot reach PostgreSQL at {url}: {error}; start one (Debian: `apt-get install -y postgresql && pg_ctlcluster 15 main start`), point to another with --postgres-url / --read-model-url, or run in memory with --in-memory"
+            )
+        })
 }
 
 /// Runs an example body: options, backend, and errors printed as one message with a
