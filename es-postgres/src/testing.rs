@@ -62,8 +62,17 @@ pub struct PostgresServer {
 }
 
 impl PostgresServer {
-    /// Creates a cluster in a temporary directory and starts it on a free loopback port.
+    /// Creates a cluster in a temporary directory and starts it on a free loopback port,
+    /// without durability (`fsync`, `synchronous_commit` and `full_page_writes` off: a
+    /// throwaway server's tests are not about surviving a power cut).
     pub fn start() -> Result<Self, HarnessError> {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with more `postgres` settings, which override the defaults (e.g.
+    /// `[("fsync", "on"), ("synchronous_commit", "on")]` for durable commits, as the
+    /// benchmark measures).
+    pub fn start_with(settings: &[(&str, &str)]) -> Result<Self, HarnessError> {
         let bin = bin_dir().ok_or(HarnessError::NotInstalled)?;
         let owner = run_as()?;
         let dir = temp_dir()?;
@@ -91,7 +100,7 @@ impl PostgresServer {
         // Another process may take the free port before the server binds it: try again.
         for _ in 0..5 {
             let port = free_port()?;
-            match spawn_server(&bin, &data, &dir, port, owner) {
+            match spawn_server(&bin, &data, &dir, port, owner, settings) {
                 Ok(server) => {
                     let watchdog = spawn_watchdog(server.id(), &dir);
                     return Ok(PostgresServer {
@@ -241,6 +250,7 @@ fn spawn_server(
     dir: &Path,
     port: u16,
     owner: Option<(u32, u32)>,
+    settings: &[(&str, &str)],
 ) -> Result<Child, HarnessError> {
     let log = std::fs::File::create(dir.join("postgres.log"))?;
     if let Some((uid, gid)) = owner {
@@ -255,7 +265,11 @@ fn spawn_server(
         .arg(format!("unix_socket_directories={}", dir.display()))
         // A throwaway server: durability is not what its tests are about.
         .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-        .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
+        .args(["-c", "full_page_writes=off", "-c", "max_connections=200"]);
+    for (name, value) in settings {
+        command.arg("-c").arg(format!("{name}={value}"));
+    }
+    command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);

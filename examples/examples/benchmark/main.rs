@@ -5,6 +5,7 @@
 //! cargo run --release --example benchmark -- --quick  # a smoke run of a few seconds
 //! cargo run --release --example benchmark -- --only P1,P6 --commandstats
 //! cargo run --release --example benchmark -- --only P1W    # appends waiting for a replica
+//! cargo run --release --example benchmark -- --only PG     # es-postgres against raw SQL
 //! ```
 //!
 //! `--only` runs some measurements; `--commandstats` prints the server's time per command
@@ -21,6 +22,7 @@ mod commands;
 mod common;
 mod loads;
 mod memory;
+mod postgres;
 mod projection;
 mod replication;
 
@@ -161,12 +163,15 @@ async fn run(sizes: &Sizes, options: Options) -> Result<(), BoxError> {
     drop(store);
     drop(copies);
     drop(server);
+    if wanted("PG") {
+        rows.extend(postgres::postgres_rows(sizes).await?);
+    }
     if wanted("P7") {
         rows.extend(p7_memory(sizes).await?);
     }
 
     println!();
-    println!("| | measurement | framework | raw Redis | ratio | target | |");
+    println!("| | measurement | framework | raw Redis (P) / raw SQL (PG) | ratio | target | |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     for row in &rows {
         let ratio = match row.ratio {
