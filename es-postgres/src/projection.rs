@@ -3,12 +3,12 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use es_core::projection::{
-    Capabilities, DeadLetter, Delivery, ProjectionBackend, ProjectionOptions, ProjectionSource,
-    ProjectionStatus, SourceStream, StreamBatch,
+    poll, reclaim_after, Capabilities, DeadLetter, Delivery, ProjectionBackend, ProjectionOptions,
+    ProjectionSource, ProjectionStatus, SourceStream, StreamBatch,
 };
 use es_core::read_model::ReadModelStore;
 use es_core::store::millis_since_epoch;
@@ -327,18 +327,7 @@ impl ProjectionSource for PostgresSource {
     }
 
     async fn read(&self, block: Option<Duration>) -> Result<Vec<StreamBatch>, StoreError> {
-        let deadline = block.map(|block| Instant::now() + block);
-        loop {
-            let batch = self.read_now().await?;
-            let Some(deadline) = deadline else {
-                return Ok(batch);
-            };
-            let now = Instant::now();
-            if !batch.is_empty() || now >= deadline {
-                return Ok(batch);
-            }
-            tokio::time::sleep(self.poll_interval.min(deadline - now)).await;
-        }
+        poll(block, self.poll_interval, || self.read_now()).await
     }
 
     async fn reclaim(
@@ -347,12 +336,7 @@ impl ProjectionSource for PostgresSource {
         idle: Duration,
         cursor: Option<String>,
     ) -> Result<(Vec<Delivery>, Option<String>), StoreError> {
-        let after = match cursor {
-            Some(cursor) => cursor.parse::<Position>().map_err(|error| {
-                StoreError::InvalidRequest(format!("a reclaim cursor that is not ours: {error}"))
-            })?,
-            None => Position::ZERO,
-        };
+        let after = reclaim_after(cursor)?;
         let category = self.category(stream);
         let now = now_millis();
         let idle_since = now - idle.as_millis() as i64;

@@ -113,6 +113,22 @@ pub(crate) fn applied_count_sql(s: &str) -> String {
     format!("SELECT count(*) FROM {s}.applied WHERE projection = $1 AND category = $2")
 }
 
+/// How many events of `category` `projection` applied (`sql`: [`applied_count_sql`]).
+pub(crate) async fn applied_count(
+    pool: &Pool,
+    sql: &str,
+    projection: &str,
+    category: &str,
+) -> Result<u64, StoreError> {
+    let client = pool.get().await.map_err(pool_error)?;
+    let statement = client.prepare_cached(sql).await.map_err(store_error)?;
+    let row = client
+        .query_one(&statement, &[&projection, &category])
+        .await
+        .map_err(store_error)?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
 pub(crate) fn clear_applied_sql(s: &str) -> String {
     format!("DELETE FROM {s}.applied WHERE projection = $1")
 }
@@ -221,16 +237,7 @@ impl ReadModelStore for PostgresReadModels {
     }
 
     async fn applied_count(&self, projection: &str, category: &str) -> Result<u64, StoreError> {
-        let client = self.pool.get().await.map_err(pool_error)?;
-        let statement = client
-            .prepare_cached(&self.sql.applied_count)
-            .await
-            .map_err(store_error)?;
-        let row = client
-            .query_one(&statement, &[&projection, &category])
-            .await
-            .map_err(store_error)?;
-        Ok(row.get::<_, i64>(0) as u64)
+        applied_count(&self.pool, &self.sql.applied_count, projection, category).await
     }
 
     async fn clear(&self, projection: &str) -> Result<u64, StoreError> {

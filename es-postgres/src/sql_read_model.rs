@@ -11,7 +11,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use crate::error::{pool_error, store_error};
-use crate::read_model::{applied_count_sql, clear_applied_sql, record_sql};
+use crate::read_model::{applied_count, applied_count_sql, clear_applied_sql, record_sql};
 use crate::PostgresEventStore;
 
 /// A projection's read model in tables the application defines (and queries with SQL).
@@ -244,16 +244,7 @@ impl ReadModelStore for SqlTables {
     }
 
     async fn applied_count(&self, projection: &str, category: &str) -> Result<u64, StoreError> {
-        let client = self.pool.get().await.map_err(pool_error)?;
-        let statement = client
-            .prepare_cached(&self.applied_count)
-            .await
-            .map_err(store_error)?;
-        let row = client
-            .query_one(&statement, &[&projection, &category])
-            .await
-            .map_err(store_error)?;
-        Ok(row.get::<_, i64>(0) as u64)
+        applied_count(&self.pool, &self.applied_count, projection, category).await
     }
 
     /// Truncates the tables and forgets the applied events, in one transaction.

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::source::{
-    watermarks, Capabilities, Delivery, ProjectionSource, ProjectionStatus, SourceStream,
-    StreamBatch,
+    poll, reclaim_after, watermarks, Capabilities, Delivery, ProjectionSource, ProjectionStatus,
+    SourceStream, StreamBatch,
 };
 use super::{DeadLetter, ProjectionOptions};
 use crate::error::StoreError;
@@ -190,18 +190,7 @@ impl<S: EventStore + 'static> ProjectionSource for PollingSource<S> {
     }
 
     async fn read(&self, block: Option<Duration>) -> Result<Vec<StreamBatch>, StoreError> {
-        let deadline = block.map(|block| Instant::now() + block);
-        loop {
-            let batch = self.read_now().await?;
-            let Some(deadline) = deadline else {
-                return Ok(batch);
-            };
-            let now = Instant::now();
-            if !batch.is_empty() || now >= deadline {
-                return Ok(batch);
-            }
-            tokio::time::sleep(self.poll_interval.min(deadline - now)).await;
-        }
+        poll(block, self.poll_interval, || self.read_now()).await
     }
 
     async fn reclaim(
@@ -210,12 +199,7 @@ impl<S: EventStore + 'static> ProjectionSource for PollingSource<S> {
         idle: Duration,
         cursor: Option<String>,
     ) -> Result<(Vec<Delivery>, Option<String>), StoreError> {
-        let after = match cursor {
-            Some(cursor) => cursor.parse::<Position>().map_err(|error| {
-                StoreError::InvalidRequest(format!("a reclaim cursor that is not ours: {error}"))
-            })?,
-            None => Position::ZERO,
-        };
+        let after = reclaim_after(cursor)?;
         let mut state = self.lock();
         let now = Instant::now();
         let mut page = Vec::new();

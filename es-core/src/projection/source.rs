@@ -275,6 +275,43 @@ pub trait ProjectionBackend: Send + Sync {
     }
 }
 
+/// A read for sources that poll: reads with `read_now` until it returns events or `block`
+/// has passed, waiting `poll_interval` between reads (with no `block`, reads once). What
+/// [`ProjectionSource::read`] does on a backend without a blocking read of its own.
+pub async fn poll<F, Fut>(
+    block: Option<Duration>,
+    poll_interval: Duration,
+    mut read_now: F,
+) -> Result<Vec<StreamBatch>, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<StreamBatch>, StoreError>>,
+{
+    let deadline = block.map(|block| std::time::Instant::now() + block);
+    loop {
+        let batch = read_now().await?;
+        let Some(deadline) = deadline else {
+            return Ok(batch);
+        };
+        let now = std::time::Instant::now();
+        if !batch.is_empty() || now >= deadline {
+            return Ok(batch);
+        }
+        tokio::time::sleep(poll_interval.min(deadline - now)).await;
+    }
+}
+
+/// The position after which a reclaim continues, from the cursor a source returned with
+/// its last page (a [`Position`] as text; `None`: from the start).
+pub fn reclaim_after(cursor: Option<String>) -> Result<Position, StoreError> {
+    match cursor {
+        Some(cursor) => cursor.parse::<Position>().map_err(|error| {
+            StoreError::InvalidRequest(format!("a reclaim cursor that is not ours: {error}"))
+        }),
+        None => Ok(Position::ZERO),
+    }
+}
+
 /// The watermark of each category (the least of its partitions').
 pub fn watermarks(statuses: &[ProjectionStatus]) -> HashMap<String, Position> {
     let mut by_category: HashMap<&str, Vec<ProjectionStatus>> = HashMap::new();
