@@ -9,6 +9,7 @@ pub mod codec;
 pub mod error;
 pub mod event;
 pub mod evolution;
+pub mod group_commit;
 pub mod memory;
 pub mod position;
 pub mod projection;

@@ -17,18 +17,20 @@ pub struct PostgresConfig {
     schema: String,
     pool_size: usize,
     connect_timeout: Duration,
+    append_batch: usize,
 }
 
 impl PostgresConfig {
     /// Settings for the server at `url` (`postgres://user[:password]@host[:port]/database`,
     /// or libpq's `key=value` form), with the default schema `es`, a pool of 16
-    /// connections, and a 5-second connect timeout.
+    /// connections, a 5-second connect timeout, and group commit of up to 256 appends.
     pub fn new(url: impl Into<String>) -> Self {
         PostgresConfig {
             url: url.into(),
             schema: "es".to_owned(),
             pool_size: 16,
             connect_timeout: Duration::from_secs(5),
+            append_batch: 256,
         }
     }
 
@@ -49,6 +51,19 @@ impl PostgresConfig {
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
+    }
+
+    /// Group commit: appends made while earlier ones are on their way are sent together,
+    /// up to `appends` per call, one transaction (one flush to disk) for all; each append
+    /// still succeeds or conflicts on its own. 1 sends each append alone. Default 256.
+    pub fn append_batch(mut self, appends: usize) -> Self {
+        self.append_batch = appends.max(1);
+        self
+    }
+
+    /// The group-commit bound.
+    pub fn append_batch_value(&self) -> usize {
+        self.append_batch
     }
 
     /// The server's URL.

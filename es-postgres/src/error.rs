@@ -37,3 +37,36 @@ pub(crate) fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
         },
     }
 }
+
+/// A store error shared by every append of a group-commit call (the call failed as a
+/// whole), as a cloneable value.
+#[derive(Clone)]
+pub(crate) struct Shared(pub(crate) std::sync::Arc<StoreError>);
+
+impl From<StoreError> for Shared {
+    fn from(error: StoreError) -> Self {
+        Shared(std::sync::Arc::new(error))
+    }
+}
+
+impl Shared {
+    /// The error back: itself when no other append holds it, else a copy (the driver's
+    /// own error, which cannot be copied, is then left out of the copy's source).
+    pub(crate) fn into_error(self) -> StoreError {
+        match std::sync::Arc::try_unwrap(self.0) {
+            Ok(error) => error,
+            Err(shared) => match &*shared {
+                StoreError::Conflict(conflict) => StoreError::Conflict(conflict.clone()),
+                StoreError::InvalidRequest(message) => StoreError::InvalidRequest(message.clone()),
+                StoreError::Connection { message, .. } => StoreError::Connection {
+                    message: message.clone(),
+                    source: None,
+                },
+                other => StoreError::Backend {
+                    message: other.to_string(),
+                    source: None,
+                },
+            },
+        }
+    }
+}

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod appends;
 mod config;
 mod error;
 mod projection;

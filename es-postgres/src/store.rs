@@ -5,18 +5,27 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use es_core::codec::Fields;
+use es_core::group_commit::{BatchLimits, GroupCommit};
 use es_core::store::{validate_append, validate_snapshot};
 use es_core::{
-    AppendOptions, AppendResult, ConflictError, DecodeError, EventStore, ExpectedVersion, Metadata,
-    NewEvent, Position, ReadRange, Snapshot, SnapshotStore, StoreError, StoredEvent, StreamId,
+    AppendOptions, AppendResult, DecodeError, EventStore, ExpectedVersion, Metadata, NewEvent,
+    Position, ReadRange, Snapshot, SnapshotStore, StoreError, StoredEvent, StreamId,
 };
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
+use crate::appends::{Append, AppendSender};
 use crate::config::PostgresConfig;
-use crate::error::{pool_error, store_error};
+use crate::error::{pool_error, store_error, Shared};
 use crate::read_model::PostgresReadModels;
 use crate::schema;
+
+/// A group-commit call closes once it holds this many events.
+const MAX_EVENTS_PER_CALL: usize = 1_000;
+
+/// Group-commit calls on their way at once: one committing while the next waits for the
+/// category's lock, and a third filling.
+const IN_FLIGHT: usize = 2;
 
 /// The columns every event read selects, in the order [`event_from_row`] reads them.
 pub(crate) const EVENT_COLUMNS: &str = "position, aggregate_id, version, recorded_at, event_type, correlation_id, causation_id, metadata, field_names, field_values";
@@ -52,12 +61,12 @@ struct Inner {
     /// `<schema>.events`: where decode errors say an entry is.
     location: Arc<str>,
     read_models: Arc<PostgresReadModels>,
+    appends: GroupCommit<AppendSender>,
     sql: Statements,
 }
 
 /// The store's statements, built once for its schema.
 struct Statements {
-    append: String,
     read_stream: String,
     stream_version: String,
     read_category: String,
@@ -69,9 +78,6 @@ struct Statements {
 impl Statements {
     fn new(s: &str) -> Self {
         Statements {
-            append: format!(
-                "SELECT outcome, version, positions FROM {s}.append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-            ),
             read_stream: format!(
                 "SELECT {EVENT_COLUMNS} FROM {s}.events WHERE category = $1 AND aggregate_id = $2 \
                  AND version >= $3 AND version <= $4 AND recorded_at <= $5 ORDER BY version"
@@ -143,6 +149,19 @@ impl PostgresEventStore {
         Ok(PostgresEventStore {
             inner: Arc::new(Inner {
                 read_models: Arc::new(PostgresReadModels::new(pool.clone(), &quoted)),
+                appends: GroupCommit::new(
+                    AppendSender {
+                        pool: pool.clone(),
+                        sql: format!(
+                            "SELECT outcome, version, positions FROM {quoted}.append_many($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+                        ),
+                    },
+                    BatchLimits {
+                        max_items: config.append_batch_value(),
+                        max_weight: MAX_EVENTS_PER_CALL,
+                        in_flight: IN_FLIGHT,
+                    },
+                ),
                 sql: Statements::new(&quoted),
                 pool,
                 schema: config.schema_name().to_owned(),
@@ -343,11 +362,6 @@ fn snapshot_from_row(row: &Row) -> Result<Snapshot, StoreError> {
     })
 }
 
-/// Optional text as an SQL value.
-fn nullable(text: &Option<String>) -> Option<&str> {
-    text.as_deref()
-}
-
 #[async_trait]
 impl EventStore for PostgresEventStore {
     async fn append(
@@ -358,84 +372,17 @@ impl EventStore for PostgresEventStore {
         options: &AppendOptions,
     ) -> Result<AppendResult, StoreError> {
         validate_append(stream, &events)?;
-        let expected_sql: i64 = match expected {
-            ExpectedVersion::Any => -1,
-            ExpectedVersion::NoStream => 0,
-            ExpectedVersion::Exact(version) => i64::try_from(version).unwrap_or(i64::MAX),
+        let append = Append {
+            stream: stream.clone(),
+            expected,
+            append_id: options.append_id.clone(),
+            events,
         };
-        let mut types = Vec::with_capacity(events.len());
-        let mut starts = Vec::with_capacity(events.len());
-        let mut counts = Vec::with_capacity(events.len());
-        let mut names: Vec<&str> = Vec::new();
-        let mut values: Vec<&[u8]> = Vec::new();
-        let mut correlation = Vec::with_capacity(events.len());
-        let mut causation = Vec::with_capacity(events.len());
-        let mut metadata: Vec<Option<serde_json::Value>> = Vec::with_capacity(events.len());
-        for event in &events {
-            types.push(event.event_type.as_ref());
-            starts.push(names.len() as i32);
-            counts.push(event.fields.len() as i32);
-            for (name, value) in event.fields.iter() {
-                names.push(name);
-                values.push(value);
-            }
-            correlation.push(nullable(&event.metadata.correlation_id));
-            causation.push(nullable(&event.metadata.causation_id));
-            metadata.push((!event.metadata.extra.is_empty()).then(|| {
-                serde_json::Value::Object(
-                    event
-                        .metadata
-                        .extra
-                        .iter()
-                        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-                        .collect(),
-                )
-            }));
-        }
-        let append_id = options.append_id.as_deref();
-        let rows = self
-            .query(
-                &self.inner.sql.append,
-                &[
-                    &stream.category.as_ref(),
-                    &stream.id,
-                    &expected_sql,
-                    &append_id,
-                    &types,
-                    &starts,
-                    &counts,
-                    &names,
-                    &values,
-                    &correlation,
-                    &causation,
-                    &metadata,
-                ],
-            )
-            .await?;
-        let row = rows.first().ok_or_else(|| StoreError::Backend {
-            message: "the append function returned no row".into(),
-            source: None,
-        })?;
-        let outcome: &str = row.try_get(0).map_err(store_error)?;
-        let version: i64 = row.try_get(1).map_err(store_error)?;
-        match outcome {
-            "conflict" => Err(ConflictError {
-                stream: stream.clone(),
-                expected,
-                actual: version as u64,
-            }
-            .into()),
-            _ => {
-                let positions: Vec<i64> = row.try_get(2).map_err(store_error)?;
-                Ok(AppendResult {
-                    version: version as u64,
-                    positions: positions
-                        .into_iter()
-                        .map(|p| Position::from_sequence(p as u64))
-                        .collect(),
-                })
-            }
-        }
+        self.inner
+            .appends
+            .submit(append)
+            .await
+            .map_err(Shared::into_error)
     }
 
     async fn read_stream(

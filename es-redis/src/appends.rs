@@ -7,12 +7,11 @@
 //! append in it on its own (its own version check, its own result, atomic by itself). An
 //! append never waits for a batch to fill: with nothing on its way, it goes at once.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
+use es_core::group_commit::{BatchLimits, BatchSend, GroupCommit};
 use redis::Value;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
 
 use crate::connection::RedisConnection;
 use crate::entry::{as_u64, into_array};
@@ -240,18 +239,44 @@ fn split_replies(flat: Vec<Value>, appends: usize) -> Result<Vec<Value>, Error> 
     Ok(replies)
 }
 
-struct Queued {
-    call: AppendCall,
-    reply: oneshot::Sender<Result<Value, Error>>,
-}
-
-/// The queue of appends of one store (shared by its clones), and the task that sends it.
-pub(crate) struct AppendQueue {
+/// Sends batches of appends as calls of the append script: es-core's group commit does the
+/// queueing.
+pub(crate) struct ScriptSender {
     connection: RedisConnection,
     settings: AppendSettings,
-    max_appends: usize,
-    /// Started by the first append, on its runtime; the task ends when the queue is dropped.
-    sender: OnceLock<mpsc::UnboundedSender<Queued>>,
+}
+
+impl BatchSend for ScriptSender {
+    type Item = AppendCall;
+    type Reply = Value;
+    type Error = Error;
+
+    fn weight(call: &AppendCall) -> usize {
+        call.events
+    }
+
+    async fn send(&self, calls: Vec<AppendCall>) -> Result<Vec<Result<Value, Error>>, Error> {
+        invoke(&self.connection, self.settings, &calls).await
+    }
+
+    fn stopped() -> Error {
+        Error::redis(
+            "append",
+            std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the append queue stopped before the append's reply came: its outcome is \
+                 unknown (retry it with the same append id)",
+            )
+            .into(),
+        )
+    }
+}
+
+/// The queue of appends of one store (shared by its clones).
+pub(crate) struct AppendQueue {
+    queue: GroupCommit<ScriptSender>,
+    /// Cluster appends go one call each (their keys live on different nodes).
+    cluster: bool,
 }
 
 impl AppendQueue {
@@ -260,113 +285,28 @@ impl AppendQueue {
         settings: AppendSettings,
         max_appends: usize,
     ) -> Arc<Self> {
+        let cluster = connection.is_cluster();
         Arc::new(AppendQueue {
-            connection,
-            settings,
-            max_appends,
-            sender: OnceLock::new(),
+            queue: GroupCommit::new(
+                ScriptSender {
+                    connection,
+                    settings,
+                },
+                BatchLimits {
+                    max_items: max_appends,
+                    max_weight: MAX_EVENTS_PER_CALL,
+                    in_flight: IN_FLIGHT,
+                },
+            ),
+            cluster,
         })
     }
 
     /// Sends one append, batched with whatever else is queued; replies with its reply.
     pub(crate) async fn append(&self, call: AppendCall) -> Result<Value, Error> {
-        if self.max_appends <= 1 || self.connection.is_cluster() {
-            return self.alone(call).await;
+        if self.cluster {
+            return self.queue.alone(call).await;
         }
-        let sender = self.sender.get_or_init(|| {
-            let (sender, receiver) = mpsc::unbounded_channel();
-            tokio::spawn(send_queued(
-                receiver,
-                self.connection.clone(),
-                self.settings,
-                self.max_appends,
-            ));
-            sender
-        });
-        let (reply, replied) = oneshot::channel();
-        if let Err(unsent) = sender.send(Queued { call, reply }) {
-            // The task is gone (its runtime shut down): send this one directly.
-            return self.alone(unsent.0.call).await;
-        }
-        replied.await.unwrap_or_else(|_| {
-            Err(Error::redis(
-                "append",
-                std::io::Error::new(
-                    std::io::ErrorKind::BrokenPipe,
-                    "the append queue stopped before the append's reply came: its outcome is \
-                     unknown (retry it with the same append id)",
-                )
-                .into(),
-            ))
-        })
-    }
-
-    async fn alone(&self, call: AppendCall) -> Result<Value, Error> {
-        let mut replies =
-            invoke(&self.connection, self.settings, std::slice::from_ref(&call)).await?;
-        replies.swap_remove(0)
-    }
-}
-
-/// Takes whatever is queued (up to `max_appends` appends and [`MAX_EVENTS_PER_CALL`]
-/// events) and sends it as one call, with at most [`IN_FLIGHT`] calls on their way.
-async fn send_queued(
-    mut receiver: mpsc::UnboundedReceiver<Queued>,
-    connection: RedisConnection,
-    settings: AppendSettings,
-    max_appends: usize,
-) {
-    let mut in_flight = JoinSet::new();
-    let mut held: Option<Queued> = None;
-    loop {
-        if in_flight.len() >= IN_FLIGHT {
-            in_flight.join_next().await;
-            continue;
-        }
-        let first = match held.take() {
-            Some(queued) => queued,
-            None => tokio::select! {
-                biased;
-                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => continue,
-                queued = receiver.recv() => match queued {
-                    Some(queued) => queued,
-                    None => break,
-                },
-            },
-        };
-        let mut events = first.call.events;
-        let mut batch = vec![first];
-        while batch.len() < max_appends && events < MAX_EVENTS_PER_CALL {
-            match receiver.try_recv() {
-                Ok(queued) if events + queued.call.events > MAX_EVENTS_PER_CALL => {
-                    held = Some(queued);
-                    break;
-                }
-                Ok(queued) => {
-                    events += queued.call.events;
-                    batch.push(queued);
-                }
-                Err(_) => break,
-            }
-        }
-        in_flight.spawn(send_batch(connection.clone(), settings, batch));
-    }
-    while in_flight.join_next().await.is_some() {}
-}
-
-async fn send_batch(connection: RedisConnection, settings: AppendSettings, batch: Vec<Queued>) {
-    let (calls, replies): (Vec<AppendCall>, Vec<_>) =
-        batch.into_iter().map(|q| (q.call, q.reply)).unzip();
-    match invoke(&connection, settings, &calls).await {
-        Ok(values) => {
-            for (value, reply) in values.into_iter().zip(replies) {
-                let _ = reply.send(value);
-            }
-        }
-        Err(error) => {
-            for reply in replies {
-                let _ = reply.send(Err(error.clone()));
-            }
-        }
+        self.queue.submit(call).await
     }
 }
