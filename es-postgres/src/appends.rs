@@ -1,5 +1,5 @@
 //! Appends, sent in groups: es-core's group commit queues the appends callers make while
-//! earlier ones are on their way, and each call of `append_many` runs a group in one
+//! earlier ones are on their way, and each call of `append_events` runs a group in one
 //! transaction, so one flush to disk commits them all; each append keeps its own version
 //! check and its own result.
 
@@ -22,7 +22,7 @@ pub(crate) struct Append {
 /// Sends groups of appends as one call of the append function.
 pub(crate) struct AppendSender {
     pub(crate) pool: Pool,
-    /// `SELECT outcome, version, positions FROM <schema>.append_many($1 … $13)`.
+    /// `SELECT outcome, version, first_position, event_count FROM <schema>.append_events($1 … $13)`.
     pub(crate) sql: String,
 }
 
@@ -114,12 +114,12 @@ fn outcome(append: &Append, row: &tokio_postgres::Row) -> Result<AppendResult, S
         }
         .into());
     }
-    let positions: Vec<i64> = row.try_get(2).map_err(store_error)?;
+    let first: i64 = row.try_get(2).map_err(store_error)?;
+    let count: i32 = row.try_get(3).map_err(store_error)?;
     Ok(AppendResult {
         version: version as u64,
-        positions: positions
-            .into_iter()
-            .map(|p| Position::from_sequence(p as u64))
+        positions: (0..i64::from(count))
+            .map(|i| Position::from_sequence((first + i) as u64))
             .collect(),
     })
 }

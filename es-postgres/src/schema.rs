@@ -99,81 +99,161 @@ CREATE TABLE IF NOT EXISTS {s}.read_model_fields (
     PRIMARY KEY (projection, hash, field)
 );
 
--- A call of appends (group commit), in one transaction. It first locks the row of every
--- category the call writes, in one order (so calls never deadlock), then runs each append
--- on its own: answer a retried append id with its first result, check the expected version
--- (-1: any), insert the events with the category's next positions. Append a's events are
--- the next p_event_counts[a] of the event arrays; event i's fields are
--- names[starts[i] + 1 .. starts[i] + counts[i]] (and values alike). One row per append.
-DROP FUNCTION IF EXISTS {s}.append(text, text, bigint, text, text[], int[], int[], text[], bytea[], text[], text[], jsonb[]);
-CREATE OR REPLACE FUNCTION {s}.append_many(
+-- A call of appends (group commit), in one transaction and a fixed number of statements
+-- whatever the number of appends. It locks the row of every category of the call, in one
+-- order (so calls never deadlock), reads the current version of every aggregate and the
+-- first result of every retried append id, then decides each append on its own, in order
+-- (a retried id answers with its first result; an expected version that does not match
+-- (-1: any) is a conflict and writes nothing), and writes what passed with one INSERT per
+-- table. Append a's events are the next p_event_counts[a] of the event arrays; event i's
+-- fields are names[starts[i] + 1 .. starts[i] + counts[i]] (and values alike). One row per
+-- append: its outcome, version, first position and event count (an append's positions are
+-- consecutive: its category is locked while it is written).
+CREATE OR REPLACE FUNCTION {s}.append_events(
     p_categories text[], p_aggregates text[], p_expected bigint[], p_append_ids text[],
     p_event_counts int[],
     p_types text[], p_starts int[], p_counts int[], p_names text[], p_values bytea[],
     p_correlation text[], p_causation text[], p_metadata jsonb[]
-) RETURNS TABLE (outcome text, version bigint, positions bigint[])
+) RETURNS TABLE (outcome text, version bigint, first_position bigint, event_count int)
 LANGUAGE plpgsql AS $fn$
 #variable_conflict use_column
 DECLARE
-    v_category text;
-    v_aggregate text;
-    v_last bigint;
-    v_millis bigint;
-    v_current bigint;
-    v_count int;
-    v_first int;
+    v_now bigint := (extract(epoch FROM clock_timestamp()) * 1000)::bigint;
+    -- Per category of the call, sorted: its last position and time.
+    v_cats text[];
+    v_lasts bigint[];
+    v_millis bigint[];
+    -- Per aggregate of the call (category, chr(31), id): its current version.
+    v_streams text[];
+    v_versions bigint[];
+    -- Appends already done (category, id, append id): version, first position, count.
+    d_keys text[];
+    d_versions bigint[];
+    d_firsts bigint[];
+    d_counts int[];
+    -- The events to write, as indexes into the event arrays with their place.
+    e_index int[] := '{}';
+    e_category text[] := '{}';
+    e_aggregate text[] := '{}';
+    e_position bigint[] := '{}';
+    e_version bigint[] := '{}';
+    e_millis bigint[] := '{}';
+    -- The append ids to record.
+    r_category text[] := '{}';
+    r_aggregate text[] := '{}';
+    r_id text[] := '{}';
+    r_version bigint[] := '{}';
+    r_first bigint[] := '{}';
+    r_count int[] := '{}';
+    -- Each append's reply.
+    o_outcome text[] := '{}';
+    o_version bigint[] := '{}';
+    o_first bigint[] := '{}';
+    o_count int[] := '{}';
     v_next int := 0;
-    v_positions bigint[];
+    v_count int;
+    v_stream int;
+    v_cat int;
+    v_current bigint;
+    v_done text;
+    v_done_at int;
 BEGIN
-    FOR v_category IN SELECT DISTINCT c FROM unnest(p_categories) AS c ORDER BY 1 LOOP
-        INSERT INTO {s}.categories (category, last_position, last_millis)
-            VALUES (v_category, 0, 0) ON CONFLICT (category) DO NOTHING;
-        PERFORM 1 FROM {s}.categories c WHERE c.category = v_category FOR UPDATE;
-    END LOOP;
+    SELECT array_agg(c ORDER BY c) INTO v_cats FROM (SELECT DISTINCT c FROM unnest(p_categories) AS c) t;
+    INSERT INTO {s}.categories (category, last_position, last_millis)
+        SELECT c, 0, 0 FROM unnest(v_cats) AS c ON CONFLICT (category) DO NOTHING;
+    SELECT array_agg(l ORDER BY c), array_agg(greatest(m, v_now) ORDER BY c) INTO v_lasts, v_millis
+        FROM (SELECT t.category AS c, t.last_position AS l, t.last_millis AS m
+              FROM {s}.categories t WHERE t.category = ANY (v_cats)
+              ORDER BY t.category FOR UPDATE) locked;
+    SELECT array_agg(s.c || chr(31) || s.a),
+           array_agg(coalesce((SELECT max(e.version) FROM {s}.events e
+                               WHERE e.category = s.c AND e.aggregate_id = s.a), 0))
+        INTO v_streams, v_versions
+        FROM (SELECT DISTINCT c, a FROM unnest(p_categories, p_aggregates) AS u(c, a)) s;
+    SELECT array_agg(d.category || chr(31) || d.aggregate_id || chr(31) || d.append_id),
+           array_agg(d.version), array_agg(d.positions[1]), array_agg(cardinality(d.positions))
+        INTO d_keys, d_versions, d_firsts, d_counts
+        FROM {s}.appends d
+        JOIN (SELECT DISTINCT c, a, i FROM unnest(p_categories, p_aggregates, p_append_ids) AS u(c, a, i)
+              WHERE i IS NOT NULL) u
+          ON d.category = u.c AND d.aggregate_id = u.a AND d.append_id = u.i;
     FOR a IN 1 .. cardinality(p_categories) LOOP
-        v_category := p_categories[a];
-        v_aggregate := p_aggregates[a];
         v_count := p_event_counts[a];
-        v_first := v_next;
         v_next := v_next + v_count;
         IF p_append_ids[a] IS NOT NULL THEN
-            RETURN QUERY SELECT 'done'::text, d.version, d.positions FROM {s}.appends d
-                WHERE d.category = v_category AND d.aggregate_id = v_aggregate
-                  AND d.append_id = p_append_ids[a];
-            IF FOUND THEN CONTINUE; END IF;
+            v_done := p_categories[a] || chr(31) || p_aggregates[a] || chr(31) || p_append_ids[a];
+            v_done_at := array_position(d_keys, v_done);
+            IF v_done_at IS NOT NULL THEN
+                o_outcome := o_outcome || 'done'::text;
+                o_version := o_version || d_versions[v_done_at];
+                o_first := o_first || d_firsts[v_done_at];
+                o_count := o_count || d_counts[v_done_at];
+                CONTINUE;
+            END IF;
         END IF;
-        SELECT coalesce(max(e.version), 0) INTO v_current FROM {s}.events e
-            WHERE e.category = v_category AND e.aggregate_id = v_aggregate;
+        v_stream := array_position(v_streams, p_categories[a] || chr(31) || p_aggregates[a]);
+        v_current := v_versions[v_stream];
         IF p_expected[a] >= 0 AND v_current <> p_expected[a] THEN
-            RETURN QUERY SELECT 'conflict'::text, v_current, NULL::bigint[];
+            o_outcome := o_outcome || 'conflict'::text;
+            o_version := o_version || v_current;
+            o_first := o_first || 0::bigint;
+            o_count := o_count || 0;
             CONTINUE;
         END IF;
-        SELECT c.last_position, c.last_millis INTO v_last, v_millis
-            FROM {s}.categories c WHERE c.category = v_category;
-        v_millis := greatest(v_millis, (extract(epoch FROM clock_timestamp()) * 1000)::bigint);
-        INSERT INTO {s}.events (category, position, aggregate_id, version, event_type, recorded_at,
-                                correlation_id, causation_id, metadata, field_names, field_values)
-            SELECT v_category, v_last + i, v_aggregate, v_current + i, p_types[v_first + i], v_millis,
-                   p_correlation[v_first + i], p_causation[v_first + i], p_metadata[v_first + i],
-                   coalesce(p_names[p_starts[v_first + i] + 1 : p_starts[v_first + i] + p_counts[v_first + i]], '{}'),
-                   coalesce(p_values[p_starts[v_first + i] + 1 : p_starts[v_first + i] + p_counts[v_first + i]], '{}')
-            FROM generate_series(1, v_count) AS i;
-        UPDATE {s}.categories SET last_position = v_last + v_count, last_millis = v_millis
-            WHERE category = v_category;
-        v_positions := ARRAY(SELECT v_last + i FROM generate_series(1, v_count) AS i);
+        v_cat := array_position(v_cats, p_categories[a]);
+        FOR i IN 1 .. v_count LOOP
+            e_index := e_index || (v_next - v_count + i);
+            e_category := e_category || p_categories[a];
+            e_aggregate := e_aggregate || p_aggregates[a];
+            e_position := e_position || (v_lasts[v_cat] + i);
+            e_version := e_version || (v_current + i);
+            e_millis := e_millis || v_millis[v_cat];
+        END LOOP;
+        o_outcome := o_outcome || 'ok'::text;
+        o_version := o_version || (v_current + v_count);
+        o_first := o_first || (v_lasts[v_cat] + 1);
+        o_count := o_count || v_count;
         IF p_append_ids[a] IS NOT NULL THEN
-            INSERT INTO {s}.appends (category, aggregate_id, append_id, version, positions)
-                VALUES (v_category, v_aggregate, p_append_ids[a], v_current + v_count, v_positions);
-            -- Remember the stream's last {remember} append ids, as every backend does.
-            DELETE FROM {s}.appends d
-                WHERE d.category = v_category AND d.aggregate_id = v_aggregate
-                  AND d.version < (SELECT min(r.version) FROM (
-                      SELECT k.version FROM {s}.appends k
-                      WHERE k.category = v_category AND k.aggregate_id = v_aggregate
-                      ORDER BY k.version DESC LIMIT {remember}) r);
+            r_category := r_category || p_categories[a];
+            r_aggregate := r_aggregate || p_aggregates[a];
+            r_id := r_id || p_append_ids[a];
+            r_version := r_version || (v_current + v_count);
+            r_first := r_first || (v_lasts[v_cat] + 1);
+            r_count := r_count || v_count;
+            d_keys := d_keys || v_done;
+            d_versions := d_versions || (v_current + v_count);
+            d_firsts := d_firsts || (v_lasts[v_cat] + 1);
+            d_counts := d_counts || v_count;
         END IF;
-        RETURN QUERY SELECT 'ok'::text, v_current + v_count, v_positions;
+        v_lasts[v_cat] := v_lasts[v_cat] + v_count;
+        v_versions[v_stream] := v_current + v_count;
     END LOOP;
+    INSERT INTO {s}.events (category, position, aggregate_id, version, event_type, recorded_at,
+                            correlation_id, causation_id, metadata, field_names, field_values)
+        SELECT u.c, u.p, u.a, u.v, p_types[u.x], u.m, p_correlation[u.x], p_causation[u.x],
+               p_metadata[u.x],
+               coalesce(p_names[p_starts[u.x] + 1 : p_starts[u.x] + p_counts[u.x]], '{}'),
+               coalesce(p_values[p_starts[u.x] + 1 : p_starts[u.x] + p_counts[u.x]], '{}')
+        FROM unnest(e_category, e_position, e_aggregate, e_version, e_index, e_millis)
+             AS u(c, p, a, v, x, m);
+    UPDATE {s}.categories t SET last_position = u.l, last_millis = u.m
+        FROM unnest(v_cats, v_lasts, v_millis) AS u(c, l, m) WHERE t.category = u.c;
+    IF cardinality(r_id) > 0 THEN
+        INSERT INTO {s}.appends (category, aggregate_id, append_id, version, positions)
+            SELECT u.c, u.a, u.i, u.v, ARRAY(SELECT generate_series(u.f, u.f + u.n - 1))
+            FROM unnest(r_category, r_aggregate, r_id, r_version, r_first, r_count)
+                 AS u(c, a, i, v, f, n);
+        -- Remember each stream's last {remember} append ids, as every backend does.
+        DELETE FROM {s}.appends d
+            USING (SELECT DISTINCT c, a FROM unnest(r_category, r_aggregate) AS u(c, a)) s
+            WHERE d.category = s.c AND d.aggregate_id = s.a
+              AND d.version < (SELECT min(r.version) FROM (
+                  SELECT k.version FROM {s}.appends k
+                  WHERE k.category = s.c AND k.aggregate_id = s.a
+                  ORDER BY k.version DESC LIMIT {remember}) r);
+    END IF;
+    RETURN QUERY SELECT u.o, u.v, u.f, u.n FROM unnest(o_outcome, o_version, o_first, o_count)
+        WITH ORDINALITY AS u(o, v, f, n, ord) ORDER BY u.ord;
 END
 $fn$;
 "#;

@@ -153,7 +153,7 @@ impl PostgresEventStore {
                     AppendSender {
                         pool: pool.clone(),
                         sql: format!(
-                            "SELECT outcome, version, positions FROM {quoted}.append_many($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+                            "SELECT outcome, version, first_position, event_count FROM {quoted}.append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
                         ),
                     },
                     BatchLimits {

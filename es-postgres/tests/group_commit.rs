@@ -6,8 +6,7 @@
 use std::collections::HashMap;
 
 use es_core::{
-    AppendOptions, EventStore, ExpectedVersion, Metadata, NewEvent, Position, StoreError,
-    StreamId,
+    AppendOptions, EventStore, ExpectedVersion, Metadata, NewEvent, Position, StoreError, StreamId,
 };
 use es_postgres::testing::{unique_schema, PostgresServer};
 use es_postgres::PostgresEventStore;
