@@ -13,6 +13,10 @@ use std::sync::{Arc, OnceLock};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
+/// The outcome of one call: one outcome per item, or a failure of the whole call.
+pub type CallOutcome<S> =
+    Result<Vec<Result<<S as BatchSend>::Reply, <S as BatchSend>::Error>>, <S as BatchSend>::Error>;
+
 /// How a backend sends many items in one call.
 pub trait BatchSend: Send + Sync + 'static {
     /// What is queued (one append).
@@ -26,10 +30,7 @@ pub trait BatchSend: Send + Sync + 'static {
     fn weight(item: &Self::Item) -> usize;
 
     /// Sends `items` as one call; one outcome per item, in order.
-    fn send(
-        &self,
-        items: Vec<Self::Item>,
-    ) -> impl Future<Output = Result<Vec<Result<Self::Reply, Self::Error>>, Self::Error>> + Send;
+    fn send(&self, items: Vec<Self::Item>) -> impl Future<Output = CallOutcome<Self>> + Send;
 
     /// The error of an item whose queue stopped before its reply came (its runtime shut
     /// down): its outcome is unknown.

@@ -18,6 +18,7 @@ mod live_projection_cases;
 pub mod projection_cases;
 mod read_model_cases;
 mod repository_cases;
+pub mod servers;
 mod validation_cases;
 
 /// A given/when/then test of an aggregate's command handling, with no store involved.

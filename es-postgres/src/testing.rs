@@ -22,11 +22,12 @@
 //! # }
 //! ```
 
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+
+use es_core::testing::servers::{free_loopback_port, spawn_watchdog, temp_dir, unique_name};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -75,7 +76,7 @@ impl PostgresServer {
     pub fn start_with(settings: &[(&str, &str)]) -> Result<Self, HarnessError> {
         let bin = bin_dir().ok_or(HarnessError::NotInstalled)?;
         let owner = run_as()?;
-        let dir = temp_dir()?;
+        let dir = temp_dir("es-postgres-test")?;
         let data = dir.join("data");
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
@@ -99,7 +100,7 @@ impl PostgresServer {
         let mut last_failure = String::new();
         // Another process may take the free port before the server binds it: try again.
         for _ in 0..5 {
-            let port = free_port()?;
+            let port = free_loopback_port(5432)?;
             match spawn_server(&bin, &data, &dir, port, owner, settings) {
                 Ok(server) => {
                     let watchdog = spawn_watchdog(server.id(), &dir);
@@ -165,8 +166,7 @@ impl Drop for PostgresServer {
 
 /// A schema name no other test of this process uses: `<label>_<n>`.
 pub fn unique_schema(label: &str) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!("{label}_{}", NEXT.fetch_add(1, Ordering::Relaxed))
+    unique_name(label, '_')
 }
 
 /// Where `initdb` and `postgres` are.
@@ -222,27 +222,6 @@ fn as_owner(command: &mut Command, owner: Option<(u32, u32)>) {
     }
 }
 
-fn temp_dir() -> std::io::Result<PathBuf> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "es-postgres-test-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
-}
-
-fn free_port() -> std::io::Result<u16> {
-    loop {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-        let port = listener.local_addr()?.port();
-        if port != 5432 {
-            return Ok(port);
-        }
-    }
-}
-
 /// Starts `postgres` and waits until it accepts TCP connections.
 fn spawn_server(
     bin: &Path,
@@ -284,7 +263,7 @@ fn spawn_server(
                 log.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
             )));
         }
-        if std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() && accepts(dir, port) {
+        if std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() && accepts(dir) {
             return Ok(server);
         }
         if Instant::now() >= deadline {
@@ -299,23 +278,8 @@ fn spawn_server(
 }
 
 /// Whether the server has finished starting: its pid file says "ready".
-fn accepts(dir: &Path, _port: u16) -> bool {
+fn accepts(dir: &Path) -> bool {
     std::fs::read_to_string(dir.join("data").join("postmaster.pid"))
         .map(|pid| pid.lines().any(|line| line.trim() == "ready"))
         .unwrap_or(false)
-}
-
-fn spawn_watchdog(server: u32, dir: &Path) -> Option<Child> {
-    const SCRIPT: &str = r#"while kill -0 "$1" 2>/dev/null; do sleep 1; done; kill -INT "$2" 2>/dev/null; sleep 2; kill -9 "$2" 2>/dev/null; rm -rf "$3""#;
-    Command::new("sh")
-        .args(["-c", SCRIPT, "es-postgres-watchdog"])
-        .arg(std::process::id().to_string())
-        .arg(server.to_string())
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .inspect_err(|error| tracing::warn!(%error, "no watchdog for the test PostgreSQL"))
-        .ok()
 }

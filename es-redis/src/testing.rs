@@ -24,10 +24,11 @@
 //! ```
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+
+use es_core::testing::servers::{free_loopback_port, spawn_watchdog, temp_dir, unique_name};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -89,12 +90,12 @@ impl RedisServer {
     pub fn start_with(extra_args: &[&str]) -> Result<Self, HarnessError> {
         let binary =
             std::env::var(SERVER_BINARY_VARIABLE).unwrap_or_else(|_| "redis-server".to_owned());
-        let dir = temp_dir()?;
+        let dir = temp_dir("es-redis-test")?;
         let extra_args: Vec<String> = extra_args.iter().map(|a| (*a).to_owned()).collect();
         let mut last_failure = String::new();
         // Another process may take the free port before the server binds it: try again.
         for _ in 0..5 {
-            let port = free_port()?;
+            let port = free_loopback_port(6379)?;
             match spawn_server(&binary, port, &dir, &extra_args) {
                 Ok(server) => {
                     let watchdog = spawn_watchdog(server.id(), &dir);
@@ -319,7 +320,7 @@ impl RedisCluster {
 fn start_cluster_node() -> Result<RedisServer, HarnessError> {
     let mut last = None;
     for _ in 0..5 {
-        let bus = free_port()?.to_string();
+        let bus = free_loopback_port(6379)?.to_string();
         match RedisServer::start_with(&[
             "--cluster-enabled",
             "yes",
@@ -410,29 +411,7 @@ pub async fn write_by_hand(
 
 /// A namespace no other test of this process uses: `<label>-<n>`.
 pub fn unique_namespace(label: &str) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!("{label}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
-}
-
-fn temp_dir() -> std::io::Result<PathBuf> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "es-redis-test-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
-}
-
-fn free_port() -> std::io::Result<u16> {
-    loop {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-        let port = listener.local_addr()?.port();
-        if port != 6379 {
-            return Ok(port);
-        }
-    }
+    unique_name(label, '-')
 }
 
 /// Spawns `redis-server` on `port` and waits until it answers.
@@ -507,20 +486,4 @@ fn ping(address: SocketAddr) -> std::io::Result<bool> {
     let mut reply = [0u8; 7];
     connection.read_exact(&mut reply)?;
     Ok(&reply == b"+PONG\r\n")
-}
-
-/// Stops the server once this process is gone (a `static` server is never dropped).
-fn spawn_watchdog(server: u32, dir: &Path) -> Option<Child> {
-    const SCRIPT: &str = r#"while kill -0 "$1" 2>/dev/null; do sleep 1; done; kill "$2" 2>/dev/null; sleep 1; rm -rf "$3""#;
-    Command::new("sh")
-        .args(["-c", SCRIPT, "es-redis-watchdog"])
-        .arg(std::process::id().to_string())
-        .arg(server.to_string())
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .inspect_err(|error| tracing::warn!(%error, "no watchdog for the test redis-server"))
-        .ok()
 }
