@@ -19,6 +19,40 @@ pub(crate) struct Append {
     pub(crate) events: Vec<NewEvent>,
 }
 
+/// Refuses text PostgreSQL cannot store (a NUL character, in `text` or `jsonb`), before the
+/// append joins a group: one such append would fail the whole call, and every other append
+/// of the group with it.
+pub(crate) fn refuse_nul(stream: &StreamId, events: &[NewEvent]) -> Result<(), StoreError> {
+    let refuse = |what: &str| {
+        Err(StoreError::InvalidRequest(format!(
+            "{what} of an append to {stream} contains a NUL character, which PostgreSQL cannot store in text"
+        )))
+    };
+    if stream.category.contains('\0') || stream.id.contains('\0') {
+        return refuse("the stream id");
+    }
+    for event in events {
+        if event.event_type.contains('\0') {
+            return refuse("an event type");
+        }
+        if event.fields.iter().any(|(name, _)| name.contains('\0')) {
+            return refuse("a field name");
+        }
+        let metadata = &event.metadata;
+        let texts = metadata
+            .correlation_id
+            .iter()
+            .chain(&metadata.causation_id)
+            .chain(metadata.extra.iter().flat_map(|(k, v)| [k, v]));
+        for text in texts {
+            if text.contains('\0') {
+                return refuse("the metadata");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Sends groups of appends as one call of the append function.
 pub(crate) struct AppendSender {
     pub(crate) pool: Pool,

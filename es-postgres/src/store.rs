@@ -14,7 +14,7 @@ use es_core::{
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
-use crate::appends::{Append, AppendSender};
+use crate::appends::{refuse_nul, Append, AppendSender};
 use crate::config::PostgresConfig;
 use crate::error::{pool_error, store_error, Shared};
 use crate::read_model::PostgresReadModels;
@@ -372,6 +372,7 @@ impl EventStore for PostgresEventStore {
         options: &AppendOptions,
     ) -> Result<AppendResult, StoreError> {
         validate_append(stream, &events)?;
+        refuse_nul(stream, &events)?;
         let append = Append {
             stream: stream.clone(),
             expected,

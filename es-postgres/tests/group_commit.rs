@@ -120,3 +120,45 @@ async fn calls_across_categories_never_deadlock_and_lose_nothing() {
     }
     assert_eq!(total, 600);
 }
+
+/// Text PostgreSQL cannot store (a NUL) is refused before the append joins a group, so the
+/// appends sent with it still land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_append_postgres_cannot_store_fails_alone() {
+    let store = store().await;
+    let tasks: Vec<_> = (0..20)
+        .map(|id| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let aggregate = if id == 7 {
+                    "bad\0id".to_owned()
+                } else {
+                    id.to_string()
+                };
+                let mut events = vec![event(id)];
+                if id == 11 {
+                    events[0].metadata = Metadata::new().with("tenant", "a\0b");
+                }
+                store
+                    .append(
+                        &StreamId::new("counter", aggregate),
+                        ExpectedVersion::NoStream,
+                        events,
+                        &AppendOptions::default(),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    for (id, task) in tasks.into_iter().enumerate() {
+        let outcome = task.await.expect("task");
+        if id == 7 || id == 11 {
+            assert!(
+                matches!(outcome, Err(StoreError::InvalidRequest(ref why)) if why.contains("NUL")),
+                "{id}: {outcome:?}"
+            );
+        } else {
+            assert_eq!(outcome.expect("append").version, 1, "{id}");
+        }
+    }
+}
