@@ -96,8 +96,14 @@ impl Handle<UpdateEmail> for User {
     }
 }
 
+/// The README's quickstart: a user aggregate in memory, its commands, its log and time
+/// travel. It takes no options.
+#[derive(clap::Parser)]
+struct Cli;
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    <Cli as clap::Parser>::parse();
     let users = Repository::<User, _>::new(InMemoryStore::new())
         .with_snapshot_policy(SnapshotPolicy::EveryNEvents(2));
 

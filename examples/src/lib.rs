@@ -8,79 +8,48 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use es_core::projection::ProjectionBackend;
 use es_core::{InMemoryStore, SnapshotStore};
 
-/// The options every example takes.
-#[derive(Debug, Clone)]
+/// The options every example takes (one `clap` struct; `--help` describes each).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(about, long_about = None)]
 pub struct Options {
-    /// `--redis-url URL` (default: `REDIS_URL`, else `redis://127.0.0.1:6379`).
+    /// The Redis server (or one node of a cluster) that keeps the events.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
-    /// `--in-memory`: use the embedded backend instead of Redis.
+    /// Keep the events in memory instead (no server needed).
+    #[arg(long, conflicts_with = "postgres_url")]
     pub in_memory: bool,
-    /// `--postgres-url URL`: keep the events in PostgreSQL instead of Redis.
+    /// Keep the events in PostgreSQL instead, in a schema named after the namespace.
+    #[arg(long, value_name = "URL")]
     pub postgres_url: Option<String>,
-    /// `--read-model-url URL`: the PostgreSQL of SQL read models (the `sql_read_model`
-    /// example; default: `--postgres-url`, else `POSTGRES_URL`, else
-    /// [`DEFAULT_POSTGRES_URL`]).
+    /// The PostgreSQL of SQL read models (the `sql_read_model` example); default: the
+    /// `--postgres-url`, else $POSTGRES_URL, else postgres://postgres@127.0.0.1:5432/postgres.
+    #[arg(long, value_name = "URL")]
     pub read_model_url: Option<String>,
-    /// `--namespace NS`: the Redis key namespace (default: a fresh one per run).
+    /// The key namespace (Redis) or schema (PostgreSQL) of this run; default: a fresh one,
+    /// `example-<milliseconds>`.
+    #[arg(long, value_name = "NS", default_value_t = fresh_namespace(), hide_default_value = true)]
     pub namespace: String,
-    /// `--check`: decode every stored event with the current code and report what fails
-    /// (the pre-deploy check), instead of running the example; it changes nothing.
+    /// Instead of running the example, decode every stored event with the current code and
+    /// report what fails (the pre-deploy check); it changes nothing.
+    #[arg(long)]
     pub check: bool,
 }
-
-const USAGE: &str = "options: [--in-memory | --postgres-url URL] [--redis-url URL] [--namespace NS] [--check] [--read-model-url URL]";
 
 /// The PostgreSQL the examples use when no URL is given: the machine's own server.
 pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-impl Options {
-    /// Parses the process arguments.
-    pub fn from_args() -> Result<Self, String> {
-        Self::parse(std::env::args().skip(1))
-    }
+/// `example-<milliseconds since the epoch>`.
+fn fresh_namespace() -> String {
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("example-{millis}")
+}
 
-    /// Parses `args` (without the program name).
-    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
-        let millis = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        let mut options = Options {
-            redis_url: std::env::var("REDIS_URL")
-                .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
-            in_memory: false,
-            postgres_url: None,
-            read_model_url: None,
-            namespace: format!("example-{millis}"),
-            check: false,
-        };
-        let mut args = args.into_iter();
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--in-memory" => options.in_memory = true,
-                "--check" => options.check = true,
-                "--redis-url" => {
-                    options.redis_url = args.next().ok_or("--redis-url needs a URL")?;
-                }
-                "--postgres-url" => {
-                    options.postgres_url = Some(args.next().ok_or("--postgres-url needs a URL")?);
-                }
-                "--read-model-url" => {
-                    options.read_model_url =
-                        Some(args.next().ok_or("--read-model-url needs a URL")?);
-                }
-                "--namespace" => {
-                    options.namespace = args.next().ok_or("--namespace needs a name")?;
-                }
-                "-h" | "--help" => return Err(USAGE.to_owned()),
-                other => return Err(format!("unknown argument {other:?}; {USAGE}")),
-            }
-        }
-        if options.in_memory && options.postgres_url.is_some() {
-            return Err(format!(
-                "--in-memory and --postgres-url name two backends; {USAGE}"
-            ));
-        }
-        Ok(options)
+impl Options {
+    /// Parses the process arguments; bad arguments print clap's error and exit with status 2.
+    pub fn from_args() -> Self {
+        <Self as clap::Parser>::parse()
     }
 
     /// The PostgreSQL schema for this run: the namespace, with `-` as `_`.
@@ -223,13 +192,7 @@ where
     F: FnOnce(Options, Backend) -> Fut,
     Fut: std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>,
 {
-    let options = match Options::from_args() {
-        Ok(options) => options,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
-    };
+    let options = Options::from_args();
     println!("{}", options.describe());
     let backend = match Backend::open(&options).await {
         Ok(backend) => backend,

@@ -37,34 +37,25 @@ use es_redis::testing::RedisServer;
 use es_redis::RedisEventStore;
 use redis::aio::ConnectionManager;
 
-/// The command line: `[--quick] [--only P1,P6] [--commandstats]`.
+/// The framework against raw Redis commands (and es-postgres against raw SQL), side by
+/// side, in one run; see BENCHMARKS.md.
+#[derive(clap::Parser)]
 struct Options {
+    /// A smoke run of a few seconds (what CI runs), instead of the full run.
+    #[arg(long)]
     quick: bool,
-    /// Only these measurements.
+    /// Only these measurements, comma-separated: P1, P2, P3, P4, P5, P6, P7, P1W (appends
+    /// waiting for a replica), PG (es-postgres against raw SQL).
+    #[arg(long, value_delimiter = ',', value_name = "IDS")]
     only: Option<Vec<String>>,
-    /// After each measurement, print the server's time per call of each command (for
+    /// After each Redis measurement, print the server's time per call of each command (for
     /// telling server time from client time).
+    #[arg(long)]
     commandstats: bool,
 }
 
 fn main() -> Result<(), BoxError> {
-    let mut options = Options {
-        quick: false,
-        only: None,
-        commandstats: false,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--quick" => options.quick = true,
-            "--commandstats" => options.commandstats = true,
-            "--only" => {
-                let list = args.next().ok_or("--only needs a list, e.g. P1,P6")?;
-                options.only = Some(list.split(',').map(str::to_owned).collect());
-            }
-            other => return Err(format!("unknown argument {other:?}").into()),
-        }
-    }
+    let options = <Options as clap::Parser>::parse();
     let sizes = if options.quick { &QUICK } else { &FULL };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
