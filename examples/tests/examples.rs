@@ -1,5 +1,6 @@
-//! Every example runs against a test-spawned redis-server and in memory, and prints its key
-//! lines; an unreachable Redis is a clear message and a non-zero exit, not a panic.
+//! Every example runs against a test-spawned redis-server, a test-spawned PostgreSQL and in
+//! memory, and prints its key lines; an unreachable server is a clear message and exit
+//! status 1, not a panic; bad arguments are clap's error and exit status 2.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -30,6 +31,7 @@ fn run(name: &str, args: &[&str]) -> (Output, String) {
     let output = Command::new(example(name))
         .args(args)
         .env_remove("REDIS_URL")
+        .env_remove("POSTGRES_URL")
         .output()
         .expect("run example");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -208,7 +210,121 @@ fn bad_arguments_are_reported() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("unknown argument \"--frobnicate\""),
+        stderr.contains("unexpected argument '--frobnicate' found"),
         "{stderr}"
     );
+}
+
+/// `--help` is clap's: every flag with what it does, its default and the variable it reads.
+#[test]
+fn help_describes_every_flag() {
+    let (output, stdout) = run("bank", &["--help"]);
+    assert!(output.status.success(), "{stdout}");
+    for flag in [
+        "--redis-url",
+        "--in-memory",
+        "--postgres-url",
+        "--read-model-url",
+        "--namespace",
+        "--check",
+        "[env: REDIS_URL=",
+        "[default: redis://127.0.0.1:6379]",
+    ] {
+        assert!(stdout.contains(flag), "no {flag:?} in:\n{stdout}");
+    }
+}
+
+fn postgres_url() -> String {
+    es_postgres::testing::PostgresServer::shared()
+        .expect("PostgreSQL for the examples")
+        .url()
+}
+
+fn postgres_args(label: &str) -> Vec<String> {
+    vec![
+        "--postgres-url".into(),
+        postgres_url(),
+        "--namespace".into(),
+        unique_namespace(label),
+    ]
+}
+
+#[test]
+fn bank_on_postgres() {
+    let args = postgres_args("bank-pg");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_ok("bank", &args, BANK_LINES);
+}
+
+#[test]
+fn rebuild_state_on_postgres() {
+    let args = postgres_args("rebuild-pg");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_ok("rebuild_state", &args, REBUILD_LINES);
+}
+
+#[test]
+fn social_profile_on_postgres() {
+    let args = postgres_args("social-pg");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stdout = assert_ok(
+        "social_profile",
+        &args,
+        &["look at the same data with psql:"],
+    );
+    assert!(stdout.contains("user_snapshot_1:"), "{stdout}");
+}
+
+const SQL_READ_MODEL_LINES: &[&str] = &[
+    "daisy: refused: command rejected: insufficient funds: 2500 < 9999",
+    "  daisy     2500",
+    "  duffy     8450",
+    "4 movements recorded",
+    "look at the read model with psql:",
+];
+
+/// The seed's CQRS split: events in Redis, the read model in PostgreSQL.
+#[test]
+fn sql_read_model_on_redis_and_postgres() {
+    let mut args = redis_args("sql-read-model");
+    args.extend(["--read-model-url".to_owned(), postgres_url()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stdout = assert_ok("sql_read_model", &args, SQL_READ_MODEL_LINES);
+    assert!(
+        stdout.contains("and the events with redis-cli:"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn sql_read_model_in_memory() {
+    let url = postgres_url();
+    let namespace = unique_namespace("sql-read-model-memory");
+    assert_ok(
+        "sql_read_model",
+        &[
+            "--in-memory",
+            "--read-model-url",
+            &url,
+            "--namespace",
+            &namespace,
+        ],
+        SQL_READ_MODEL_LINES,
+    );
+}
+
+#[test]
+fn unreachable_postgres_is_one_line_and_exit_1() {
+    let (output, _) = run(
+        "bank",
+        &["--postgres-url", "postgres://postgres@127.0.0.1:1/postgres"],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot reach PostgreSQL at postgres://postgres@127.0.0.1:1/postgres"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
