@@ -95,16 +95,19 @@ impl AppendSender {
                 }
                 correlation.push(event.metadata.correlation_id.as_deref());
                 causation.push(event.metadata.causation_id.as_deref());
-                metadata.push((!event.metadata.extra.is_empty()).then(|| {
-                    serde_json::Value::Object(
-                        event
-                            .metadata
-                            .extra
-                            .iter()
-                            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-                            .collect(),
+                // A JSON object of strings, by serde, as es-redis stores it.
+                metadata.push(if event.metadata.extra.is_empty() {
+                    None
+                } else {
+                    Some(
+                        serde_json::to_value(&event.metadata.extra).map_err(|error| {
+                            StoreError::InvalidRequest(format!(
+                                "metadata of {}: {error}",
+                                append.stream
+                            ))
+                        })?,
                     )
-                }));
+                });
             }
         }
         let client = self.pool.get().await.map_err(pool_error)?;

@@ -284,47 +284,22 @@ pub(crate) fn event_from_row(
         ));
     }
     let metadata: Option<serde_json::Value> = row.try_get(first + 7).map_err(get)?;
+    // The same codec as es-redis's `metadata` field: a JSON object of strings, by serde.
     let extra = match metadata {
         None => Default::default(),
-        Some(serde_json::Value::Object(map)) => {
-            let mut extra = std::collections::BTreeMap::new();
-            for (key, value) in map {
-                match value {
-                    serde_json::Value::String(value) => {
-                        extra.insert(key, value);
-                    }
-                    other => {
-                        return Err(StoreError::decode(
-                            location.to_string(),
-                            entry(),
-                            DecodeError::field(
-                                &event_type,
-                                "metadata",
-                                es_core::codec::FieldError::invalid(
-                                    "string values",
-                                    other.to_string().as_bytes(),
-                                ),
-                            ),
-                        ))
-                    }
-                }
-            }
-            extra
-        }
-        Some(other) => {
-            return Err(StoreError::decode(
+        Some(value) => serde_json::from_value(value.clone()).map_err(|error| {
+            StoreError::decode(
                 location.to_string(),
                 entry(),
                 DecodeError::field(
                     &event_type,
                     "metadata",
-                    es_core::codec::FieldError::invalid(
-                        "a JSON object",
-                        other.to_string().as_bytes(),
-                    ),
+                    es_core::codec::FieldError::Invalid(format!(
+                        "expected a JSON object of strings ({error}), found {value}"
+                    )),
                 ),
-            ))
-        }
+            )
+        })?,
     };
     let version: i64 = row.try_get(first + 2).map_err(get)?;
     let timestamp: i64 = row.try_get(first + 3).map_err(get)?;
