@@ -12,7 +12,7 @@ use es_core::projection::{
 };
 use es_core::read_model::ReadModelStore;
 use es_core::store::millis_since_epoch;
-use es_core::{EventStore, Position, StoreError};
+use es_core::{Position, StoreError};
 
 use crate::error::store_error;
 use crate::store::{event_from_row, EVENT_COLUMNS};
@@ -120,8 +120,10 @@ impl Statements {
                 "SELECT c.position, \
                    (SELECT count(*) FROM {s}.projection_pending p WHERE p.projection = $1 AND p.category = $2), \
                    (SELECT min(p.position) FROM {s}.projection_pending p WHERE p.projection = $1 AND p.category = $2), \
-                   (SELECT count(*) FROM (SELECT 1 FROM {s}.events e WHERE e.category = $2 AND e.position > c.position LIMIT $3) l) \
-                 FROM {s}.projection_cursors c WHERE c.projection = $1 AND c.category = $2"
+                   (SELECT count(*) FROM (SELECT 1 FROM {s}.events e WHERE e.category = $2 \
+                      AND e.position > coalesce(c.position, 0) LIMIT $3) l) \
+                 FROM (SELECT 1) AS one \
+                 LEFT JOIN {s}.projection_cursors c ON c.projection = $1 AND c.category = $2"
             ),
             dead_letters: format!(
                 "SELECT position, event_type, attempts, error FROM {s}.projection_dead_letters \
@@ -269,26 +271,21 @@ impl PostgresSource {
                     ],
                 )
                 .await?;
-            if let Some(row) = rows.first() {
+            let row = rows.first().ok_or_else(|| StoreError::Backend {
+                message: "the projection status query returned no row".into(),
+                source: None,
+            })?;
+            let cursor: Option<i64> = row.get(0);
+            if let Some(cursor) = cursor {
                 status.exists = true;
                 status.consumers = 1;
-                status.last_delivered = Position::from_sequence(row.get::<_, i64>(0) as u64);
-                status.pending = row.get::<_, i64>(1) as u64;
-                status.oldest_pending = row
-                    .get::<_, Option<i64>>(2)
-                    .map(|p| Position::from_sequence(p as u64));
-                status.lag = Some(row.get::<_, i64>(3) as u64);
-            } else {
-                let events = self
-                    .store
-                    .read_category(
-                        &stream.category,
-                        Position::ZERO,
-                        at_most.map_or(usize::MAX, |n| n as usize),
-                    )
-                    .await?;
-                status.lag = Some(events.len() as u64);
+                status.last_delivered = Position::from_sequence(cursor as u64);
             }
+            status.pending = row.get::<_, i64>(1) as u64;
+            status.oldest_pending = row
+                .get::<_, Option<i64>>(2)
+                .map(|p| Position::from_sequence(p as u64));
+            status.lag = Some(row.get::<_, i64>(3) as u64);
             statuses.push(status);
         }
         Ok(statuses)
