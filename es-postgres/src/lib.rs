@@ -10,6 +10,7 @@ mod sql_read_model;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod wakeups;
 
 pub use config::PostgresConfig;
 pub use projection::PostgresSource;

@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use es_core::projection::{
-    poll, reclaim_after, Capabilities, DeadLetter, Delivery, ProjectionBackend, ProjectionOptions,
-    ProjectionSource, ProjectionStatus, SourceStream, StreamBatch,
+    poll_until_woken, reclaim_after, Capabilities, DeadLetter, Delivery, ProjectionBackend,
+    ProjectionOptions, ProjectionSource, ProjectionStatus, SourceStream, StreamBatch,
 };
 use es_core::read_model::ReadModelStore;
 use es_core::store::millis_since_epoch;
@@ -16,13 +16,15 @@ use es_core::{Position, StoreError};
 
 use crate::error::store_error;
 use crate::store::{event_from_row, EVENT_COLUMNS};
+use crate::wakeups::Wakeups;
 use crate::PostgresEventStore;
 
 /// Delivers a projection's categories from the events table: each read takes the events
 /// after the projection's cursor, records them as pending and moves the cursor, in one
 /// transaction; acknowledging deletes them from pending. Failed events stay pending and are
-/// delivered again after the options' `claim_idle`; dead letters go to a table. It polls
-/// for new events every `poll_interval` while a read blocks.
+/// delivered again after the options' `claim_idle`; dead letters go to a table. A blocked
+/// read wakes when an append commits (`LISTEN`/`NOTIFY` on a connection of its own), and
+/// polls every `poll_interval` as a fallback.
 ///
 /// Runners of one projection compete ([`Capabilities`]: durable, competing consumers): the
 /// cursor is the projection's, and a read locks its row until it commits, so each event is
@@ -36,6 +38,9 @@ pub struct PostgresSource {
     poll_interval: Duration,
     dead_letter_limit: Option<i64>,
     sql: Statements,
+    /// The listening connection, opened by the first blocking read (`None` inside if it
+    /// could not be: reads then poll).
+    wakeups: tokio::sync::OnceCell<Option<Wakeups>>,
 }
 
 struct Statements {
@@ -162,7 +167,24 @@ impl PostgresSource {
             batch_size: options.batch_size_value() as i64,
             poll_interval: options.poll_interval_value(),
             dead_letter_limit: options.dead_letter_limit_value().map(|l| l as i64),
+            wakeups: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// The listening connection, opened on first use.
+    async fn wakeups(&self) -> Option<&Wakeups> {
+        self.wakeups
+            .get_or_init(|| async {
+                self.store
+                    .wakeups()
+                    .await
+                    .inspect_err(|error| {
+                        tracing::warn!(%error, "projection source: no LISTEN connection, polling instead")
+                    })
+                    .ok()
+            })
+            .await
+            .as_ref()
     }
 
     fn category(&self, stream: usize) -> &str {
@@ -324,7 +346,22 @@ impl ProjectionSource for PostgresSource {
     }
 
     async fn read(&self, block: Option<Duration>) -> Result<Vec<StreamBatch>, StoreError> {
-        poll(block, self.poll_interval, || self.read_now()).await
+        let wakeups = match block {
+            Some(_) => self.wakeups().await,
+            None => None,
+        };
+        poll_until_woken(
+            block,
+            self.poll_interval,
+            || self.read_now(),
+            |at_most| async move {
+                match wakeups {
+                    Some(wakeups) => wakeups.wait(at_most).await,
+                    None => tokio::time::sleep(at_most).await,
+                }
+            },
+        )
+        .await
     }
 
     async fn reclaim(

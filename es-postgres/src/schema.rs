@@ -252,18 +252,25 @@ BEGIN
                   WHERE k.category = s.c AND k.aggregate_id = s.a
                   ORDER BY k.version DESC LIMIT {remember}) r);
     END IF;
+    IF cardinality(e_index) > 0 THEN
+        -- Wakes the projections that wait for new events (delivered at commit).
+        PERFORM pg_notify('{channel}', '');
+    END IF;
     RETURN QUERY SELECT u.o, u.v, u.f, u.n FROM unnest(o_outcome, o_version, o_first, o_count)
         WITH ORDINALITY AS u(o, v, f, n, ord) ORDER BY u.ord;
 END
 $fn$;
 "#;
 
-/// The DDL for the schema `quoted` (already a quoted identifier).
-pub(crate) fn ddl(quoted: &str) -> String {
-    DDL.replace("{s}", quoted).replace(
-        "{remember}",
-        &es_core::memory::REMEMBERED_APPEND_IDS.to_string(),
-    )
+/// The DDL for the schema `quoted` (already a quoted identifier) whose appends notify
+/// `channel`.
+pub(crate) fn ddl(quoted: &str, channel: &str) -> String {
+    DDL.replace("{s}", quoted)
+        .replace("{channel}", channel)
+        .replace(
+            "{remember}",
+            &es_core::memory::REMEMBERED_APPEND_IDS.to_string(),
+        )
 }
 
 /// `name` as a quoted identifier, if it is a valid schema name: letters, digits and `_`,

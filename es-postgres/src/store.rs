@@ -62,6 +62,8 @@ struct Inner {
     location: Arc<str>,
     read_models: Arc<PostgresReadModels>,
     appends: GroupCommit<AppendSender>,
+    /// How to open a connection of its own (a projection source's listening one).
+    pg_config: tokio_postgres::Config,
     sql: Statements,
 }
 
@@ -136,12 +138,12 @@ impl PostgresEventStore {
                 config.schema_name()
             ))
         })?;
-        let pool = pool(config)?;
+        let (pool, pg_config) = pool(config)?;
         let client = pool.get().await.map_err(pool_error)?;
         let migrate = format!(
             "BEGIN; SELECT pg_advisory_xact_lock(hashtext('es-postgres schema ' || {name})); {ddl} COMMIT;",
             name = literal(config.schema_name()),
-            ddl = schema::ddl(&quoted)
+            ddl = schema::ddl(&quoted, &crate::wakeups::channel(config.schema_name()))
         );
         client.batch_execute(&migrate).await.map_err(store_error)?;
         drop(client);
@@ -163,6 +165,7 @@ impl PostgresEventStore {
                     },
                 ),
                 sql: Statements::new(&quoted),
+                pg_config,
                 pool,
                 schema: config.schema_name().to_owned(),
                 quoted,
@@ -201,6 +204,15 @@ impl PostgresEventStore {
             .map_err(store_error)
     }
 
+    /// Opens a connection that listens for appends (see [`crate::wakeups`]).
+    pub(crate) async fn wakeups(&self) -> Result<crate::wakeups::Wakeups, tokio_postgres::Error> {
+        crate::wakeups::Wakeups::listen(
+            &self.inner.pg_config,
+            &crate::wakeups::channel(&self.inner.schema),
+        )
+        .await
+    }
+
     /// A pooled connection.
     pub(crate) async fn client(&self) -> Result<Object, StoreError> {
         self.inner.pool.get().await.map_err(pool_error)
@@ -235,23 +247,24 @@ impl PostgresEventStore {
 }
 
 /// The pool for `config` (connections open on first use).
-fn pool(config: &PostgresConfig) -> Result<Pool, StoreError> {
+fn pool(config: &PostgresConfig) -> Result<(Pool, tokio_postgres::Config), StoreError> {
     let mut pg: tokio_postgres::Config = config.url().parse().map_err(|error| {
         StoreError::InvalidRequest(format!("PostgreSQL URL {:?}: {error}", config.url()))
     })?;
     pg.connect_timeout(config.connect_timeout_value());
     pg.application_name("es-postgres");
     let manager = Manager::from_config(
-        pg,
+        pg.clone(),
         NoTls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
     );
-    Pool::builder(manager)
+    let pool = Pool::builder(manager)
         .max_size(config.pool_size_value())
         .build()
-        .map_err(|error| StoreError::InvalidRequest(format!("PostgreSQL pool: {error}")))
+        .map_err(|error| StoreError::InvalidRequest(format!("PostgreSQL pool: {error}")))?;
+    Ok((pool, pg))
 }
 
 /// `text` as an SQL string literal.

@@ -21,8 +21,8 @@ pub use options::ProjectionOptions;
 pub use polling::PollingSource;
 pub use runner::{ProjectionRunner, RunStats, RunningProjection};
 pub use source::{
-    poll, reclaim_after, watermarks, Capabilities, Delivery, ProjectionBackend, ProjectionSource,
-    ProjectionStatus, SourceStream, StreamBatch,
+    poll, poll_until_woken, reclaim_after, watermarks, Capabilities, Delivery, ProjectionBackend,
+    ProjectionSource, ProjectionStatus, SourceStream, StreamBatch,
 };
 
 use std::borrow::Cow;

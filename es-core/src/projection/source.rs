@@ -281,11 +281,29 @@ pub trait ProjectionBackend: Send + Sync {
 pub async fn poll<F, Fut>(
     block: Option<Duration>,
     poll_interval: Duration,
-    mut read_now: F,
+    read_now: F,
 ) -> Result<Vec<StreamBatch>, StoreError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Vec<StreamBatch>, StoreError>>,
+{
+    poll_until_woken(block, poll_interval, read_now, tokio::time::sleep).await
+}
+
+/// [`poll`], with the wait between reads given by the backend: `wait(at_most)` returns after
+/// at most `at_most`, and earlier when the backend hears of new events (PostgreSQL's
+/// `LISTEN`), so a blocked read wakes at once without polling often.
+pub async fn poll_until_woken<F, Fut, W, WFut>(
+    block: Option<Duration>,
+    poll_interval: Duration,
+    mut read_now: F,
+    mut wait: W,
+) -> Result<Vec<StreamBatch>, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<StreamBatch>, StoreError>>,
+    W: FnMut(Duration) -> WFut,
+    WFut: std::future::Future<Output = ()>,
 {
     let deadline = block.map(|block| std::time::Instant::now() + block);
     loop {
@@ -297,7 +315,7 @@ where
         if !batch.is_empty() || now >= deadline {
             return Ok(batch);
         }
-        tokio::time::sleep(poll_interval.min(deadline - now)).await;
+        wait(poll_interval.min(deadline - now)).await;
     }
 }
 
