@@ -295,43 +295,50 @@ fn field_default(meta: &ParseNestedMeta) -> syn::Result<Option<FieldDefault>> {
 }
 
 fn snapshot_version(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<u64>> {
-    const HINT: &str = "help: write an integer, like `snapshot_version = 2`, and raise it when `apply` changes how old events build the state";
-    if !meta.input.peek(syn::Token![=]) {
-        cx.error_spanned_by(
-            &meta.path,
-            format!("`snapshot_version` needs a value; {HINT}"),
-        );
-        skip_value(meta)?;
-        return Ok(None);
-    }
-    let expr: Expr = meta.value()?.parse()?;
-    match &expr {
-        Expr::Lit(ExprLit {
-            lit: Lit::Int(int), ..
-        }) => match int.base10_parse::<u64>() {
-            Ok(version) => Ok(Some(version)),
-            Err(_) => {
-                cx.error_spanned_by(
-                    int,
-                    format!("`snapshot_version` must fit in a `u64`; {HINT}"),
-                );
-                Ok(None)
-            }
-        },
-        other => {
-            cx.error_spanned_by(
-                other,
-                format!("`snapshot_version` expects an integer literal; {HINT}"),
-            );
-            Ok(None)
-        }
-    }
+    let hint = "help: write an integer, like `snapshot_version = 2`, and raise it when `apply` changes how old events build the state";
+    let value = integer::<u64>(
+        cx,
+        meta,
+        "snapshot_version",
+        hint,
+        |_| true,
+        || format!("`snapshot_version` must fit in a `u64`; {hint}"),
+    )?;
+    Ok(value.map(|(version, _)| version))
 }
 
 fn event_version(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<(u32, Span)>> {
-    const HINT: &str = "help: write a whole number from 1 up, like `version = 2`, with `upcast_from = ` the struct of the version before";
+    let hint = "help: write a whole number from 1 up, like `version = 2`, with `upcast_from = ` the struct of the version before";
+    integer::<u32>(
+        cx,
+        meta,
+        "version",
+        hint,
+        |v| v >= 1,
+        || {
+            format!(
+                "an event version is a number from 1 to {}; {hint}",
+                u32::MAX
+            )
+        },
+    )
+}
+
+/// `key = <integer literal>` that parses as `T` and passes `valid`, with the literal's span;
+/// `out_of_range` is the error for a literal that does not.
+fn integer<T: std::str::FromStr + Copy>(
+    cx: &Ctxt,
+    meta: &ParseNestedMeta,
+    key: &str,
+    hint: &str,
+    valid: impl Fn(T) -> bool,
+    out_of_range: impl Fn() -> String,
+) -> syn::Result<Option<(T, Span)>>
+where
+    T::Err: std::fmt::Display,
+{
     if !meta.input.peek(syn::Token![=]) {
-        cx.error_spanned_by(&meta.path, format!("`version` needs a value; {HINT}"));
+        cx.error_spanned_by(&meta.path, format!("`{key}` needs a value; {hint}"));
         skip_value(meta)?;
         return Ok(None);
     }
@@ -339,24 +346,15 @@ fn event_version(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<(u32, 
     match &expr {
         Expr::Lit(ExprLit {
             lit: Lit::Int(int), ..
-        }) => match int.base10_parse::<u32>() {
-            Ok(version) if version >= 1 => Ok(Some((version, int.span()))),
+        }) => match int.base10_parse::<T>() {
+            Ok(value) if valid(value) => Ok(Some((value, int.span()))),
             _ => {
-                cx.error_spanned_by(
-                    int,
-                    format!(
-                        "an event version is a number from 1 to {}; {HINT}",
-                        u32::MAX
-                    ),
-                );
+                cx.error_spanned_by(int, out_of_range());
                 Ok(None)
             }
         },
         other => {
-            cx.error_spanned_by(
-                other,
-                format!("`version` expects an integer literal; {HINT}"),
-            );
+            cx.error_spanned_by(other, format!("`{key}` expects an integer literal; {hint}"));
             Ok(None)
         }
     }
