@@ -12,8 +12,8 @@ use crate::projection::{PollingSource, ProjectionBackend, ProjectionOptions, Pro
 use crate::read_model::{InMemoryReadModels, ReadModelStore};
 use crate::store::{
     millis_since_epoch, validate_append, validate_snapshot, AppendOptions, AppendResult,
-    EventStore, ExpectedVersion, NewEvent, Position, ReadRange, Snapshot, SnapshotStore,
-    StoredEvent, StreamId,
+    CategoryInfo, EventStore, ExpectedVersion, NewEvent, Position, ReadRange, Snapshot,
+    SnapshotStore, StoredEvent, StreamId,
 };
 
 /// How many appends with an id each stream remembers (the durable backends' default too):
@@ -220,6 +220,39 @@ impl EventStore for InMemoryStore {
             .take(limit)
             .cloned()
             .collect())
+    }
+
+    async fn categories(&self) -> Result<Vec<CategoryInfo>, StoreError> {
+        let state = self.lock();
+        let mut categories: Vec<CategoryInfo> = state
+            .categories
+            .iter()
+            .filter(|(_, category)| !category.events.is_empty())
+            .map(|(name, category)| CategoryInfo::new(name, category.events.len() as u64))
+            .collect();
+        categories.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(categories)
+    }
+
+    async fn aggregate_ids(
+        &self,
+        category: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let state = self.lock();
+        let mut ids: Vec<&str> = state
+            .streams
+            .iter()
+            .filter(|(stream, events)| {
+                stream.category == category
+                    && !events.is_empty()
+                    && after.is_none_or(|after| stream.id.as_str() > after)
+            })
+            .map(|(stream, _)| stream.id.as_str())
+            .collect();
+        ids.sort_unstable();
+        Ok(ids.into_iter().take(limit).map(str::to_owned).collect())
     }
 }
 

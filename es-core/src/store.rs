@@ -425,6 +425,20 @@ pub trait EventStore: Send + Sync {
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError>;
 
+    /// The categories that hold events, sorted by name (byte order), each with how many
+    /// events it holds: what a browser of the store (es-inspect) lists first.
+    async fn categories(&self) -> Result<Vec<CategoryInfo>, StoreError>;
+
+    /// Up to `limit` ids of the aggregates of `category` that hold events, in byte order
+    /// of their UTF-8, starting after `after` (exclusive) when given: pages of every
+    /// aggregate of a category. An unknown category has none.
+    async fn aggregate_ids(
+        &self,
+        category: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
+
     /// How many partitions `category` has: 1 (the default) when the category has one
     /// order. Each partition holds whole aggregates and orders its own events.
     fn partitions(&self, _category: &str) -> u32 {
@@ -447,6 +461,26 @@ pub trait EventStore: Send + Sync {
             )));
         }
         self.read_category(category, after, limit).await
+    }
+}
+
+/// A category as [`EventStore::categories`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CategoryInfo {
+    /// The category's name.
+    pub name: String,
+    /// How many events it holds.
+    pub events: u64,
+}
+
+impl CategoryInfo {
+    /// Category `name`, holding `events` events.
+    pub fn new(name: impl Into<String>, events: u64) -> Self {
+        CategoryInfo {
+            name: name.into(),
+            events,
+        }
     }
 }
 
@@ -512,6 +546,17 @@ impl<T: EventStore + ?Sized> EventStore for Arc<T> {
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         (**self).read_category(category, after, limit).await
+    }
+    async fn categories(&self) -> Result<Vec<CategoryInfo>, StoreError> {
+        (**self).categories().await
+    }
+    async fn aggregate_ids(
+        &self,
+        category: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        (**self).aggregate_ids(category, after, limit).await
     }
     fn partitions(&self, category: &str) -> u32 {
         (**self).partitions(category)

@@ -17,6 +17,7 @@ mod evolution_cases;
 mod live_projection_cases;
 pub mod projection_cases;
 mod read_model_cases;
+mod redrive_cases;
 mod repository_cases;
 pub mod servers;
 mod validation_cases;

@@ -7,8 +7,9 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use es_core::projection::{
-    poll_until_woken, reclaim_after, Capabilities, DeadLetter, Delivery, ProjectionBackend,
-    ProjectionOptions, ProjectionSource, ProjectionStatus, SourceStream, StreamBatch,
+    event_at, poll_until_woken, reclaim_after, Capabilities, DeadLetter, Delivery,
+    ProjectionBackend, ProjectionOptions, ProjectionSource, ProjectionStatus, SourceStream,
+    StreamBatch,
 };
 use es_core::read_model::ReadModelStore;
 use es_core::store::millis_since_epoch;
@@ -57,6 +58,7 @@ struct Statements {
     trim_dead_letters: String,
     status: String,
     dead_letters: String,
+    forget_dead_letters: String,
     reset: [String; 3],
 }
 
@@ -133,6 +135,10 @@ impl Statements {
             dead_letters: format!(
                 "SELECT position, event_type, attempts, error FROM {s}.projection_dead_letters \
                  WHERE projection = $1 AND category = $2 ORDER BY position"
+            ),
+            forget_dead_letters: format!(
+                "DELETE FROM {s}.projection_dead_letters \
+                 WHERE projection = $1 AND category = $2 AND position = ANY($3)"
             ),
             reset: [
                 format!("DELETE FROM {s}.projection_cursors WHERE projection = $1"),
@@ -503,6 +509,37 @@ impl ProjectionSource for PostgresSource {
                 error: row.get(3),
             })
             .collect())
+    }
+
+    async fn dead_lettered(&self, stream: usize) -> Result<Vec<Delivery>, StoreError> {
+        let category = self.category(stream);
+        let letters = self.dead_letters(category).await?;
+        let mut deliveries = Vec::with_capacity(letters.len());
+        for letter in letters {
+            deliveries.push(Delivery {
+                position: letter.position,
+                delivered: letter.attempts,
+                event: event_at(&self.store, category, 0, letter.position).await,
+            });
+        }
+        Ok(deliveries)
+    }
+
+    async fn forget_dead_letters(
+        &self,
+        stream: usize,
+        positions: &[Position],
+    ) -> Result<(), StoreError> {
+        self.execute(
+            &self.sql.forget_dead_letters,
+            &[
+                &self.projection,
+                &self.category(stream),
+                &sequences(positions),
+            ],
+        )
+        .await?;
+        Ok(())
     }
 
     async fn reset(&self) -> Result<(), StoreError> {

@@ -8,8 +8,8 @@ use es_core::codec::Fields;
 use es_core::group_commit::{BatchLimits, GroupCommit};
 use es_core::store::{validate_append, validate_snapshot};
 use es_core::{
-    AppendOptions, AppendResult, DecodeError, EventStore, ExpectedVersion, Metadata, NewEvent,
-    Position, ReadRange, Snapshot, SnapshotStore, StoreError, StoredEvent, StreamId,
+    AppendOptions, AppendResult, CategoryInfo, DecodeError, EventStore, ExpectedVersion, Metadata,
+    NewEvent, Position, ReadRange, Snapshot, SnapshotStore, StoreError, StoredEvent, StreamId,
 };
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
@@ -72,6 +72,8 @@ struct Statements {
     read_stream: String,
     stream_version: String,
     read_category: String,
+    categories: String,
+    aggregate_ids: String,
     save_snapshot: String,
     load_snapshot: String,
     snapshot_and_tail: String,
@@ -90,6 +92,18 @@ impl Statements {
             read_category: format!(
                 "SELECT {EVENT_COLUMNS} FROM {s}.events WHERE category = $1 AND position > $2 \
                  ORDER BY position LIMIT $3"
+            ),
+            // A category's positions are contiguous (each append takes the next ones under
+            // the category's row lock, and gives them back if it rolls back): the last one
+            // is its count.
+            categories: format!(
+                "SELECT category, last_position FROM {s}.categories WHERE last_position > 0 \
+                 ORDER BY category COLLATE \"C\""
+            ),
+            aggregate_ids: format!(
+                "SELECT aggregate_id FROM {s}.events WHERE category = $1 AND version = 1 \
+                 AND ($2::text IS NULL OR aggregate_id COLLATE \"C\" > $2) \
+                 ORDER BY aggregate_id COLLATE \"C\" LIMIT $3"
             ),
             save_snapshot: format!(
                 "INSERT INTO {s}.snapshots AS t (category, aggregate_id, version, position, schema, field_names, field_values) \
@@ -418,6 +432,32 @@ impl EventStore for PostgresEventStore {
             .query(&self.inner.sql.read_category, &[&category, &after, &limit])
             .await?;
         self.events(category, &rows)
+    }
+
+    async fn categories(&self) -> Result<Vec<CategoryInfo>, StoreError> {
+        let rows = self.query(&self.inner.sql.categories, &[]).await?;
+        rows.iter()
+            .map(|row| {
+                let name: String = row.try_get(0).map_err(store_error)?;
+                let events: i64 = row.try_get(1).map_err(store_error)?;
+                Ok(CategoryInfo::new(name, events as u64))
+            })
+            .collect()
+    }
+
+    async fn aggregate_ids(
+        &self,
+        category: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .query(&self.inner.sql.aggregate_ids, &[&category, &after, &limit])
+            .await?;
+        rows.iter()
+            .map(|row| row.try_get(0).map_err(store_error))
+            .collect()
     }
 }
 

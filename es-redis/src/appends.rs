@@ -42,6 +42,8 @@ pub(crate) struct AppendCall {
     pub tail_key: Option<String>,
     /// The record of its partition's partition count.
     pub partition_record_key: String,
+    /// Its partition's aggregates (a sorted set of ids).
+    pub aggregates_key: String,
     /// The category's partition count, as this store is configured.
     pub partitions: u32,
     /// Its arguments: aggregate id, expected version, append id, event count, events.
@@ -75,6 +77,7 @@ pub(crate) async fn invoke(
             invocation.key(tail);
         }
         invocation.key(&call.partition_record_key);
+        invocation.key(&call.aggregates_key);
     }
     invocation
         .arg(settings.remembered_append_ids)

@@ -10,6 +10,8 @@
 //! | `es:{user}:appends:42` | hash | recent append ids' digests → the append's last version (`:<events>` if not 1) |
 //! | `es:{user}:tail:42` | list | with [`RedisConfig::tail_copies`](crate::RedisConfig::tail_copies): copies of the newest events, `<entry id> <copy>` |
 //! | `es:{user}:snapshot:42` | hash | the snapshot's fields plus `_version`, `_position`, `_schema`, `_fields` |
+//! | `es:{user}:aggregates` | sorted set | the ids of every `user` aggregate, by their bytes |
+//! | `es:categories` | set | every category written |
 //! | `es:{user}:dead:profiles` | stream | events of `user` projection `profiles` could not process |
 //! | `es:{user}:failures:profiles` | hash | the last handler error of each entry `profiles` will retry |
 //! | `es:{rm:profiles}:<name>` | hash | read-model hash `<name>` of projection `profiles` |
@@ -139,6 +141,19 @@ impl KeyLayout {
         } else {
             (several, single)
         }
+    }
+
+    /// The aggregates of `partition` of `category`: a sorted set of the ids of the
+    /// aggregates it holds (all with score 0, so they sort by their bytes), which the
+    /// append script adds to when an append starts an aggregate.
+    pub fn aggregates(&self, category: &str, partition: u32) -> String {
+        format!("{}:aggregates", self.partition_prefix(category, partition))
+    }
+
+    /// The set of every category written under the namespace: `<namespace>:categories`.
+    /// A store adds a category before its first append of it.
+    pub fn categories(&self) -> String {
+        format!("{}:categories", self.namespace)
     }
 
     /// The category stream of `partition` of `category`: the log of record of its events.

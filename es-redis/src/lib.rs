@@ -8,6 +8,7 @@ mod entry;
 pub mod error;
 mod index;
 pub mod keys;
+mod listing;
 mod partition_records;
 mod partitions;
 pub mod projection;

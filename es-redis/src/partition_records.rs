@@ -124,6 +124,8 @@ impl RedisEventStore {
             }
         }
         let own_recorded = if writing {
+            // Listed before anything of it is written, so every category with entries is.
+            self.register_category(category).await?;
             let mut command = redis::cmd("SET");
             command.arg(&own).arg(&configured).arg("NX").arg("GET");
             recorded_count(self.query(&command, &format!("SET of {own}")).await?)

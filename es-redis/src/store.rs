@@ -5,8 +5,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use es_core::store::validate_append;
 use es_core::{
-    AppendOptions, AppendResult, ConflictError, EventStore, ExpectedVersion, NewEvent, Position,
-    ReadRange, StoreError, StoredEvent, StreamId,
+    AppendOptions, AppendResult, CategoryInfo, ConflictError, EventStore, ExpectedVersion,
+    NewEvent, Position, ReadRange, StoreError, StoredEvent, StreamId,
 };
 use redis::{Cmd, ScriptInvocation, Value};
 
@@ -238,6 +238,9 @@ impl EventStore for RedisEventStore {
             partition_record_key: self
                 .keys
                 .partition_record(&stream.category, self.keys.partition_of(stream)),
+            aggregates_key: self
+                .keys
+                .aggregates(&stream.category, self.keys.partition_of(stream)),
             partitions: self.keys.partitions(&stream.category),
             args,
             events: count,
@@ -285,6 +288,22 @@ impl EventStore for RedisEventStore {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         self.check_partition_count(category, false).await?;
         self.read_partitions_merged(category, after, limit).await
+    }
+
+    /// The namespace's set of categories, with each one's `XLEN`.
+    async fn categories(&self) -> Result<Vec<CategoryInfo>, StoreError> {
+        self.list_categories().await
+    }
+
+    /// Each partition's sorted set of aggregate ids, by `ZRANGEBYLEX`.
+    async fn aggregate_ids(
+        &self,
+        category: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.check_partition_count(category, false).await?;
+        self.list_aggregate_ids(category, after, limit).await
     }
 
     /// [`RedisConfig::partitions`]' count for `category`.

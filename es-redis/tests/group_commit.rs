@@ -35,6 +35,8 @@ enum Fault {
     StreamOfTheWrongType,
     /// It starts an aggregate in a partition whose record holds another partition count.
     AnotherPartitionCount,
+    /// Its partition's set of aggregates holds a string.
+    AggregatesOfTheWrongType,
 }
 
 struct Call {
@@ -69,6 +71,11 @@ fn call(prefix: &str, bad: usize, fault: Fault) -> Call {
             format!("{prefix}:index:{id}"),
             format!("{prefix}:appends:{id}"),
             record,
+            if is_bad && matches!(fault, Fault::AggregatesOfTheWrongType) {
+                format!("{prefix}:broken-aggregates")
+            } else {
+                format!("{prefix}:aggregates")
+            },
         ]);
         let digest: Vec<u8> = match (is_bad, fault) {
             (true, Fault::ShortDigest) => b"abc".to_vec(),
@@ -182,6 +189,7 @@ async fn a_bad_append_fails_alone_first_in_the_middle_or_last_and_leaves_no_orph
         Fault::AppendIdsOfTheWrongType,
         Fault::StreamOfTheWrongType,
         Fault::AnotherPartitionCount,
+        Fault::AggregatesOfTheWrongType,
     ];
     for fault in faults {
         for bad in [0, APPENDS / 2, APPENDS - 1] {
@@ -191,6 +199,7 @@ async fn a_bad_append_fails_alone_first_in_the_middle_or_last_and_leaves_no_orph
                 Fault::IndexOfTheWrongType => Some(format!("{prefix}:index:a{bad}")),
                 Fault::AppendIdsOfTheWrongType => Some(format!("{prefix}:appends:a{bad}")),
                 Fault::StreamOfTheWrongType => Some(format!("{prefix}:broken-events")),
+                Fault::AggregatesOfTheWrongType => Some(format!("{prefix}:broken-aggregates")),
                 _ => None,
             };
             if let Some(key) = &corrupt {
@@ -243,6 +252,18 @@ async fn a_bad_append_fails_alone_first_in_the_middle_or_last_and_leaves_no_orph
                 2 * (APPENDS - 1),
                 "{fault:?} at {bad}: the good appends' events"
             );
+            let listed: Vec<String> = redis::cmd("ZRANGE")
+                .arg(format!("{prefix}:aggregates"))
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut connection)
+                .await
+                .expect("ZRANGE");
+            let good: Vec<String> = (0..APPENDS)
+                .filter(|a| *a != bad)
+                .map(|a| format!("a{a}"))
+                .collect();
+            assert_eq!(listed, good, "{fault:?} at {bad}: the aggregates listed");
         }
     }
 }

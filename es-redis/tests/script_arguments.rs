@@ -80,17 +80,18 @@ async fn prune_applied_passes_no_numbers() {
 #[tokio::test]
 async fn append_passes_no_numbers() {
     let prefix = format!("{}:{{cart}}", unique_namespace("append"));
-    let (stream, index, ids, record) = (
+    let (stream, index, ids, record, aggregates) = (
         format!("{prefix}:events"),
         format!("{prefix}:index:c-1"),
         format!("{prefix}:appends:c-1"),
         format!("{prefix}:partitions"),
+        format!("{prefix}:aggregates"),
     );
     let script = include_str!("../src/scripts/append.lua");
     for (expected, digest) in [(&b"0"[..], &b"abcdef"[..]), (b"2", b"ghijkl"), (b"", b"")] {
         let reply = eval(
             script,
-            &[&stream, &index, &ids, &record],
+            &[&stream, &index, &ids, &record, &aggregates],
             &[
                 b"8",
                 b"1",
@@ -132,10 +133,12 @@ async fn appends_in_one_call_touch_only_their_own_keys() {
         format!("{first}:index:1"),
         format!("{first}:appends:1"),
         format!("{first}:partitions"),
+        format!("{first}:aggregates"),
         format!("{second}:events"),
         format!("{second}:index:1"),
         format!("{second}:appends:1"),
         format!("{second}:partitions"),
+        format!("{second}:aggregates"),
     ];
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     let reply = eval(
@@ -163,7 +166,7 @@ async fn appends_in_one_call_touch_only_their_own_keys() {
     let server = RedisServer::shared().unwrap_or_else(|e| panic!("{e}"));
     let mut connection = server.config("admin").connect().await.expect("connect");
     let kind: String = redis::cmd("TYPE")
-        .arg(keys[4])
+        .arg(keys[5])
         .query_async(&mut connection)
         .await
         .expect("TYPE");

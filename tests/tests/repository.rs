@@ -607,6 +607,17 @@ macro_rules! forward_store {
             ) -> Result<Vec<es_core::StoredEvent>, StoreError> {
                 self.inner.read_category(c, a, l).await
             }
+            async fn categories(&self) -> Result<Vec<es_core::CategoryInfo>, StoreError> {
+                self.inner.categories().await
+            }
+            async fn aggregate_ids(
+                &self,
+                c: &str,
+                a: Option<&str>,
+                l: usize,
+            ) -> Result<Vec<String>, StoreError> {
+                self.inner.aggregate_ids(c, a, l).await
+            }
         }
         #[async_trait::async_trait]
         impl SnapshotStore for $ty {

@@ -13,12 +13,14 @@
 
 mod options;
 mod polling;
+mod redrive;
 mod runner;
 mod source;
 mod walk;
 
 pub use options::ProjectionOptions;
 pub use polling::PollingSource;
+pub use redrive::{event_at, ProjectionControl, RedriveReport};
 pub use runner::{ProjectionRunner, RunStats, RunningProjection};
 pub use source::{
     poll, poll_until_woken, reclaim_after, watermarks, Capabilities, Delivery, ProjectionBackend,

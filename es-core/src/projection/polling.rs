@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+use super::redrive::event_at;
 use super::source::{
     poll, reclaim_after, watermarks, Capabilities, Delivery, ProjectionSource, ProjectionStatus,
     SourceStream, StreamBatch,
@@ -310,6 +311,39 @@ impl<S: EventStore + 'static> ProjectionSource for PollingSource<S> {
             .collect();
         letters.sort_by_key(|letter| letter.position);
         Ok(letters)
+    }
+
+    async fn dead_lettered(&self, stream: usize) -> Result<Vec<Delivery>, StoreError> {
+        let letters: Vec<(Position, u32)> = self.lock()[stream]
+            .dead_letters
+            .iter()
+            .map(|letter| (letter.position, letter.attempts))
+            .collect();
+        let SourceStream {
+            category,
+            partition,
+            ..
+        } = &self.streams[stream];
+        let mut deliveries = Vec::with_capacity(letters.len());
+        for (position, delivered) in letters {
+            deliveries.push(Delivery {
+                position,
+                delivered,
+                event: event_at(&self.store, category, *partition, position).await,
+            });
+        }
+        Ok(deliveries)
+    }
+
+    async fn forget_dead_letters(
+        &self,
+        stream: usize,
+        positions: &[Position],
+    ) -> Result<(), StoreError> {
+        self.lock()[stream]
+            .dead_letters
+            .retain(|letter| !positions.contains(&letter.position));
+        Ok(())
     }
 
     async fn reset(&self) -> Result<(), StoreError> {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::redrive::{redrive, ProjectionControl, RedriveReport};
 use super::source::{Capabilities, ProjectionBackend, ProjectionSource, StreamBatch};
 use super::{is_ready, DeadLetter, Progress, Projection, ProjectionOptions, ProjectionStatus};
 use crate::error::StoreError;
@@ -92,7 +93,7 @@ pub struct RunStats {
 /// # }).unwrap();
 /// ```
 pub struct ProjectionRunner<P: Projection> {
-    pub(super) projection: P,
+    pub(super) projection: Arc<P>,
     pub(super) source: Arc<dyn ProjectionSource>,
     pub(super) options: ProjectionOptions,
     pub(super) name: String,
@@ -145,7 +146,7 @@ impl<P: Projection> ProjectionRunner<P> {
     ) -> Self {
         ProjectionRunner {
             name: projection.name().to_owned(),
-            projection,
+            projection: Arc::new(projection),
             source: Arc::from(source),
             options,
             progress: watch::channel(HashMap::new()).0,
@@ -193,6 +194,17 @@ impl<P: Projection> ProjectionRunner<P> {
         self.source.dead_letters(category).await
     }
 
+    /// Hands the dead letters of `category` to the projection again, after a fix (see
+    /// [`ProjectionControl::redrive`]).
+    pub async fn redrive(&self, category: &str) -> Result<RedriveReport, StoreError> {
+        redrive(&*self.projection, &*self.source, category).await
+    }
+
+    /// A handle for tools to watch the projection and re-drive its dead letters.
+    pub fn control(&self) -> ProjectionControl {
+        ProjectionControl::new(self.projection.clone(), self.source.clone())
+    }
+
     /// Replays the projection from the beginning: every stream back to the start, its dead
     /// letters and failure records deleted, then its [`read_model`](Projection::read_model)
     /// cleared. Stop every runner of the projection first, and start them again after.
@@ -216,7 +228,7 @@ impl<P: Projection> ProjectionRunner<P> {
     /// one-shot catch-ups and the in-memory backend: it reclaims every pending event at
     /// once, so run it only where no other runner of the projection is working.
     pub async fn run_once(&self) -> Result<RunStats, StoreError> {
-        check(&self.projection)?;
+        check(&*self.projection)?;
         self.source.prepare().await?;
         let mut stats = RunStats::default();
         loop {
@@ -240,7 +252,7 @@ impl<P: Projection> ProjectionRunner<P> {
     /// and returns what it did. Lost connections are retried; anything else (say, a
     /// category key of the wrong type) ends the run with the error.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<RunStats, StoreError> {
-        check(&self.projection)?;
+        check(&*self.projection)?;
         let mut shutdown = pin!(shutdown);
         let mut stopping = false;
         let mut stats = RunStats::default();
@@ -339,7 +351,7 @@ impl<P: Projection> ProjectionRunner<P> {
     /// [`run`](Self::run) with a stop signal, for a worker beside the rest of the program.
     pub fn spawn(self) -> RunningProjection<P> {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let source = self.source.clone();
+        let control = self.control();
         let progress = self.progress();
         let task = tokio::spawn(async move {
             let stats = self
@@ -353,7 +365,7 @@ impl<P: Projection> ProjectionRunner<P> {
         RunningProjection {
             stop,
             task,
-            source,
+            control,
             progress,
         }
     }
@@ -427,7 +439,7 @@ fn check<P: Projection>(projection: &P) -> Result<(), StoreError> {
 pub struct RunningProjection<P: Projection> {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<(ProjectionRunner<P>, Result<RunStats, StoreError>)>,
-    source: Arc<dyn ProjectionSource>,
+    control: ProjectionControl,
     progress: Progress,
 }
 
@@ -439,12 +451,23 @@ impl<P: Projection> RunningProjection<P> {
 
     /// The projection's progress in each stream it reads, while it runs.
     pub async fn status(&self) -> Result<Vec<ProjectionStatus>, StoreError> {
-        self.source.status().await
+        self.control.status().await
     }
 
     /// The events of `category` the projection dead-lettered, oldest first.
     pub async fn dead_letters(&self, category: &str) -> Result<Vec<DeadLetter>, StoreError> {
-        self.source.dead_letters(category).await
+        self.control.dead_letters(category).await
+    }
+
+    /// Hands the dead letters of `category` to the projection again, while it runs (see
+    /// [`ProjectionControl::redrive`]).
+    pub async fn redrive(&self, category: &str) -> Result<RedriveReport, StoreError> {
+        self.control.redrive(category).await
+    }
+
+    /// A handle for tools to watch the projection and re-drive its dead letters.
+    pub fn control(&self) -> ProjectionControl {
+        self.control.clone()
     }
 
     /// Stops the runner gracefully: it finishes and acknowledges the batch in hand. Returns

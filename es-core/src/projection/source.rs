@@ -246,6 +246,20 @@ pub trait ProjectionSource: Send + Sync + 'static {
     /// The events of `category` it dead-lettered, oldest first.
     async fn dead_letters(&self, category: &str) -> Result<Vec<DeadLetter>, StoreError>;
 
+    /// The dead letters of stream `stream`, oldest first, each with its event read again
+    /// from the log (for a re-drive): a delivery's `delivered` is the dead letter's
+    /// attempts, and its `event` is `None` when the event is no longer in the log
+    /// ([`event_at`](super::event_at) reads one).
+    async fn dead_lettered(&self, stream: usize) -> Result<Vec<Delivery>, StoreError>;
+
+    /// Deletes the dead letters of stream `stream` at `positions` (a re-drive handled
+    /// them); positions that are no dead letters are ignored.
+    async fn forget_dead_letters(
+        &self,
+        stream: usize,
+        positions: &[Position],
+    ) -> Result<(), StoreError>;
+
     /// Starts the projection over: every stream back to the beginning, and its dead
     /// letters and failure records deleted.
     async fn reset(&self) -> Result<(), StoreError>;

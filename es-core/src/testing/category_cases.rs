@@ -194,3 +194,78 @@ pub async fn the_pre_deploy_check_finds_exactly_the_undecodable_entries<S: Snaps
         .expect("read");
     assert_eq!(after, before, "the check changes nothing");
 }
+
+/// A store lists its categories with their event counts, and each category's aggregate ids
+/// in byte order, in pages that give every id once, hostile ids included.
+pub async fn categories_and_aggregate_ids_are_listed_in_pages<S: SnapshotStore>(store: S) {
+    assert!(store.categories().await.expect("categories").is_empty());
+    let ids = ["", " ", "a/b", "Z", "a", "a:b", "{x}", "%7B", "é", "日本"];
+    for (n, id) in ids.iter().enumerate() {
+        let stream = StreamId::new("user", *id);
+        store
+            .append(
+                &stream,
+                ExpectedVersion::NoStream,
+                numbered(1 + n % 3),
+                &none(),
+            )
+            .await
+            .expect("append");
+    }
+    store
+        .append(
+            &StreamId::new("order", "o-1"),
+            ExpectedVersion::Any,
+            numbered(2),
+            &none(),
+        )
+        .await
+        .expect("append elsewhere");
+    let user_events: usize = (0..ids.len()).map(|n| 1 + n % 3).sum();
+    assert_eq!(
+        store.categories().await.expect("categories"),
+        vec![
+            crate::store::CategoryInfo::new("order", 2),
+            crate::store::CategoryInfo::new("user", user_events as u64),
+        ],
+        "every category with its event count, sorted by name"
+    );
+    let mut expected: Vec<String> = ids.iter().map(|id| (*id).to_owned()).collect();
+    expected.sort();
+    for page in [1, 3, 100] {
+        let mut listed: Vec<String> = Vec::new();
+        let mut pages = 0;
+        loop {
+            pages += 1;
+            assert!(pages <= ids.len() + 1, "paging ends");
+            let after = listed.last().cloned();
+            let ids = store
+                .aggregate_ids("user", after.as_deref(), page)
+                .await
+                .expect("aggregate ids");
+            assert!(ids.len() <= page, "a page holds at most its limit");
+            if ids.is_empty() {
+                break;
+            }
+            listed.extend(ids);
+        }
+        assert_eq!(
+            listed, expected,
+            "pages of {page} give every id once, in byte order"
+        );
+    }
+    assert_eq!(
+        store.aggregate_ids("order", None, 10).await.expect("ids"),
+        vec!["o-1".to_owned()]
+    );
+    assert!(store
+        .aggregate_ids("nothing", None, 10)
+        .await
+        .expect("ids of an unknown category")
+        .is_empty());
+    assert!(store
+        .aggregate_ids("user", None, 0)
+        .await
+        .expect("an empty page")
+        .is_empty());
+}

@@ -42,6 +42,7 @@ macro_rules! conformance_tests {
             read_from_version,
             read_as_of_version_and_timestamp,
             category_is_read_in_order_across_aggregates,
+            categories_and_aggregate_ids_are_listed_in_pages,
             snapshot_save_load_never_older,
             snapshot_of_another_schema_is_ignored_on_load,
             unknown_event_type_gives_typed_decode_error,

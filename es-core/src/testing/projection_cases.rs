@@ -40,6 +40,7 @@ macro_rules! projection_conformance_tests {
             competing_consumers_share_the_work,
             misconfigured_projections_are_refused,
             projections_receive_upcast_events,
+            dead_letters_are_redriven_after_a_fix,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {$(
@@ -58,6 +59,7 @@ pub use super::live_projection_cases::{
     status_reports_lag_and_pending,
 };
 pub use super::read_model_cases::read_models_apply_each_event_exactly_once;
+pub use super::redrive_cases::dead_letters_are_redriven_after_a_fix;
 
 /// What a backend under test must be: a store to append to, and a projection backend.
 pub trait Backend: EventStore + ProjectionBackend + Clone + 'static {}

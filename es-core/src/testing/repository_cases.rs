@@ -225,6 +225,19 @@ impl<S: SnapshotStore> EventStore for CountingStore<S> {
         self.inner.read_category(category, after, limit).await
     }
 
+    async fn categories(&self) -> Result<Vec<crate::store::CategoryInfo>, StoreError> {
+        self.inner.categories().await
+    }
+
+    async fn aggregate_ids(
+        &self,
+        category: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.inner.aggregate_ids(category, after, limit).await
+    }
+
     fn partitions(&self, category: &str) -> u32 {
         self.inner.partitions(category)
     }

@@ -201,6 +201,21 @@ impl ProjectionMonitor {
         category: &str,
         partition: u32,
     ) -> Result<Vec<DeadLetter>, Error> {
+        Ok(self
+            .dead_letter_entries(category, partition)
+            .await?
+            .into_iter()
+            .map(|(_, letter)| letter)
+            .collect())
+    }
+
+    /// The dead letters of `partition` of `category`, oldest first, each with the id of
+    /// its entry in the dead-letter stream.
+    pub(super) async fn dead_letter_entries(
+        &self,
+        category: &str,
+        partition: u32,
+    ) -> Result<Vec<(String, DeadLetter)>, Error> {
         let key = self
             .store
             .keys()
@@ -212,7 +227,8 @@ impl ProjectionMonitor {
             let read = entries.len();
             for raw in entries {
                 after = format!("({}", raw.id);
-                letters.push(parse_dead_letter(category, &key, raw)?);
+                let id = raw.id.clone();
+                letters.push((id, parse_dead_letter(category, &key, raw)?));
             }
             if read < 1000 {
                 return Ok(letters);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use es_core::projection::{
-    Capabilities, DeadLetter, Delivery, ProjectionSource, ProjectionStatus, SourceStream,
+    event_at, Capabilities, DeadLetter, Delivery, ProjectionSource, ProjectionStatus, SourceStream,
     StreamBatch,
 };
 use es_core::{Position, StoreError};
@@ -204,6 +204,60 @@ impl ProjectionSource for RedisSource {
 
     async fn dead_letters(&self, category: &str) -> Result<Vec<DeadLetter>, StoreError> {
         Ok(self.monitor.dead_letters(category).await?)
+    }
+
+    /// The dead letters of the stream's partition, each event read again by `XRANGE`.
+    async fn dead_lettered(&self, stream: usize) -> Result<Vec<Delivery>, StoreError> {
+        let SourceStream {
+            category,
+            partition,
+            ..
+        } = &self.streams[stream];
+        let letters = self
+            .monitor
+            .dead_letter_entries(category, *partition)
+            .await?;
+        let mut deliveries = Vec::with_capacity(letters.len());
+        for (_, letter) in letters {
+            deliveries.push(Delivery {
+                position: letter.position,
+                delivered: letter.attempts,
+                event: event_at(&self.store, category, *partition, letter.position).await,
+            });
+        }
+        Ok(deliveries)
+    }
+
+    /// `XDEL`s the dead-letter stream's entries of `positions`.
+    async fn forget_dead_letters(
+        &self,
+        stream: usize,
+        positions: &[Position],
+    ) -> Result<(), StoreError> {
+        let SourceStream {
+            category,
+            partition,
+            ..
+        } = &self.streams[stream];
+        let ids: Vec<String> = self
+            .monitor
+            .dead_letter_entries(category, *partition)
+            .await?
+            .into_iter()
+            .filter(|(_, letter)| positions.contains(&letter.position))
+            .map(|(id, _)| id)
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let key = &self.keys[stream].dead_letters;
+        self.store
+            .query(
+                redis::cmd("XDEL").arg(key).arg(&ids),
+                &format!("XDEL of {key}"),
+            )
+            .await?;
+        Ok(())
     }
 
     /// Sets every group back to `0` (`XGROUP SETID … 0 ENTRIESREAD 0`), then deletes the

@@ -4,8 +4,10 @@
 --
 -- KEYS        per append a, K keys: its category stream, its aggregate's index (a list),
 --             its recent append ids (a hash), with tail copies its tail copies (a list),
---             and last the record of its partition's partition count (a string); K = 5
---             with tail copies, K = 4 without
+--             the record of its partition's partition count (a string), and last its
+--             partition's aggregates (a sorted set of ids, each with score 0, which an
+--             append that starts an aggregate adds its id to); K = 6 with tail copies,
+--             K = 5 without
 -- ARGV[1]     how many append ids to remember per aggregate (at least)
 -- ARGV[2]     how many appends follow
 -- ARGV[3]     how many tail copies to keep per aggregate (0: none, and K = 4)
@@ -96,9 +98,9 @@ else
 end
 local appends = tonumber(ARGV[2])
 local copies = tonumber(ARGV[3]) or 0
-local keys_per_append, copy_args = 4, 0
+local keys_per_append, copy_args = 5, 0
 if copies > 0 then
-  keys_per_append, copy_args = 5, 1
+  keys_per_append, copy_args = 6, 1
 end
 if appends == nil or appends < 1 or #KEYS ~= keys_per_append * appends then
   return redis.error_reply('ESINVALID malformed arguments: ' .. tostring(ARGV[2]) .. ' appends')
@@ -369,7 +371,7 @@ local function run(from)
       else
         -- An append that starts an aggregate checks its partition's recorded count.
         local why = length == 0
-          and partitions_refused(KEYS[k + keys_per_append], ARGV[ends[a] + 1])
+          and partitions_refused(KEYS[k + keys_per_append - 1], ARGV[ends[a] + 1])
         if why then
           reply('error', 0, { why })
         else
@@ -394,6 +396,14 @@ local function run(from)
             end
           end
           if added ~= 0 then
+            -- A started aggregate joins its partition's aggregates before its first entry
+            -- is written (a key of another type fails the append with nothing written),
+            -- and leaves them again if that entry is refused.
+            local started = nil
+            if length == 0 then
+              started = KEYS[k + keys_per_append]
+              rcall('ZADD', started, '0', ARGV[at])
+            end
             local stream = KEYS[k + 1]
             local pairs_end -- of the first event
             if count == 1 then
@@ -407,6 +417,9 @@ local function run(from)
               if added == 1 then
                 rcall('HDEL', ids, digest)
                 recorded = nil
+              end
+              if started then
+                rcall('ZREM', started, ARGV[at])
               end
               refused(stream, 'stream', id.err)
             else
@@ -467,7 +480,8 @@ while from <= appends do
   end
   local digest = ARGV[starts[current] + 2]
   if not refused(KEYS[k + 2], 'list')
-      and not (digest ~= '' and window > 0 and refused(KEYS[k + 3], 'hash')) then
+      and not (digest ~= '' and window > 0 and refused(KEYS[k + 3], 'hash'))
+      and not refused(KEYS[k + keys_per_append], 'zset') then
     reply('error', 0, { 'ESAPPEND ' .. tostring(failure) })
   end
   from = current + 1

@@ -272,7 +272,8 @@ pub(crate) async fn p1_server_time(
                 // no tail copies; then per append its length, aggregate id, expected
                 // version, the append id's digest (6 bytes, unique per append) or none, one
                 // event (its type and four field pairs), and the category's partition
-                // count; each append's keys end with the category's partition record.
+                // count; each append's keys end with the category's partition record and its
+                // set of aggregates.
                 let append = |c: &mut redis::Cmd, id: String, n: u64| {
                     let digest = if with_id == 1 {
                         (n * 2 + expected as u64).to_be_bytes()[2..].to_vec()
@@ -289,7 +290,7 @@ pub(crate) async fn p1_server_time(
                 let prefix = format!("es-{with_id}");
                 let keys = ["index", "appends"];
                 let header = [8, CONCURRENCY, 0];
-                let shared = ["partitions"];
+                let shared = ["partitions", "aggregates"];
                 *total += script_call(
                     &mut raw, ES_APPEND, &prefix, call, &keys, &shared, &header, &append,
                 )
