@@ -228,7 +228,9 @@ impl EventStore for InMemoryStore {
             .categories
             .iter()
             .filter(|(_, category)| !category.events.is_empty())
-            .map(|(name, category)| CategoryInfo::new(name, category.events.len() as u64))
+            .map(|(name, category)| {
+                CategoryInfo::new(name, category.events.len() as u64, category.last)
+            })
             .collect();
         categories.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(categories)

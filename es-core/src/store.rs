@@ -472,14 +472,18 @@ pub struct CategoryInfo {
     pub name: String,
     /// How many events it holds.
     pub events: u64,
+    /// The position of its newest event (of a partitioned category: the greatest of its
+    /// partitions'): a live reader starts after it to see only what comes next.
+    pub head: Position,
 }
 
 impl CategoryInfo {
-    /// Category `name`, holding `events` events.
-    pub fn new(name: impl Into<String>, events: u64) -> Self {
+    /// Category `name`, holding `events` events, the newest at `head`.
+    pub fn new(name: impl Into<String>, events: u64, head: Position) -> Self {
         CategoryInfo {
             name: name.into(),
             events,
+            head,
         }
     }
 }

@@ -440,7 +440,11 @@ impl EventStore for PostgresEventStore {
             .map(|row| {
                 let name: String = row.try_get(0).map_err(store_error)?;
                 let events: i64 = row.try_get(1).map_err(store_error)?;
-                Ok(CategoryInfo::new(name, events as u64))
+                Ok(CategoryInfo::new(
+                    name,
+                    events as u64,
+                    Position::from_sequence(events as u64),
+                ))
             })
             .collect()
     }

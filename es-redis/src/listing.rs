@@ -1,8 +1,8 @@
 //! Listing what a namespace holds, for browsing: its categories (the `categories` set, with
-//! each category's `XLEN`) and the aggregates of a category (each partition's `aggregates`
+//! each category's `XLEN` and newest entry) and the aggregates of a category (each partition's `aggregates`
 //! sorted set, read by `ZRANGEBYLEX` and merged).
 
-use es_core::{CategoryInfo, StoreError};
+use es_core::{CategoryInfo, Position, StoreError};
 use redis::Value;
 
 use crate::entry::{as_u64, into_array, into_bytes};
@@ -40,7 +40,7 @@ impl RedisEventStore {
         names.sort();
         let mut categories = Vec::with_capacity(names.len());
         for name in names {
-            let mut events = 0;
+            let (mut events, mut head) = (0, Position::ZERO);
             for stream in self.keys().category_streams(&name) {
                 let reply = self
                     .query(
@@ -51,12 +51,40 @@ impl RedisEventStore {
                 events += as_u64(&reply).ok_or_else(|| {
                     Error::unexpected(format!("XLEN of {stream}"), format!("{reply:?}"))
                 })?;
+                let newest = self.xrevrange_first(&stream).await?;
+                head = head.max(newest);
             }
             if events > 0 {
-                categories.push(CategoryInfo::new(name, events));
+                categories.push(CategoryInfo::new(name, events, head));
             }
         }
         Ok(categories)
+    }
+
+    /// The id of the newest entry of `stream` (`Position::ZERO` if it has none).
+    async fn xrevrange_first(&self, stream: &str) -> Result<Position, Error> {
+        let operation = format!("XREVRANGE of {stream}");
+        let reply = self
+            .query(
+                redis::cmd("XREVRANGE")
+                    .arg(stream)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1),
+                &operation,
+            )
+            .await?;
+        let Some(entry) = into_array(reply, &operation)?.into_iter().next() else {
+            return Ok(Position::ZERO);
+        };
+        let id = into_array(entry, &operation)?
+            .into_iter()
+            .next()
+            .and_then(into_bytes)
+            .and_then(|raw| String::from_utf8(raw).ok());
+        id.and_then(|id| id.parse::<Position>().ok())
+            .ok_or_else(|| Error::unexpected(&operation, "an entry without a valid id"))
     }
 
     /// Up to `limit` aggregate ids of `category` after `after`, by their bytes: the first

@@ -200,9 +200,10 @@ pub async fn the_pre_deploy_check_finds_exactly_the_undecodable_entries<S: Snaps
 pub async fn categories_and_aggregate_ids_are_listed_in_pages<S: SnapshotStore>(store: S) {
     assert!(store.categories().await.expect("categories").is_empty());
     let ids = ["", " ", "a/b", "Z", "a", "a:b", "{x}", "%7B", "é", "日本"];
+    let mut user_head = Position::ZERO;
     for (n, id) in ids.iter().enumerate() {
         let stream = StreamId::new("user", *id);
-        store
+        let written = store
             .append(
                 &stream,
                 ExpectedVersion::NoStream,
@@ -211,8 +212,9 @@ pub async fn categories_and_aggregate_ids_are_listed_in_pages<S: SnapshotStore>(
             )
             .await
             .expect("append");
+        user_head = user_head.max(*written.positions.last().expect("positions"));
     }
-    store
+    let order_head = *store
         .append(
             &StreamId::new("order", "o-1"),
             ExpectedVersion::Any,
@@ -220,15 +222,18 @@ pub async fn categories_and_aggregate_ids_are_listed_in_pages<S: SnapshotStore>(
             &none(),
         )
         .await
-        .expect("append elsewhere");
+        .expect("append elsewhere")
+        .positions
+        .last()
+        .expect("positions");
     let user_events: usize = (0..ids.len()).map(|n| 1 + n % 3).sum();
     assert_eq!(
         store.categories().await.expect("categories"),
         vec![
-            crate::store::CategoryInfo::new("order", 2),
-            crate::store::CategoryInfo::new("user", user_events as u64),
+            crate::store::CategoryInfo::new("order", 2, order_head),
+            crate::store::CategoryInfo::new("user", user_events as u64, user_head),
         ],
-        "every category with its event count, sorted by name"
+        "every category with its event count and newest position, sorted by name"
     );
     let mut expected: Vec<String> = ids.iter().map(|id| (*id).to_owned()).collect();
     expected.sort();
