@@ -174,10 +174,9 @@ fn bin_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os(BIN_DIR_VARIABLE) {
         return Some(PathBuf::from(dir));
     }
-    let on_path = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .find(|dir| dir.join("initdb").is_file() && dir.join("postgres").is_file())
-    });
+    let on_path = es_core::testing::servers::find_on_path("initdb")
+        .and_then(|initdb| initdb.parent().map(Path::to_path_buf))
+        .filter(|dir| dir.join("postgres").is_file());
     if on_path.is_some() {
         return on_path;
     }

@@ -30,6 +30,14 @@ pub fn temp_dir(prefix: &str) -> std::io::Result<PathBuf> {
     Ok(dir)
 }
 
+/// The first file named `program` in a directory on `PATH`.
+pub fn find_on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
 /// A name no other call in this process returns: `<label><separator><n>`.
 pub fn unique_name(label: &str, separator: char) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
