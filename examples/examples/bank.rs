@@ -25,7 +25,8 @@ use es_core::{
     Aggregate, Apply, Event, Handle, RecordedEvent, Repository, RepositoryError, SnapshotPolicy,
     SnapshotStore, StoreError,
 };
-use es_examples::{run, Backend, Options};
+use es_examples::{inspect, run, Backend, Options};
+use es_inspect::Inspector;
 
 #[derive(Event, Debug, Clone, PartialEq)]
 struct AccountOpened {
@@ -229,7 +230,7 @@ async fn teller(
     Ok((ledger, rejected))
 }
 
-async fn bank(_options: Options, backend: Backend) -> Result<(), Box<dyn std::error::Error>> {
+async fn bank(options: Options, backend: Backend) -> Result<(), Box<dyn std::error::Error>> {
     let store = backend.store();
     let accounts = Arc::new(
         Repository::<Account, _>::new(store.clone())
@@ -326,7 +327,10 @@ async fn bank(_options: Options, backend: Backend) -> Result<(), Box<dyn std::er
         return Err("final balances differ from the accepted commands".into());
     }
     println!("final balances equal the sum of accepted commands");
-    Ok(())
+    let inspector = Inspector::new(store)
+        .aggregate::<Account>()
+        .projection(runner.control());
+    inspect(&options, inspector).await
 }
 
 #[tokio::main]

@@ -21,7 +21,8 @@ use es_core::StoreError;
 use es_core::{
     Aggregate, Apply, Event, EventStore, Handle, Position, RecordedEvent, Repository, SnapshotStore,
 };
-use es_examples::{run, Backend, Options};
+use es_examples::{inspect, run, Backend, Options};
+use es_inspect::Inspector;
 
 // ---- user_updates: registration and renames -------------------------------------------
 
@@ -366,7 +367,7 @@ async fn social_profile(
     progress.wait_for_executed(&last_updates, timeout).await?;
     progress.wait_for_executed(&last_activity, timeout).await?;
     progress.wait_for_executed(&last_friends, timeout).await?;
-    let (_, stats) = worker.stop().await?;
+    let (runner, stats) = worker.stop().await?;
     println!(
         "projection `{PROJECTION}` (worker-1) handled {} events",
         stats.handled
@@ -430,7 +431,12 @@ async fn social_profile(
             );
         }
     }
-    Ok(())
+    let inspector = Inspector::new(store)
+        .aggregate::<UserProfile>()
+        .aggregate::<UserActivity>()
+        .aggregate::<UserFriends>()
+        .projection(runner.control());
+    inspect(&options, inspector).await
 }
 
 #[tokio::main]

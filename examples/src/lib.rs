@@ -33,6 +33,33 @@ pub struct Options {
     /// report what fails (the pre-deploy check); it changes nothing.
     #[arg(long)]
     pub check: bool,
+    /// After the run, serve the inspector (es-inspect) on this address, e.g.
+    /// 127.0.0.1:8080, until Ctrl-C: browse the events, replay each aggregate's state.
+    #[arg(long, value_name = "ADDR")]
+    pub inspect: Option<std::net::SocketAddr>,
+}
+
+/// With `--inspect ADDR`, serves `inspector` there until Ctrl-C, printing its address
+/// first (`inspector at http://…/`); without, returns at once.
+pub async fn inspect(
+    options: &Options,
+    inspector: es_inspect::Inspector,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let Some(addr) = options.inspect else {
+        return Ok(());
+    };
+    let bound = inspector.bind(addr).await?;
+    println!(
+        "inspector at http://{}/ (Ctrl-C stops it)",
+        bound.local_addr()
+    );
+    std::io::Write::flush(&mut std::io::stdout())?;
+    bound
+        .run(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
 }
 
 /// The PostgreSQL the examples use when no URL is given: the machine's own server.

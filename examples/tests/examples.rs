@@ -2,30 +2,13 @@
 //! memory, and prints its key lines; an unreachable server is a clear message and exit
 //! status 1, not a panic; bad arguments are clap's error and exit status 2.
 
-use std::path::PathBuf;
+mod support;
+
 use std::process::{Command, Output};
 
-use es_redis::testing::{unique_namespace, RedisServer};
+use support::example;
 
-/// The example binary `cargo test` built next to this test's binary.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir")
-        .join("examples");
-    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    if !path.exists() {
-        // Built on demand when the tests run without the examples (e.g. `--test examples`).
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "es-examples", "--example", name])
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building example {name}");
-    }
-    path
-}
+use es_redis::testing::{unique_namespace, RedisServer};
 
 fn run(name: &str, args: &[&str]) -> (Output, String) {
     let output = Command::new(example(name))
@@ -227,6 +210,7 @@ fn help_describes_every_flag() {
         "--read-model-url",
         "--namespace",
         "--check",
+        "--inspect <ADDR>",
         "[env: REDIS_URL=",
         "[default: redis://127.0.0.1:6379]",
     ] {
