@@ -261,5 +261,26 @@ async fn the_replay_view_steps_through_the_seed_users_history() {
             .join(extra);
         std::fs::write(&extra, &png).expect("save the screenshot where asked");
     }
+
+    // The other views render from the same API: the categories, a category's aggregates
+    // (links to their replays), and projections (none registered here).
+    client.goto(&served.url("/#/")).await.expect("open the categories");
+    let category = client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#categories a[href='#/c/user']"))
+        .await
+        .expect("the categories table links `user`");
+    category.click().await.expect("open `user`");
+    let aggregates = client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#aggregates"))
+        .await
+        .expect("the aggregates of `user`")
+        .text()
+        .await
+        .expect("text");
+    assert!(aggregates.contains("bugs") && aggregates.contains("duffy"), "{aggregates}");
     client.close().await.expect("close the session");
 }
