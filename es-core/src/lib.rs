@@ -26,8 +26,8 @@ pub use event::{Apply, ApplyTo, Event, NamedEvent};
 pub use memory::InMemoryStore;
 pub use repository::{AsOf, Executed, Loaded, Repository, RepositoryError, SnapshotPolicy};
 pub use store::{
-    AppendOptions, AppendResult, CategoryInfo, EventStore, ExpectedVersion, Metadata, NewEvent,
-    Position, ReadRange, RecordedEvent, Snapshot, SnapshotStore, StoredEvent, StreamId,
+    AggregateIds, AppendOptions, AppendResult, CategoryInfo, EventStore, ExpectedVersion, Metadata,
+    NewEvent, Position, ReadRange, RecordedEvent, Snapshot, SnapshotStore, StoredEvent, StreamId,
 };
 
 /// `#[derive(Event)]`: see [`Event`](trait@Event).

@@ -11,9 +11,9 @@ use crate::error::{ConflictError, StoreError};
 use crate::projection::{PollingSource, ProjectionBackend, ProjectionOptions, ProjectionSource};
 use crate::read_model::{InMemoryReadModels, ReadModelStore};
 use crate::store::{
-    millis_since_epoch, validate_append, validate_snapshot, AppendOptions, AppendResult,
-    CategoryInfo, EventStore, ExpectedVersion, NewEvent, Position, ReadRange, Snapshot,
-    SnapshotStore, StoredEvent, StreamId,
+    millis_since_epoch, validate_append, validate_snapshot, AggregateIds, AppendOptions,
+    AppendResult, CategoryInfo, EventStore, ExpectedVersion, NewEvent, Position, ReadRange,
+    Snapshot, SnapshotStore, StoredEvent, StreamId,
 };
 
 /// How many appends with an id each stream remembers (the durable backends' default too):
@@ -241,20 +241,23 @@ impl EventStore for InMemoryStore {
         category: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<AggregateIds, StoreError> {
+        let after = AggregateIds::parse_cursor(after)?;
         let state = self.lock();
-        let mut ids: Vec<&str> = state
-            .streams
+        let Some(category) = state.categories.get(category) else {
+            return Ok(AggregateIds::default());
+        };
+        let start = category.events.partition_point(|e| e.position <= after);
+        let firsts: Vec<&StoredEvent> = category.events[start..]
             .iter()
-            .filter(|(stream, events)| {
-                stream.category == category
-                    && !events.is_empty()
-                    && after.is_none_or(|after| stream.id.as_str() > after)
-            })
-            .map(|(stream, _)| stream.id.as_str())
+            .filter(|event| event.version == 1)
+            .take(limit)
             .collect();
-        ids.sort_unstable();
-        Ok(ids.into_iter().take(limit).map(str::to_owned).collect())
+        let next = (firsts.len() == limit && limit > 0)
+            .then(|| firsts.last().map(|event| event.position.to_string()))
+            .flatten();
+        let ids = firsts.iter().map(|event| event.stream.id.clone()).collect();
+        Ok(AggregateIds::new(ids, next))
     }
 }
 

@@ -429,15 +429,17 @@ pub trait EventStore: Send + Sync {
     /// events it holds: what a browser of the store (es-inspect) lists first.
     async fn categories(&self) -> Result<Vec<CategoryInfo>, StoreError>;
 
-    /// Up to `limit` ids of the aggregates of `category` that hold events, in byte order
-    /// of their UTF-8, starting after `after` (exclusive) when given: pages of every
-    /// aggregate of a category. An unknown category has none.
+    /// A page of the ids of the aggregates of `category`, in the order they started (their
+    /// first event), at most `limit`, continuing after cursor `after` (a page's
+    /// [`next`](AggregateIds::next); `None`: from the first). An unknown category has none.
+    /// A partitioned category's partitions are merged by the position of each aggregate's
+    /// first event.
     async fn aggregate_ids(
         &self,
         category: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<String>, StoreError>;
+    ) -> Result<AggregateIds, StoreError>;
 
     /// How many partitions `category` has: 1 (the default) when the category has one
     /// order. Each partition holds whole aggregates and orders its own events.
@@ -485,6 +487,37 @@ impl CategoryInfo {
             events,
             head,
         }
+    }
+}
+
+/// A page of aggregate ids ([`EventStore::aggregate_ids`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AggregateIds {
+    /// The ids, in the order the aggregates started.
+    pub ids: Vec<String>,
+    /// The cursor to continue after (opaque, the backend's own), when the page is full:
+    /// more may follow. `None` on the last page.
+    pub next: Option<String>,
+}
+
+impl AggregateIds {
+    /// A page of `ids` continuing after `next`.
+    pub fn new(ids: Vec<String>, next: Option<String>) -> Self {
+        AggregateIds { ids, next }
+    }
+
+    /// The cursor `after` as a position (memory, PostgreSQL): a malformed one is refused.
+    pub fn parse_cursor(after: Option<&str>) -> Result<Position, StoreError> {
+        match after {
+            None => Ok(Position::ZERO),
+            Some(text) => text.parse().map_err(|_| Self::invalid_cursor(text)),
+        }
+    }
+
+    /// The refusal of cursor `text`, which the backend did not hand out.
+    pub fn invalid_cursor(text: &str) -> StoreError {
+        StoreError::InvalidRequest(format!("{text:?} is no cursor of aggregate ids"))
     }
 }
 
@@ -559,7 +592,7 @@ impl<T: EventStore + ?Sized> EventStore for Arc<T> {
         category: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<AggregateIds, StoreError> {
         (**self).aggregate_ids(category, after, limit).await
     }
     fn partitions(&self, category: &str) -> u32 {

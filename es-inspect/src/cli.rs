@@ -27,11 +27,11 @@ pub struct Cli {
 pub enum Command {
     /// Lists the categories, with how many events each holds.
     Categories,
-    /// Lists the aggregate ids of a category, in pages.
+    /// Lists the aggregate ids of a category, in the order they started, in pages.
     Aggregates {
         /// The category.
         category: String,
-        /// Start after this id.
+        /// Continue after this cursor (printed at the end of a full page).
         #[arg(long)]
         after: Option<String>,
         /// How many ids (1 to 1000).

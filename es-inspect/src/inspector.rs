@@ -157,7 +157,8 @@ impl Inspector {
             .collect())
     }
 
-    /// Up to `limit` (1 to [`MAX_PAGE`]) aggregate ids of `category`, after `after`.
+    /// Up to `limit` (1 to [`MAX_PAGE`]) aggregate ids of `category`, in the order they
+    /// started, after cursor `after` (the `next` of the page before).
     pub async fn aggregates(
         &self,
         category: &str,
@@ -169,15 +170,14 @@ impl Inspector {
                 "a page holds 1 to {MAX_PAGE} ids, not {limit}"
             )));
         }
-        let ids = self.store.aggregate_ids(category, after, limit).await?;
-        if ids.is_empty() && after.is_none() {
+        let page = self.store.aggregate_ids(category, after, limit).await?;
+        if page.ids.is_empty() && after.is_none() {
             return Err(no_category(category));
         }
-        let next = (ids.len() == limit).then(|| ids[ids.len() - 1].clone());
         Ok(AggregatePage {
             category: category.to_owned(),
-            ids,
-            next,
+            ids: page.ids,
+            next: page.next,
         })
     }
 
@@ -355,6 +355,7 @@ impl Inspector {
             .store
             .aggregate_ids(category, None, 1)
             .await?
+            .ids
             .is_empty();
         if category_is_empty {
             Err(no_category(category))

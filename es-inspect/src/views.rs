@@ -54,9 +54,9 @@ impl CategoryView {
 pub struct AggregatePage {
     /// The category.
     pub category: String,
-    /// The ids, in byte order.
+    /// The ids, in the order the aggregates started.
     pub ids: Vec<String>,
-    /// The id to ask for the next page after; `None` on the last page.
+    /// The cursor to ask for the next page after; `None` on the last page.
     pub next: Option<String>,
 }
 

@@ -264,7 +264,10 @@ async fn the_replay_view_steps_through_the_seed_users_history() {
 
     // The other views render from the same API: the categories, a category's aggregates
     // (links to their replays), and projections (none registered here).
-    client.goto(&served.url("/#/")).await.expect("open the categories");
+    client
+        .goto(&served.url("/#/"))
+        .await
+        .expect("open the categories");
     let category = client
         .wait()
         .at_most(Duration::from_secs(10))
@@ -281,6 +284,9 @@ async fn the_replay_view_steps_through_the_seed_users_history() {
         .text()
         .await
         .expect("text");
-    assert!(aggregates.contains("bugs") && aggregates.contains("duffy"), "{aggregates}");
+    assert!(
+        aggregates.contains("bugs") && aggregates.contains("duffy"),
+        "{aggregates}"
+    );
     client.close().await.expect("close the session");
 }

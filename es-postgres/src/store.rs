@@ -8,8 +8,9 @@ use es_core::codec::Fields;
 use es_core::group_commit::{BatchLimits, GroupCommit};
 use es_core::store::{validate_append, validate_snapshot};
 use es_core::{
-    AppendOptions, AppendResult, CategoryInfo, DecodeError, EventStore, ExpectedVersion, Metadata,
-    NewEvent, Position, ReadRange, Snapshot, SnapshotStore, StoreError, StoredEvent, StreamId,
+    AggregateIds, AppendOptions, AppendResult, CategoryInfo, DecodeError, EventStore,
+    ExpectedVersion, Metadata, NewEvent, Position, ReadRange, Snapshot, SnapshotStore, StoreError,
+    StoredEvent, StreamId,
 };
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
@@ -101,9 +102,8 @@ impl Statements {
                  ORDER BY category COLLATE \"C\""
             ),
             aggregate_ids: format!(
-                "SELECT aggregate_id FROM {s}.events WHERE category = $1 AND version = 1 \
-                 AND ($2::text IS NULL OR aggregate_id COLLATE \"C\" > $2) \
-                 ORDER BY aggregate_id COLLATE \"C\" LIMIT $3"
+                "SELECT aggregate_id, position FROM {s}.events \
+                 WHERE category = $1 AND position > $2 AND version = 1 ORDER BY position LIMIT $3"
             ),
             save_snapshot: format!(
                 "INSERT INTO {s}.snapshots AS t (category, aggregate_id, version, position, schema, field_names, field_values) \
@@ -454,14 +454,22 @@ impl EventStore for PostgresEventStore {
         category: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<String>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    ) -> Result<AggregateIds, StoreError> {
+        let after = i64::try_from(AggregateIds::parse_cursor(after)?.major()).unwrap_or(i64::MAX);
+        let wanted = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
-            .query(&self.inner.sql.aggregate_ids, &[&category, &after, &limit])
+            .query(&self.inner.sql.aggregate_ids, &[&category, &after, &wanted])
             .await?;
-        rows.iter()
-            .map(|row| row.try_get(0).map_err(store_error))
-            .collect()
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut last = None;
+        for row in &rows {
+            ids.push(row.try_get::<_, String>(0).map_err(store_error)?);
+            last = Some(row.try_get::<_, i64>(1).map_err(store_error)?);
+        }
+        let next = last
+            .filter(|_| ids.len() == limit)
+            .map(|position| Position::from_sequence(position as u64).to_string());
+        Ok(AggregateIds::new(ids, next))
     }
 }
 

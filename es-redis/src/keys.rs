@@ -10,7 +10,7 @@
 //! | `es:{user}:appends:42` | hash | recent append ids' digests → the append's last version (`:<events>` if not 1) |
 //! | `es:{user}:tail:42` | list | with [`RedisConfig::tail_copies`](crate::RedisConfig::tail_copies): copies of the newest events, `<entry id> <copy>` |
 //! | `es:{user}:snapshot:42` | hash | the snapshot's fields plus `_version`, `_position`, `_schema`, `_fields` |
-//! | `es:{user}:aggregates` | sorted set | the ids of every `user` aggregate, by their bytes |
+//! | `es:{user}:aggregates` | stream | an entry `id <id>` per `user` aggregate, in the order they started |
 //! | `es:categories` | set | every category written |
 //! | `es:{user}:dead:profiles` | stream | events of `user` projection `profiles` could not process |
 //! | `es:{user}:failures:profiles` | hash | the last handler error of each entry `profiles` will retry |
@@ -143,9 +143,9 @@ impl KeyLayout {
         }
     }
 
-    /// The aggregates of `partition` of `category`: a sorted set of the ids of the
-    /// aggregates it holds (all with score 0, so they sort by their bytes), which the
-    /// append script adds to when an append starts an aggregate.
+    /// The aggregates of `partition` of `category`: a stream with an entry `id <aggregate
+    /// id>` per aggregate it holds, in the order they started, which the append script adds
+    /// to when an append starts an aggregate.
     pub fn aggregates(&self, category: &str, partition: u32) -> String {
         format!("{}:aggregates", self.partition_prefix(category, partition))
     }

@@ -1,9 +1,8 @@
 //! Listing what a namespace holds, for browsing: its categories (the `categories` set, with
-//! each category's `XLEN` and newest entry) and the aggregates of a category (each partition's `aggregates`
-//! sorted set, read by `ZRANGEBYLEX` and merged).
+//! each category's `XLEN` and newest entry) and the aggregates of a category (each
+//! partition's `aggregates` stream, read by `XRANGE` and merged).
 
-use es_core::{CategoryInfo, Position, StoreError};
-use redis::Value;
+use es_core::{AggregateIds, CategoryInfo, Position, StoreError};
 
 use crate::entry::{as_u64, into_array, into_bytes};
 use crate::error::Error;
@@ -87,47 +86,73 @@ impl RedisEventStore {
             .ok_or_else(|| Error::unexpected(&operation, "an entry without a valid id"))
     }
 
-    /// Up to `limit` aggregate ids of `category` after `after`, by their bytes: the first
-    /// `limit` of each partition, merged.
+    /// A page of the aggregate ids of `category` after cursor `after`, in the order they
+    /// started: the first `limit` of each partition's stream, merged by entry id. Entry ids
+    /// of different partitions may be equal (each node numbers its own), so a cursor holds
+    /// one entry id per partition, comma-separated.
     pub(crate) async fn list_aggregate_ids(
         &self,
         category: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<String>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let min = match after {
-            Some(after) => [b"(", after.as_bytes()].concat(),
-            None => b"-".to_vec(),
+    ) -> Result<AggregateIds, StoreError> {
+        let partitions = self.keys().partitions(category) as usize;
+        let mut cursors = match after {
+            None => vec![Position::ZERO; partitions],
+            Some(text) => {
+                let parts: Vec<&str> = text.split(',').collect();
+                if parts.len() != partitions {
+                    return Err(AggregateIds::invalid_cursor(text));
+                }
+                let parsed: Result<Vec<Position>, _> = parts.iter().map(|p| p.parse()).collect();
+                parsed.map_err(|_| AggregateIds::invalid_cursor(text))?
+            }
         };
-        let mut ids = Vec::new();
-        for partition in 0..self.keys().partitions(category) {
-            let key = self.keys().aggregates(category, partition);
-            let operation = format!("ZRANGEBYLEX of {key}");
-            let mut command = redis::cmd("ZRANGEBYLEX");
-            command
-                .arg(&key)
-                .arg(&min)
-                .arg("+")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(limit);
-            let reply = self.query(&command, &operation).await?;
-            for member in into_array(reply, &operation)? {
-                let id = match member {
-                    Value::BulkString(raw) => String::from_utf8(raw).ok(),
-                    _ => None,
-                };
-                ids.push(id.ok_or_else(|| {
-                    Error::unexpected(&operation, "a member that is no UTF-8 id")
-                })?);
+        if limit == 0 {
+            return Ok(AggregateIds::default());
+        }
+        let mut started: Vec<(Position, usize, String)> = Vec::new();
+        for (partition, after) in cursors.iter().enumerate() {
+            let key = self.keys().aggregates(category, partition as u32);
+            let operation = format!("XRANGE of {key}");
+            let start = if *after == Position::ZERO {
+                "-".to_owned()
+            } else {
+                format!("({after}")
+            };
+            for raw in self.xrange_page(&key, &start, limit).await? {
+                let position = raw.id.parse::<Position>().ok();
+                let id = raw
+                    .pairs
+                    .and_then(|pairs| pairs.into_iter().find(|(name, _)| name == b"id"))
+                    .and_then(|(_, id)| String::from_utf8(id).ok());
+                match (position, id) {
+                    (Some(position), Some(id)) => started.push((position, partition, id)),
+                    _ => {
+                        return Err(Error::unexpected(
+                            &operation,
+                            format!("entry {} is no `id <aggregate id>`", raw.id),
+                        )
+                        .into())
+                    }
+                }
             }
         }
-        ids.sort_unstable();
-        ids.dedup();
-        ids.truncate(limit);
-        Ok(ids)
+        started.sort_by_key(|(position, partition, _)| (*position, *partition));
+        started.truncate(limit);
+        for (position, partition, _) in &started {
+            cursors[*partition] = *position;
+        }
+        let next = (started.len() == limit).then(|| {
+            cursors
+                .iter()
+                .map(Position::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        Ok(AggregateIds::new(
+            started.into_iter().map(|(_, _, id)| id).collect(),
+            next,
+        ))
     }
 }

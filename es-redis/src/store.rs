@@ -5,8 +5,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use es_core::store::validate_append;
 use es_core::{
-    AppendOptions, AppendResult, CategoryInfo, ConflictError, EventStore, ExpectedVersion,
-    NewEvent, Position, ReadRange, StoreError, StoredEvent, StreamId,
+    AggregateIds, AppendOptions, AppendResult, CategoryInfo, ConflictError, EventStore,
+    ExpectedVersion, NewEvent, Position, ReadRange, StoreError, StoredEvent, StreamId,
 };
 use redis::{Cmd, ScriptInvocation, Value};
 
@@ -295,13 +295,13 @@ impl EventStore for RedisEventStore {
         self.list_categories().await
     }
 
-    /// Each partition's sorted set of aggregate ids, by `ZRANGEBYLEX`.
+    /// Each partition's stream of started aggregates, by `XRANGE`.
     async fn aggregate_ids(
         &self,
         category: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<AggregateIds, StoreError> {
         self.check_partition_count(category, false).await?;
         self.list_aggregate_ids(category, after, limit).await
     }

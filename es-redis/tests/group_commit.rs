@@ -252,13 +252,17 @@ async fn a_bad_append_fails_alone_first_in_the_middle_or_last_and_leaves_no_orph
                 2 * (APPENDS - 1),
                 "{fault:?} at {bad}: the good appends' events"
             );
-            let listed: Vec<String> = redis::cmd("ZRANGE")
+            let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
                 .arg(format!("{prefix}:aggregates"))
-                .arg(0)
-                .arg(-1)
+                .arg("-")
+                .arg("+")
                 .query_async(&mut connection)
                 .await
-                .expect("ZRANGE");
+                .expect("XRANGE");
+            let listed: Vec<String> = entries
+                .into_iter()
+                .map(|(_, pairs)| pairs[0].1.clone())
+                .collect();
             let good: Vec<String> = (0..APPENDS)
                 .filter(|a| *a != bad)
                 .map(|a| format!("a{a}"))

@@ -615,7 +615,7 @@ macro_rules! forward_store {
                 c: &str,
                 a: Option<&str>,
                 l: usize,
-            ) -> Result<Vec<String>, StoreError> {
+            ) -> Result<es_core::AggregateIds, StoreError> {
                 self.inner.aggregate_ids(c, a, l).await
             }
         }

@@ -234,7 +234,7 @@ impl<S: SnapshotStore> EventStore for CountingStore<S> {
         category: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<crate::store::AggregateIds, StoreError> {
         self.inner.aggregate_ids(category, after, limit).await
     }
 

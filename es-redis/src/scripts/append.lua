@@ -5,9 +5,8 @@
 -- KEYS        per append a, K keys: its category stream, its aggregate's index (a list),
 --             its recent append ids (a hash), with tail copies its tail copies (a list),
 --             the record of its partition's partition count (a string), and last its
---             partition's aggregates (a sorted set of ids, each with score 0, which an
---             append that starts an aggregate adds its id to); K = 6 with tail copies,
---             K = 5 without
+--             partition's aggregates (a stream: an append that starts an aggregate adds an
+--             entry `id <aggregate id>`); K = 6 with tail copies, K = 5 without
 -- ARGV[1]     how many append ids to remember per aggregate (at least)
 -- ARGV[2]     how many appends follow
 -- ARGV[3]     how many tail copies to keep per aggregate (0: none, and K = 4)
@@ -399,10 +398,10 @@ local function run(from)
             -- A started aggregate joins its partition's aggregates before its first entry
             -- is written (a key of another type fails the append with nothing written),
             -- and leaves them again if that entry is refused.
-            local started = nil
+            local started, joined = nil, nil
             if length == 0 then
               started = KEYS[k + keys_per_append]
-              rcall('ZADD', started, '0', ARGV[at])
+              joined = rcall('XADD', started, '*', 'id', ARGV[at])
             end
             local stream = KEYS[k + 1]
             local pairs_end -- of the first event
@@ -419,7 +418,7 @@ local function run(from)
                 recorded = nil
               end
               if started then
-                rcall('ZREM', started, ARGV[at])
+                rcall('XDEL', started, joined)
               end
               refused(stream, 'stream', id.err)
             else
@@ -481,7 +480,7 @@ while from <= appends do
   local digest = ARGV[starts[current] + 2]
   if not refused(KEYS[k + 2], 'list')
       and not (digest ~= '' and window > 0 and refused(KEYS[k + 3], 'hash'))
-      and not refused(KEYS[k + keys_per_append], 'zset') then
+      and not refused(KEYS[k + keys_per_append], 'stream') then
     reply('error', 0, { 'ESAPPEND ' .. tostring(failure) })
   end
   from = current + 1
