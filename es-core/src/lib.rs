@@ -11,6 +11,7 @@ pub mod event;
 pub mod evolution;
 pub mod group_commit;
 pub mod memory;
+pub mod personal;
 pub mod position;
 pub mod projection;
 pub mod read_model;
@@ -107,6 +108,26 @@ pub mod __private {
             T::default()
         }
     }
+
+    /// What an erased personal field decodes as: its `Default`.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` has no `Default` value for a personal field",
+        label = "a personal field needs `Default`: once its subject is erased, it decodes as that",
+        note = "implement `Default` for `{Self}`, or use `es_core::personal::Personal<{Self}>`, whose default is `Personal::Erased`"
+    )]
+    pub trait PersonalField: Sized {
+        /// `Default::default()`.
+        fn erased_value() -> Self;
+    }
+
+    #[diagnostic::do_not_recommend]
+    impl<T: Default> PersonalField for T {
+        fn erased_value() -> Self {
+            T::default()
+        }
+    }
+
+    pub use crate::personal::{decode_personal, to_seal_value, SUBJECT_FIELD};
 
     /// The value of an `#[event(default)]` field stored before the field existed.
     #[diagnostic::on_unimplemented(

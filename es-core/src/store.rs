@@ -238,8 +238,25 @@ pub fn validate_append(stream: &StreamId, events: &[NewEvent]) -> Result<(), Sto
                 event.event_type
             )));
         }
+        refuse_unsealed(stream, &event.event_type, &event.fields)?;
     }
     Ok(())
+}
+
+/// Refuses personal values still in the clear (marked to be sealed): they are sealed by a
+/// [`Shredded`](crate::personal::Shredded) store, so plain personal data never reaches a
+/// backend.
+fn refuse_unsealed(stream: &StreamId, what: &str, fields: &Fields) -> Result<(), StoreError> {
+    match fields
+        .iter()
+        .find(|(_, value)| value.starts_with(crate::personal::TO_SEAL))
+    {
+        Some((name, _)) => Err(StoreError::InvalidRequest(format!(
+            "`{what}` for {stream} has personal field `{name}` in the clear: store personal data \
+             through `es_core::personal::Shredded`, which encrypts it with its subject's key"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Checks a snapshot before a backend saves it: no field starts with
@@ -262,6 +279,7 @@ pub fn validate_snapshot(stream: &StreamId, snapshot: &Snapshot) -> Result<(), S
             )));
         }
     }
+    refuse_unsealed(stream, "snapshot", &snapshot.fields)?;
     Ok(())
 }
 

@@ -15,6 +15,7 @@ mod category_cases;
 pub mod conformance;
 mod evolution_cases;
 mod live_projection_cases;
+pub mod personal_cases;
 pub mod projection_cases;
 mod read_model_cases;
 mod redrive_cases;

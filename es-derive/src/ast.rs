@@ -21,6 +21,10 @@ pub(crate) struct Field {
     pub skip: bool,
     /// `#[event(default)]` / `#[event(default = expr)]`: the value when the field is absent.
     pub default: Option<FieldDefault>,
+    /// `#[event(personal)]` / `#[aggregate(personal)]`, with its span.
+    pub personal: Option<Span>,
+    /// `#[event(subject)]`, with its span.
+    pub subject: Option<Span>,
 }
 
 pub(crate) enum Body {
@@ -123,6 +127,8 @@ fn fields(cx: &Ctxt, fields: &Fields, place: Place, what: &str) -> Body {
                         json: attrs.json.is_some(),
                         skip: attrs.skip.is_some(),
                         default: attrs.default,
+                        personal: attrs.personal,
+                        subject: attrs.subject,
                     })
                 })
                 .collect(),

@@ -30,9 +30,9 @@ impl Place {
         match self {
             Place::EventStruct => &["rename", "alias", "version", "upcast_from"],
             Place::EventEnum | Place::EventVariant => &[],
-            Place::EventField => &["rename", "json", "default"],
+            Place::EventField => &["rename", "json", "default", "personal", "subject"],
             Place::Aggregate => &["event", "name", "snapshot_version"],
-            Place::AggregateField => &["rename", "json", "skip"],
+            Place::AggregateField => &["rename", "json", "skip", "personal"],
         }
     }
 
@@ -81,6 +81,15 @@ impl Place {
             (Place::EventStruct | Place::EventEnum | Place::EventVariant | Place::AggregateField, "snapshot_version") => {
                 Some("`snapshot_version` goes on the aggregate: `#[aggregate(snapshot_version = 2)]`")
             }
+            (Place::EventStruct | Place::EventEnum | Place::EventVariant | Place::Aggregate, "personal") => {
+                Some("personal data is declared per field: put `#[event(personal)]` on each field that holds it (`#[aggregate(personal)]` on a snapshot field)")
+            }
+            (Place::EventStruct | Place::EventEnum | Place::EventVariant | Place::Aggregate, "subject") => {
+                Some("the subject is a field: put `#[event(subject)]` on the field that identifies the person")
+            }
+            (Place::AggregateField, "subject") => Some(
+                "a snapshot's personal fields belong to the aggregate's id; `subject` marks an event field",
+            ),
             _ => None,
         }
     }
@@ -123,6 +132,10 @@ pub(crate) struct Attrs {
     pub event: Option<syn::Path>,
     pub json: Option<Span>,
     pub skip: Option<Span>,
+    /// `personal`: stored encrypted with its subject's key.
+    pub personal: Option<Span>,
+    /// `subject`: the field that names the event's data subject.
+    pub subject: Option<Span>,
     /// `event` was given without a path (already reported).
     pub event_invalid: bool,
 }
@@ -185,6 +198,8 @@ pub(crate) fn parse(cx: &Ctxt, attrs: &[Attribute], place: Place) -> Attrs {
                 }
                 "json" => set(&mut out.json, flag(cx, &meta, &key)?),
                 "skip" => set(&mut out.skip, flag(cx, &meta, &key)?),
+                "personal" => set(&mut out.personal, flag(cx, &meta, &key)?),
+                "subject" => set(&mut out.subject, flag(cx, &meta, &key)?),
                 _ => false,
             };
             if duplicate {

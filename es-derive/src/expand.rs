@@ -119,9 +119,15 @@ fn encode_fields(fields: &[Field], what: &TokenStream) -> TokenStream {
             let encode = quote_spanned! {field.ty_span()=>
                 <#ty as ::es_core::__private::FieldValue>::encode_value
             };
+            // A personal value is marked to be sealed by the store.
+            let raw = if field.personal.is_some() {
+                quote!(::es_core::__private::to_seal_value(__es_raw))
+            } else {
+                quote!(__es_raw)
+            };
             quote! {
                 if let ::core::option::Option::Some(__es_raw) = #encode(&self.#member) {
-                    __es_out.push(#name, __es_raw);
+                    __es_out.push(#name, #raw);
                 }
             }
         }
@@ -151,8 +157,14 @@ fn decode_body(body: &Body, what: &TokenStream) -> TokenStream {
                         quote!(#decode(#what, __es_fields, #name)?)
                     } else {
                         // The same path as in `encode_fields`, so a missing codec is one error.
-                        let decode = quote_spanned! {field.ty_span()=>
-                            <#ty as ::es_core::__private::FieldValue>::decode_value
+                        let decode = if field.personal.is_some() {
+                            quote_spanned! {field.ty_span()=>
+                                ::es_core::__private::decode_personal::<#ty>
+                            }
+                        } else {
+                            quote_spanned! {field.ty_span()=>
+                                <#ty as ::es_core::__private::FieldValue>::decode_value
+                            }
                         };
                         quote! {
                             #decode(__es_fields.get(#name)).map_err(|__es_error| {
@@ -194,7 +206,20 @@ fn event_struct(input: &EventStruct) -> TokenStream {
     let ident = input.ident;
     let event_type = &input.event_type;
     let what = quote!(#event_type);
-    let encode = encode_fields(input.body.fields(), &what);
+    let mut encode = encode_fields(input.body.fields(), &what);
+    // The data subject of the personal fields, when it is not the aggregate id.
+    if let Some(subject) = input.body.fields().iter().find(|f| f.subject.is_some()) {
+        let member = &subject.member;
+        let ty = &subject.ty;
+        let value = quote_spanned! {subject.ty_span()=>
+            <#ty as ::es_core::__private::FieldValue>::encode_value
+        };
+        encode.extend(quote! {
+            if let ::core::option::Option::Some(__es_raw) = #value(&self.#member) {
+                __es_out.push(::es_core::__private::SUBJECT_FIELD, __es_raw);
+            }
+        });
+    }
     let decode = decode_body(&input.body, &what);
     let aliases: Vec<_> = input.aliases.iter().map(|a| &a.value).collect();
     let version = input.version.map_or(1, |(version, _)| version);

@@ -23,6 +23,10 @@ const RESERVED_EVENT_FIELDS: &[&str] = &[
 /// The envelope field of an entry's event version; must match `es_core::event::EVENT_VERSION_FIELD`.
 const EVENT_VERSION_FIELD: &str = "event_version";
 
+/// The envelope field of an event's data subject; must match
+/// `es_core::personal::SUBJECT_FIELD`.
+const SUBJECT_FIELD: &str = "personal_subject";
+
 /// Snapshot metadata fields start with this; must match `es_core::aggregate::RESERVED_SNAPSHOT_PREFIX`.
 const RESERVED_SNAPSHOT_PREFIX: &str = "_";
 
@@ -68,6 +72,14 @@ pub(crate) fn event_struct(cx: &Ctxt, input: &EventStruct) {
                 ),
             ));
         }
+        if field.stored_name == SUBJECT_FIELD {
+            cx.syn_error(syn::Error::new(
+                field.name_span,
+                format!(
+                    "field name `{SUBJECT_FIELD}` is reserved for the event's data subject (`#[event(subject)]`); help: rename the stored field with `#[event(rename = \"...\")]`"
+                ),
+            ));
+        }
         if RESERVED_EVENT_FIELDS.contains(&field.stored_name.as_str()) {
             cx.syn_error(syn::Error::new(
                 field.name_span,
@@ -82,6 +94,8 @@ pub(crate) fn event_struct(cx: &Ctxt, input: &EventStruct) {
     for field in fields {
         lossy_option(cx, field, "event");
     }
+    personal_fields(cx, fields, "event");
+    subjects(cx, fields);
     for field in fields {
         let Some(default) = &field.default else {
             continue;
@@ -97,6 +111,81 @@ pub(crate) fn event_struct(cx: &Ctxt, input: &EventStruct) {
         }
     }
     stored_names(cx, fields, "event");
+}
+
+/// Personal fields are stored through their codec, sealed: not `json`, not skipped.
+fn personal_fields(cx: &Ctxt, fields: &[Field], _attr: &str) {
+    for field in fields {
+        let Some(personal) = field.personal else {
+            continue;
+        };
+        if field.json {
+            cx.syn_error(syn::Error::new(
+                personal,
+                format!(
+                    "field `{}` is both `personal` and `json`: personal values are sealed through their `FieldValue` codec; help: remove `json` and implement `es_core::codec::FieldValue` for the type (or store its parts as separate personal fields)",
+                    field.member
+                ),
+            ));
+        }
+        if field.skip {
+            cx.syn_error(syn::Error::new(
+                personal,
+                format!(
+                    "field `{}` is both `personal` and `skip`: a skipped field is not stored; help: remove `personal`",
+                    field.member
+                ),
+            ));
+        }
+        if field.subject.is_some() {
+            cx.syn_error(syn::Error::new(
+                personal,
+                format!(
+                    "field `{}` is both `personal` and `subject`: the subject's id is stored in the clear, to find its key; help: make the subject a separate id field (say `user_id`), not personal data",
+                    field.member
+                ),
+            ));
+        }
+    }
+}
+
+/// At most one subject, always present, and only in an event with personal fields.
+fn subjects(cx: &Ctxt, fields: &[Field]) {
+    let mut seen: Option<&Field> = None;
+    for field in fields {
+        let Some(subject) = field.subject else {
+            continue;
+        };
+        if let Some(first) = seen {
+            cx.syn_error(syn::Error::new(
+                subject,
+                format!(
+                    "a second `subject`: `{}` already names the event's data subject; help: an event's personal fields belong to one subject: keep `subject` on one field, and split the event if it holds two people's data",
+                    first.member
+                ),
+            ));
+            continue;
+        }
+        seen = Some(field);
+        if option_argument(transparent(&field.ty)).is_some() {
+            cx.syn_error(syn::Error::new(
+                subject,
+                format!(
+                    "subject `{}` is an `Option`, so an event could have personal fields and no subject to encrypt them for; help: make it a plain type (the person's id)",
+                    field.member
+                ),
+            ));
+        }
+        if !fields.iter().any(|f| f.personal.is_some()) {
+            cx.syn_error(syn::Error::new(
+                subject,
+                format!(
+                    "`{}` is the `subject` of an event without personal fields; help: mark the fields that hold the subject's personal data `#[event(personal)]`, or remove `subject`",
+                    field.member
+                ),
+            ));
+        }
+    }
 }
 
 /// `version` and `upcast_from` go together: a version above 1 says where older entries go.
@@ -195,6 +284,7 @@ pub(crate) fn aggregate(cx: &Ctxt, input: &AggregateInput) {
     for field in fields.iter().filter(|f| !f.skip) {
         lossy_option(cx, field, "aggregate");
     }
+    personal_fields(cx, fields, "aggregate");
     for field in fields.iter().filter(|f| f.skip && f.json) {
         cx.syn_error(syn::Error::new(
             field.ty.span(),

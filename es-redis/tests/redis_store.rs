@@ -134,10 +134,14 @@ async fn hostile_ids_round_trip_through_append_read_snapshot_and_key_layout() {
         assert_eq!(snapshot.fields.get("id"), Some(id.as_bytes()));
         assert_eq!(tail.iter().map(|e| e.version).collect::<Vec<_>>(), [2]);
     }
-    // One index and one snapshot per id, plus the category stream and the record of its
-    // partition count; every key has exactly one hash tag, `{user}`.
-    let keys = keys_of(&store).await;
-    assert_eq!(keys.len(), 2 * ids.len() + 2, "{keys:?}");
+    // One index and one snapshot per id, plus the category stream, the record of its
+    // partition count and its aggregates; every key has exactly one hash tag, `{user}`, but
+    // the namespace's set of categories.
+    let mut keys = keys_of(&store).await;
+    let categories = store.keys().categories();
+    assert!(keys.contains(&categories), "{categories} is kept");
+    keys.retain(|key| *key != categories);
+    assert_eq!(keys.len(), 2 * ids.len() + 3, "{keys:?}");
     let prefix = format!("{}:{{user}}:", store.keys().namespace());
     for key in &keys {
         assert!(key.starts_with(&prefix), "{key:?}");
