@@ -157,14 +157,20 @@ fn decode_body(body: &Body, what: &TokenStream) -> TokenStream {
                         quote!(#decode(#what, __es_fields, #name)?)
                     } else {
                         // The same path as in `encode_fields`, so a missing codec is one error.
+                        let decode = quote_spanned! {field.ty_span()=>
+                            <#ty as ::es_core::__private::FieldValue>::decode_value
+                        };
                         let decode = if field.personal.is_some() {
-                            quote_spanned! {field.ty_span()=>
-                                ::es_core::__private::decode_personal::<#ty>
+                            let erased = quote_spanned! {field.ty_span()=>
+                                <#ty as ::es_core::__private::PersonalField>::erased_value
+                            };
+                            quote! {
+                                (|__es_raw: ::core::option::Option<&[u8]>| {
+                                    ::es_core::__private::decode_personal(__es_raw, #decode, #erased)
+                                })
                             }
                         } else {
-                            quote_spanned! {field.ty_span()=>
-                                <#ty as ::es_core::__private::FieldValue>::decode_value
-                            }
+                            decode
                         };
                         quote! {
                             #decode(__es_fields.get(#name)).map_err(|__es_error| {

@@ -91,6 +91,14 @@ CREATE TABLE IF NOT EXISTS {s}.applied (
     PRIMARY KEY (projection, category, major, minor)
 );
 
+-- Data subjects' keys (es_core::personal): the key is NULL once the subject is erased; the
+-- generation stays, so a subject written again gets the next one.
+CREATE TABLE IF NOT EXISTS {s}.subject_keys (
+    subject    text  PRIMARY KEY,
+    generation int   NOT NULL,
+    key        bytea
+);
+
 CREATE TABLE IF NOT EXISTS {s}.read_model_fields (
     projection text  NOT NULL,
     hash       text  NOT NULL,

@@ -24,3 +24,18 @@ mod projections {
             .unwrap_or_else(|e| panic!("cannot connect to the test server: {e}"))
     });
 }
+
+/// Personal data, with the subjects' keys in table `subject_keys`.
+mod personal_data {
+    use super::*;
+
+    es_core::personal_data_tests!(|| async {
+        let server = PostgresServer::shared().unwrap_or_else(|e| panic!("{e}"));
+        let store = server
+            .store(&unique_schema("personal"))
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to the test server: {e}"));
+        let keys = es_postgres::PostgresKeys::new(&store);
+        (store, keys)
+    });
+}

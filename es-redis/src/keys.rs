@@ -12,6 +12,7 @@
 //! | `es:{user}:snapshot:42` | hash | the snapshot's fields plus `_version`, `_position`, `_schema`, `_fields` |
 //! | `es:{user}:aggregates` | stream | an entry `id <id>` per `user` aggregate, in the order they started |
 //! | `es:categories` | set | every category written |
+//! | `es:subject_keys` | hash | each data subject's key, `<generation>:<key>` (`<generation>:` once erased) |
 //! | `es:{user}:dead:profiles` | stream | events of `user` projection `profiles` could not process |
 //! | `es:{user}:failures:profiles` | hash | the last handler error of each entry `profiles` will retry |
 //! | `es:{rm:profiles}:<name>` | hash | read-model hash `<name>` of projection `profiles` |
@@ -148,6 +149,12 @@ impl KeyLayout {
     /// to when an append starts an aggregate.
     pub fn aggregates(&self, category: &str, partition: u32) -> String {
         format!("{}:aggregates", self.partition_prefix(category, partition))
+    }
+
+    /// The keys of the namespace's data subjects (es_core::personal): a hash from each
+    /// subject to `<generation>:<32 key bytes>`, or `<generation>:` once erased.
+    pub fn subject_keys(&self) -> String {
+        format!("{}:subject_keys", self.namespace)
     }
 
     /// The set of every category written under the namespace: `<namespace>:categories`.

@@ -16,6 +16,7 @@ pub mod read_model;
 mod scripts;
 mod snapshots;
 pub mod store;
+mod subject_keys;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -26,3 +27,4 @@ pub use keys::KeyLayout;
 pub use projection::{ProjectionMonitor, RedisSource};
 pub use read_model::RedisReadModels;
 pub use store::RedisEventStore;
+pub use subject_keys::RedisKeys;

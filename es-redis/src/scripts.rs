@@ -28,6 +28,10 @@ pub(crate) struct Scripts {
     pub dead_letter: Script,
     /// A consumer group's progress on one stream.
     pub group_status: Script,
+    /// A data subject's key, made if it has none.
+    pub subject_key: Script,
+    /// Erases a data subject's key.
+    pub erase_subject: Script,
 }
 
 const WRITES: &str = "#!lua\n";
@@ -62,4 +66,6 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     prune_applied: Script::new(&[WRITES, include_str!("scripts/prune_applied.lua")].concat()),
     dead_letter: Script::new(&[WRITES, include_str!("scripts/dead_letter.lua")].concat()),
     group_status: Script::new(&[NO_WRITES, include_str!("scripts/group_status.lua")].concat()),
+    subject_key: Script::new(&[WRITES, include_str!("scripts/subject_key.lua")].concat()),
+    erase_subject: Script::new(&[WRITES, include_str!("scripts/erase_subject.lua")].concat()),
 });

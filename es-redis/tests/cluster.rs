@@ -57,6 +57,17 @@ mod partitioned {
     });
 }
 
+/// Personal data on partitioned categories: the keys hash lives in a slot of its own.
+mod personal_data {
+    use super::*;
+
+    es_core::personal_data_tests!(|| async {
+        let store = connect(&partitioned(&unique_namespace("personal"))).await;
+        let keys = es_redis::RedisKeys::new(&store);
+        (store, keys)
+    });
+}
+
 const CATEGORY: &str = "user";
 const PARTITIONS: u32 = 6;
 

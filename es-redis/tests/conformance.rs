@@ -40,3 +40,15 @@ mod projections {
             .unwrap_or_else(|e| panic!("cannot connect to the test server: {e}"))
     });
 }
+
+mod personal_data {
+    es_core::personal_data_tests!(|| async {
+        let server = es_redis::testing::RedisServer::shared().unwrap_or_else(|e| panic!("{e}"));
+        let store = server
+            .store(&es_redis::testing::unique_namespace("personal"))
+            .await
+            .expect("connect");
+        let keys = es_redis::RedisKeys::new(&store);
+        (store, keys)
+    });
+}

@@ -121,17 +121,20 @@ pub fn to_seal_value(plain: Vec<u8>) -> Vec<u8> {
 }
 
 /// How `#[derive(Event)]` and `#[derive(Aggregate)]` decode a personal field: its stored
-/// bytes, sealed or not (written before the field became personal), or erased.
+/// bytes with `decode` (the type's codec), sealed or not (written before the field became
+/// personal), or `erased()` once its subject is erased.
 #[doc(hidden)]
-pub fn decode_personal<T: FieldValue + crate::__private::PersonalField>(
+pub fn decode_personal<T>(
     raw: Option<&[u8]>,
+    decode: fn(Option<&[u8]>) -> Result<T, FieldError>,
+    erased: fn() -> T,
 ) -> Result<T, FieldError> {
     match raw {
-        Some(ERASED) => Ok(T::erased_value()),
-        Some(raw) if raw.starts_with(TO_SEAL) => T::decode_value(Some(&raw[TO_SEAL.len()..])),
+        Some(ERASED) => Ok(erased()),
+        Some(raw) if raw.starts_with(TO_SEAL) => decode(Some(&raw[TO_SEAL.len()..])),
         Some(raw) if raw.starts_with(SEALED) => Err(FieldError::Invalid(
             "an encrypted personal value: read it through a store that holds the subjects' keys (es_core::personal::Shredded)".to_owned(),
         )),
-        raw => T::decode_value(raw),
+        raw => decode(raw),
     }
 }
