@@ -15,6 +15,8 @@
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
+use crate::codec::Fields;
+
 /// The prefix of a value to seal.
 pub const TO_SEAL: &[u8] = b"\xF0\x00es0";
 /// The prefix of a sealed value.
@@ -132,6 +134,52 @@ pub(crate) fn open(
             },
         )
         .map_err(|_| OpenError::Unauthentic)
+}
+
+/// Seals every value of `fields` marked to be sealed (what `#[derive(Event)]` encodes for a
+/// personal field) with `key`, for `subject`: what [`Shredded`](super::Shredded) stores.
+pub fn seal_fields(key: &SubjectKey, subject: &str, fields: Fields) -> Fields {
+    let mut sealed = Fields::with_capacity(fields.len());
+    for (name, value) in fields.into_pairs() {
+        match value.strip_prefix(TO_SEAL) {
+            Some(plain) => {
+                let value = seal(key, subject, &name, plain);
+                sealed.push(name, value);
+            }
+            None => sealed.push(name, value),
+        }
+    }
+    sealed
+}
+
+/// Opens every sealed value of `fields` with `key`, the subject's current key (`None`: it
+/// has none): a value of another generation, or with no key, is erased. The error names
+/// the field its key does not open.
+pub fn open_fields(
+    key: Option<&SubjectKey>,
+    subject: &str,
+    fields: Fields,
+) -> Result<Fields, (String, OpenError)> {
+    let mut opened = Fields::with_capacity(fields.len());
+    for (name, value) in fields.into_pairs() {
+        if !value.starts_with(SEALED) {
+            opened.push(name, value);
+            continue;
+        }
+        let value = match key {
+            Some(key) if generation_of(&value) == Some(key.generation) => {
+                match open(key, subject, &name, &value) {
+                    Ok(plain) => plain,
+                    Err(error) => return Err((name.to_string(), error)),
+                }
+            }
+            // No key of its generation: erased (a later generation means erased, then
+            // written again).
+            _ => ERASED.to_vec(),
+        };
+        opened.push(name, value);
+    }
+    Ok(opened)
 }
 
 #[cfg(test)]

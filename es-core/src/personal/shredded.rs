@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::crypto::{self, generation_of, SubjectKey, ERASED, SEALED, TO_SEAL};
+use super::crypto::{self, SubjectKey, SEALED, TO_SEAL};
 use super::{KeyStore, SubjectErased, ERASURES, SUBJECT_FIELD};
 use crate::codec::{FieldError, Fields};
 use crate::error::{DecodeError, StoreError};
@@ -113,17 +113,7 @@ impl<S: EventStore, K: KeyStore> Shredded<S, K> {
             .keys
             .writing_key(&subject, SubjectKey::generate(1))
             .await?;
-        let mut sealed = Fields::with_capacity(fields.len());
-        for (name, value) in fields.into_pairs() {
-            match value.strip_prefix(TO_SEAL) {
-                Some(plain) => {
-                    let value = crypto::seal(&key, &subject, &name, plain);
-                    sealed.push(name, value);
-                }
-                None => sealed.push(name, value),
-            }
-        }
-        Ok(sealed)
+        Ok(crypto::seal_fields(&key, &subject, fields))
     }
 }
 
@@ -178,36 +168,24 @@ fn open_fields(keys: &HashMap<String, SubjectKey>, item: Sealed<'_>) -> Result<(
     if !item.fields.iter().any(|(_, v)| v.starts_with(SEALED)) {
         return Ok(());
     }
-    let key = keys.get(&item.subject);
-    let pairs = std::mem::take(item.fields).into_pairs();
-    let mut opened = Fields::with_capacity(pairs.len());
-    for (name, value) in pairs {
-        if !value.starts_with(SEALED) {
-            opened.push(name, value);
-            continue;
+    let fields = std::mem::take(item.fields);
+    match crypto::open_fields(keys.get(&item.subject), &item.subject, fields) {
+        Ok(opened) => {
+            *item.fields = opened;
+            Ok(())
         }
-        let value = match key {
-            Some(key) if generation_of(&value) == Some(key.generation) => {
-                crypto::open(key, &item.subject, &name, &value).map_err(|error| {
-                    let source = DecodeError::field(
-                        &item.what,
-                        &name,
-                        FieldError::Invalid(format!(
-                            "cannot decrypt the personal value of subject {:?}: {error}",
-                            item.subject
-                        )),
-                    );
-                    StoreError::decode(item.location.clone(), item.entry.clone(), source)
-                })?
-            }
-            // No key of its generation: erased (a later generation means erased, then
-            // written again).
-            _ => ERASED.to_vec(),
-        };
-        opened.push(name, value);
+        Err((name, error)) => {
+            let source = DecodeError::field(
+                &item.what,
+                &name,
+                FieldError::Invalid(format!(
+                    "cannot decrypt the personal value of subject {:?}: {error}",
+                    item.subject
+                )),
+            );
+            Err(StoreError::decode(item.location, item.entry, source))
+        }
     }
-    *item.fields = opened;
-    Ok(())
 }
 
 impl<K: KeyStore> Opener<K> {

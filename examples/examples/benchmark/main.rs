@@ -22,6 +22,7 @@ mod commands;
 mod common;
 mod loads;
 mod memory;
+mod personal;
 mod postgres;
 mod projection;
 mod replication;
@@ -142,6 +143,9 @@ async fn run(sizes: &Sizes, options: Options) -> Result<(), BoxError> {
     }
     if wanted("P5") {
         rows.extend(p5_codec(sizes));
+    }
+    if wanted("P8") {
+        rows.extend(personal::p8_personal(sizes));
     }
     if wanted("P6") {
         rows.extend(p6_loads(sizes, &store, &copies, &raw).await?);
