@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
 
 use es_core::codec::Fields;
+use es_core::personal::{ERASED, TO_SEAL};
 use es_core::projection::{DeadLetter, ProjectionStatus};
 use es_core::{CategoryInfo, StoredEvent};
 use serde::Serialize;
@@ -12,11 +13,23 @@ use serde::Serialize;
 /// Field/value pairs, values as text (bytes that are no UTF-8 are shown lossily).
 pub type Pairs = Vec<(String, String)>;
 
-/// The pairs of `fields`, in their order.
+/// What an erased personal value shows as.
+pub const ERASED_TEXT: &str = "⟨erased⟩";
+
+/// The pairs of `fields`, in their order. A personal value shows as its plain text (a state
+/// encoded in memory holds it marked to be sealed), or as [`ERASED_TEXT`] once erased.
 pub(crate) fn pairs(fields: &Fields) -> Pairs {
     fields
         .iter()
-        .map(|(name, value)| (name.to_owned(), String::from_utf8_lossy(value).into_owned()))
+        .map(|(name, value)| {
+            let text = if value == ERASED {
+                ERASED_TEXT.to_owned()
+            } else {
+                let plain = value.strip_prefix(TO_SEAL).unwrap_or(value);
+                String::from_utf8_lossy(plain).into_owned()
+            };
+            (name.to_owned(), text)
+        })
         .collect()
 }
 

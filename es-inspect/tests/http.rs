@@ -501,3 +501,68 @@ async fn bad_input_gets_a_4xx_with_a_message<B: Backend>(store: B) {
         "{body}"
     );
 }
+
+/// Personal fields through a `Shredded` store: the events and the replay show them in the
+/// clear, then as erased; never the markers of sealed values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn personal_fields_show_in_the_clear_then_erased() {
+    use es_core::personal::{InMemoryKeys, Shredded};
+
+    #[derive(es_core::Event, Debug, Clone, PartialEq)]
+    #[event(rename = "Registered")]
+    struct Registered {
+        #[event(personal)]
+        name: String,
+        surname: String,
+    }
+    #[derive(es_core::Event, Debug, Clone, PartialEq)]
+    enum Event {
+        Registered(Registered),
+    }
+    #[derive(es_core::Aggregate, Default, Debug)]
+    #[aggregate(event = Event, name = "user")]
+    struct Person {
+        #[aggregate(personal)]
+        name: String,
+        surname: String,
+    }
+    impl es_core::Apply<Registered> for Person {
+        fn apply(&mut self, e: &Registered) {
+            self.name = e.name.clone();
+            self.surname = e.surname.clone();
+        }
+    }
+
+    let store = Shredded::new(memory().await, InMemoryKeys::new());
+    let registered = Registered {
+        name: "Duffy".into(),
+        surname: "Duck".into(),
+    };
+    append(&store, "duffy", registered, Metadata::new()).await;
+    let served = Served::start(Inspector::new(store.clone()).aggregate::<Person>()).await;
+    let (_, replay) = served.get("/api/categories/user/replay?id=duffy").await;
+    let state = &replay["steps"][0]["state"];
+    assert_eq!(
+        state,
+        &serde_json::json!([["name", "Duffy"], ["surname", "Duck"]])
+    );
+    assert_eq!(
+        replay["steps"][0]["event"]["fields"][0],
+        serde_json::json!(["name", "Duffy"])
+    );
+
+    store
+        .erase_subject("duffy", Metadata::new())
+        .await
+        .expect("erase");
+    let (status, replay) = served.get("/api/categories/user/replay?id=duffy").await;
+    assert_eq!(status, 200, "{replay}");
+    assert_eq!(
+        replay["steps"][0]["event"]["fields"][0],
+        serde_json::json!(["name", es_inspect::views::ERASED_TEXT])
+    );
+    assert_eq!(
+        replay["steps"][0]["state"],
+        serde_json::json!([["name", ""], ["surname", "Duck"]])
+    );
+}
