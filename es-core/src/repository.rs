@@ -205,6 +205,16 @@ impl<A: Aggregate, S: SnapshotStore> Repository<A, S> {
         self.cache.stats()
     }
 
+    /// Drops aggregate `id` from this repository's cache, waiting for a command on it to
+    /// finish: its next command loads it from the store. Call it after erasing a data
+    /// subject ([`Shredded::erase_subject`](crate::personal::Shredded::erase_subject)) whose
+    /// aggregate a command may have cached, so no command decides on its personal data in
+    /// the clear.
+    pub async fn forget(&self, id: &str) {
+        let _serialised = self.cache.lock(id).await;
+        drop(self.cache.lend(id));
+    }
+
     /// Saves snapshots by `policy`.
     pub fn with_snapshot_policy(mut self, policy: SnapshotPolicy) -> Self {
         self.snapshot_policy = policy;
