@@ -128,6 +128,17 @@ pub enum StoreError {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+    /// The aggregate was deleted ([`EventStore::delete_stream`](crate::EventStore::delete_stream)):
+    /// loads and commands say so.
+    #[error("{stream} was deleted ({}) at version {version}", if *hard { "hard" } else { "soft" })]
+    Deleted {
+        /// The aggregate's stream.
+        stream: String,
+        /// The version of the deletion marker.
+        version: u64,
+        /// Whether its events were removed.
+        hard: bool,
+    },
     /// The request was invalid (e.g. an append of no events, a limit of zero).
     #[error("invalid request: {0}")]
     InvalidRequest(String),

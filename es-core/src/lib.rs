@@ -6,6 +6,7 @@ extern crate self as es_core;
 pub mod aggregate;
 pub mod cache;
 pub mod codec;
+pub mod deletion;
 pub mod error;
 pub mod event;
 pub mod evolution;

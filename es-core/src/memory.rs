@@ -7,13 +7,14 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
+use crate::deletion::{self, soft_delete, Deletion};
 use crate::error::{ConflictError, StoreError};
 use crate::projection::{PollingSource, ProjectionBackend, ProjectionOptions, ProjectionSource};
 use crate::read_model::{InMemoryReadModels, ReadModelStore};
 use crate::store::{
     millis_since_epoch, validate_append, validate_snapshot, AggregateIds, AppendOptions,
-    AppendResult, CategoryInfo, EventStore, ExpectedVersion, NewEvent, Position, ReadRange,
-    Snapshot, SnapshotStore, StoredEvent, StreamId,
+    AppendResult, CategoryInfo, EventStore, ExpectedVersion, Metadata, NewEvent, Position,
+    ReadRange, Snapshot, SnapshotStore, StoredEvent, StreamId,
 };
 
 /// How many appends with an id each stream remembers (the durable backends' default too):
@@ -234,6 +235,64 @@ impl EventStore for InMemoryStore {
             .collect();
         categories.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(categories)
+    }
+
+    async fn delete_stream(
+        &self,
+        stream: &StreamId,
+        deletion: Deletion,
+        metadata: Metadata,
+    ) -> Result<AppendResult, StoreError> {
+        if deletion == Deletion::Soft {
+            return soft_delete(self, stream, metadata).await;
+        }
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let version = state.streams.get(stream).map_or(0, Vec::len) as u64;
+        let Some(category) = state.categories.get_mut(stream.category.as_ref()) else {
+            return Err(StoreError::InvalidRequest(format!(
+                "{stream} has no events to delete"
+            )));
+        };
+        if version == 0 {
+            return Err(StoreError::InvalidRequest(format!(
+                "{stream} has no events to delete"
+            )));
+        }
+        let marker = deletion::marker(true, version, metadata)?;
+        // Its entries go; every other aggregate of the category is indexed anew.
+        category.events.retain(|event| event.stream != *stream);
+        let position = category.next_position();
+        let timestamp = category.timestamp(millis_since_epoch(SystemTime::now()));
+        category.events.push(StoredEvent {
+            stream: stream.clone(),
+            version: 1,
+            position,
+            timestamp,
+            event_type: marker.event_type.into_owned(),
+            metadata: marker.metadata,
+            event: marker.fields,
+            location: category.location.clone(),
+        });
+        for indexes in state
+            .streams
+            .iter_mut()
+            .filter(|(id, _)| id.category == stream.category)
+            .map(|(_, indexes)| indexes)
+        {
+            indexes.clear();
+        }
+        for (index, event) in category.events.iter().enumerate() {
+            if let Some(indexes) = state.streams.get_mut(&event.stream) {
+                indexes.push(index);
+            }
+        }
+        state.snapshots.remove(stream);
+        state.appends.remove(stream);
+        Ok(AppendResult {
+            version: 1,
+            positions: vec![position],
+        })
     }
 
     async fn aggregate_ids(

@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use crate::aggregate::{Aggregate, Handle};
 use crate::cache::{AggregateCache, CacheConfig, CacheStats};
 use crate::codec::Fields;
+use crate::deletion::{StreamDeleted, STREAM_DELETED};
 use crate::error::{ConflictError, StoreError};
 use crate::store::{
     AppendOptions, ExpectedVersion, Metadata, NewEvent, Position, ReadRange, RecordedEvent,
@@ -165,6 +166,7 @@ pub struct Repository<A, S> {
     resends: u32,
     append_ids: AppendIds,
     cache: AggregateCache<A>,
+    recreation: bool,
     _aggregate: PhantomData<fn() -> A>,
 }
 
@@ -180,6 +182,7 @@ impl<A: Aggregate, S: SnapshotStore> Repository<A, S> {
             resends: 2,
             append_ids: AppendIds::new(),
             cache: AggregateCache::new(CacheConfig::default()),
+            recreation: false,
             _aggregate: PhantomData,
         }
     }
@@ -198,6 +201,14 @@ impl<A: Aggregate, S: SnapshotStore> Repository<A, S> {
     /// Keeps no aggregate in memory: every command loads its aggregate (snapshot + tail).
     pub fn without_cache(self) -> Self {
         self.with_cache(CacheConfig::aggregates(0))
+    }
+
+    /// Whether commands may recreate a deleted aggregate (no by default: they fail with
+    /// [`StoreError::Deleted`]). With recreation, a command on a deleted aggregate starts
+    /// from its `Default`, after the deletion marker.
+    pub fn with_recreation(mut self, allow: bool) -> Self {
+        self.recreation = allow;
+        self
     }
 
     /// What the cache holds now, and its bounds.
@@ -345,7 +356,7 @@ impl<A: Aggregate, S: SnapshotStore> Repository<A, S> {
         });
         let (mut loaded, mut from_cache) = match cached {
             Some(loaded) => (loaded, true),
-            None => (self.load(id).await?, false),
+            None => (self.load_for_command(id).await?, false),
         };
         let mut conflicts = 0;
         let mut attempts = 0;
@@ -358,7 +369,8 @@ impl<A: Aggregate, S: SnapshotStore> Repository<A, S> {
                 from_cache = false;
                 let stored = self.store.stream_version(&loaded.stream).await?;
                 if stored != loaded.version {
-                    loaded = self.refresh(loaded, stored).await?;
+                    loaded = self
+                        .for_command(&loaded.stream.clone(), self.refresh(loaded, stored).await)?;
                     continue;
                 }
             }
@@ -432,7 +444,10 @@ impl<A: Aggregate, S: SnapshotStore> Repository<A, S> {
                     }
                     tracing::debug!(%conflict, attempts, "catching up after a version conflict");
                     from_cache = false;
-                    loaded = self.refresh(loaded, conflict.actual).await?;
+                    loaded = self.for_command(
+                        &loaded.stream.clone(),
+                        self.refresh(loaded, conflict.actual).await,
+                    )?;
                 }
                 Err(other) => return Err(RepositoryError::Store(other)),
             }
@@ -453,6 +468,29 @@ impl<A: Aggregate, S: SnapshotStore> Repository<A, S> {
             return self.load(&loaded.stream.id).await;
         }
         self.catch_up(loaded).await
+    }
+
+    /// The state a command starts from: the current one, or, for a deleted aggregate when
+    /// this repository allows recreation, its `Default` after the deletion marker.
+    async fn load_for_command(&self, id: &str) -> Result<Loaded<A>, StoreError> {
+        let stream = self.stream_id(id);
+        self.for_command(&stream, self.load(id).await)
+    }
+
+    fn for_command(
+        &self,
+        stream: &StreamId,
+        loaded: Result<Loaded<A>, StoreError>,
+    ) -> Result<Loaded<A>, StoreError> {
+        match loaded {
+            Err(StoreError::Deleted { version, .. }) if self.recreation => Ok(Loaded {
+                stream: stream.clone(),
+                state: A::default(),
+                version,
+                position: Position::ZERO,
+            }),
+            other => other,
+        }
     }
 
     /// Reads the events after `loaded`'s version and applies them.
@@ -557,17 +595,37 @@ fn restore<A: Aggregate>(stream: &StreamId, snapshot: Snapshot) -> Option<Loaded
     }
 }
 
+/// Applies `events` to `loaded`. A deletion marker resets the state to its `Default` (an
+/// aggregate recreated after it starts again); if the last event is one, the aggregate is
+/// deleted: [`StoreError::Deleted`].
 fn fold<A: Aggregate>(
     mut loaded: Loaded<A>,
     events: Vec<StoredEvent>,
 ) -> Result<Loaded<A>, StoreError> {
+    let mut deleted = None;
     for stored in events {
+        if stored.event_type == STREAM_DELETED {
+            let marker = stored.decode::<StreamDeleted>()?;
+            loaded.state = A::default();
+            loaded.version = marker.version;
+            loaded.position = marker.position;
+            deleted = Some(marker.event.hard);
+            continue;
+        }
+        deleted = None;
         let event = stored.decode::<A::Event>()?;
         loaded.state.apply_event(&event.event);
         loaded.version = event.version;
         loaded.position = event.position;
     }
-    Ok(loaded)
+    match deleted {
+        Some(hard) => Err(StoreError::Deleted {
+            stream: loaded.stream.to_string(),
+            version: loaded.version,
+            hard,
+        }),
+        None => Ok(loaded),
+    }
 }
 
 /// How long to wait before re-sending an append whose reply was lost (times the attempt).

@@ -443,6 +443,18 @@ pub trait EventStore: Send + Sync {
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError>;
 
+    /// Deletes aggregate `stream`: [`Deletion::Soft`] appends the deletion marker after
+    /// its events ([`crate::deletion::soft_delete`]); [`Deletion::Hard`] removes its events,
+    /// index and snapshot and leaves the marker as its only event (version 1), atomically
+    /// with respect to concurrent appends. The marker carries `metadata`. A stream without
+    /// events is refused.
+    async fn delete_stream(
+        &self,
+        stream: &StreamId,
+        deletion: crate::deletion::Deletion,
+        metadata: Metadata,
+    ) -> Result<AppendResult, StoreError>;
+
     /// The categories that hold events, sorted by name (byte order), each with how many
     /// events it holds: what a browser of the store (es-inspect) lists first.
     async fn categories(&self) -> Result<Vec<CategoryInfo>, StoreError>;
@@ -604,6 +616,14 @@ impl<T: EventStore + ?Sized> EventStore for Arc<T> {
     }
     async fn categories(&self) -> Result<Vec<CategoryInfo>, StoreError> {
         (**self).categories().await
+    }
+    async fn delete_stream(
+        &self,
+        stream: &StreamId,
+        deletion: crate::deletion::Deletion,
+        metadata: Metadata,
+    ) -> Result<AppendResult, StoreError> {
+        (**self).delete_stream(stream, deletion, metadata).await
     }
     async fn aggregate_ids(
         &self,

@@ -13,6 +13,7 @@ use crate::event::Event;
 mod cache_cases;
 mod category_cases;
 pub mod conformance;
+mod deletion_cases;
 mod evolution_cases;
 mod live_projection_cases;
 pub mod personal_cases;

@@ -5,6 +5,7 @@
 use std::marker::PhantomData;
 
 use es_core::codec::Fields;
+use es_core::deletion::STREAM_DELETED;
 use es_core::{Aggregate, StoreError, StoredEvent};
 
 use crate::error::InspectError;
@@ -33,8 +34,13 @@ impl<A: Aggregate> Replayer for Typed<A> {
         let mut steps = Vec::with_capacity(events.len());
         for stored in events {
             let view = EventView::from(&stored);
-            let decoded = stored.decode::<A::Event>().map_err(undecodable)?;
-            state.apply_event(&decoded.event);
+            if stored.event_type == STREAM_DELETED {
+                // Deleted: the state starts again from its default (as a repository loads).
+                state = A::default();
+            } else {
+                let decoded = stored.decode::<A::Event>().map_err(undecodable)?;
+                state.apply_event(&decoded.event);
+            }
             let after = state_of(&state)?;
             steps.push(Step {
                 event: view,

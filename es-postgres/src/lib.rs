@@ -2,6 +2,7 @@
 
 mod appends;
 mod config;
+mod deletion;
 mod error;
 mod projection;
 mod read_model;

@@ -94,12 +94,10 @@ impl Statements {
                 "SELECT {EVENT_COLUMNS} FROM {s}.events WHERE category = $1 AND position > $2 \
                  ORDER BY position LIMIT $3"
             ),
-            // A category's positions are contiguous (each append takes the next ones under
-            // the category's row lock, and gives them back if it rolls back): the last one
-            // is its count.
+            // Counted: a hard deletion removes events, so positions do not count them.
             categories: format!(
-                "SELECT category, last_position FROM {s}.categories WHERE last_position > 0 \
-                 ORDER BY category COLLATE \"C\""
+                "SELECT category, count(*), max(position) FROM {s}.events \
+                 GROUP BY category ORDER BY category COLLATE \"C\""
             ),
             aggregate_ids: format!(
                 "SELECT aggregate_id, position FROM {s}.events \
@@ -220,11 +218,12 @@ impl PostgresEventStore {
 
     /// Opens a connection that listens for appends (see [`crate::wakeups`]).
     pub(crate) async fn wakeups(&self) -> Result<crate::wakeups::Wakeups, tokio_postgres::Error> {
-        crate::wakeups::Wakeups::listen(
-            &self.inner.pg_config,
-            &crate::wakeups::channel(&self.inner.schema),
-        )
-        .await
+        crate::wakeups::Wakeups::listen(&self.inner.pg_config, &self.channel()).await
+    }
+
+    /// The channel appends notify.
+    pub(crate) fn channel(&self) -> String {
+        crate::wakeups::channel(&self.inner.schema)
     }
 
     /// A pooled connection.
@@ -434,16 +433,27 @@ impl EventStore for PostgresEventStore {
         self.events(category, &rows)
     }
 
+    /// Soft: the marker appended; hard: one transaction under the category's row lock.
+    async fn delete_stream(
+        &self,
+        stream: &StreamId,
+        deletion: es_core::deletion::Deletion,
+        metadata: Metadata,
+    ) -> Result<AppendResult, StoreError> {
+        self.delete(stream, deletion, metadata).await
+    }
+
     async fn categories(&self) -> Result<Vec<CategoryInfo>, StoreError> {
         let rows = self.query(&self.inner.sql.categories, &[]).await?;
         rows.iter()
             .map(|row| {
                 let name: String = row.try_get(0).map_err(store_error)?;
                 let events: i64 = row.try_get(1).map_err(store_error)?;
+                let head: i64 = row.try_get(2).map_err(store_error)?;
                 Ok(CategoryInfo::new(
                     name,
                     events as u64,
-                    Position::from_sequence(events as u64),
+                    Position::from_sequence(head as u64),
                 ))
             })
             .collect()

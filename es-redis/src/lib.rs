@@ -4,6 +4,7 @@ mod appends;
 pub mod config;
 pub mod connection;
 mod copies;
+mod deletion;
 mod entry;
 pub mod error;
 mod index;

@@ -32,6 +32,8 @@ pub(crate) struct Scripts {
     pub subject_key: Script,
     /// Erases a data subject's key.
     pub erase_subject: Script,
+    /// Deletes an aggregate hard and leaves its tombstone.
+    pub delete_stream: Script,
 }
 
 const WRITES: &str = "#!lua\n";
@@ -68,4 +70,7 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     group_status: Script::new(&[NO_WRITES, include_str!("scripts/group_status.lua")].concat()),
     subject_key: Script::new(&[WRITES, include_str!("scripts/subject_key.lua")].concat()),
     erase_subject: Script::new(&[WRITES, include_str!("scripts/erase_subject.lua")].concat()),
+    delete_stream: Script::new(
+        &[WRITES, ENTRY_IDS, include_str!("scripts/delete_stream.lua")].concat(),
+    ),
 });

@@ -290,6 +290,16 @@ impl EventStore for RedisEventStore {
         self.read_partitions_merged(category, after, limit).await
     }
 
+    /// Soft: the marker appended; hard: one script (`delete_stream.lua`).
+    async fn delete_stream(
+        &self,
+        stream: &StreamId,
+        deletion: es_core::deletion::Deletion,
+        metadata: es_core::Metadata,
+    ) -> Result<AppendResult, StoreError> {
+        self.delete(stream, deletion, metadata).await
+    }
+
     /// The namespace's set of categories, with each one's `XLEN`.
     async fn categories(&self) -> Result<Vec<CategoryInfo>, StoreError> {
         self.list_categories().await

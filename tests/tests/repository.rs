@@ -610,6 +610,14 @@ macro_rules! forward_store {
             async fn categories(&self) -> Result<Vec<es_core::CategoryInfo>, StoreError> {
                 self.inner.categories().await
             }
+            async fn delete_stream(
+                &self,
+                s: &es_core::StreamId,
+                d: es_core::deletion::Deletion,
+                m: es_core::Metadata,
+            ) -> Result<es_core::AppendResult, StoreError> {
+                self.inner.delete_stream(s, d, m).await
+            }
             async fn aggregate_ids(
                 &self,
                 c: &str,

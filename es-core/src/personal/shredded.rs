@@ -301,6 +301,15 @@ impl<S: EventStore, K: KeyStore> EventStore for Shredded<S, K> {
         self.inner.categories().await
     }
 
+    async fn delete_stream(
+        &self,
+        stream: &StreamId,
+        deletion: crate::deletion::Deletion,
+        metadata: Metadata,
+    ) -> Result<AppendResult, StoreError> {
+        self.inner.delete_stream(stream, deletion, metadata).await
+    }
+
     async fn aggregate_ids(
         &self,
         category: &str,

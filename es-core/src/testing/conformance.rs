@@ -17,6 +17,7 @@ use std::time::Duration;
 
 pub use super::cache_cases::*;
 pub use super::category_cases::*;
+pub use super::deletion_cases::*;
 pub use super::evolution_cases::older_event_versions_upcast_on_every_read_path;
 pub use super::repository_cases::*;
 pub use super::validation_cases::*;
@@ -43,6 +44,9 @@ macro_rules! conformance_tests {
             read_as_of_version_and_timestamp,
             category_is_read_in_order_across_aggregates,
             categories_and_aggregate_ids_are_listed_in_pages,
+            soft_deletion_keeps_the_events_and_refuses_loads_and_commands,
+            hard_deletion_leaves_only_a_tombstone,
+            hard_deletion_under_concurrent_appends_is_atomic,
             snapshot_save_load_never_older,
             snapshot_of_another_schema_is_ignored_on_load,
             unknown_event_type_gives_typed_decode_error,

@@ -17,7 +17,7 @@ use crate::{Aggregate, Apply, AsOf, Handle, Repository, SnapshotPolicy};
 
 #[derive(crate::Event, Debug, PartialEq)]
 pub(super) struct Deposited {
-    amount: u64,
+    pub(super) amount: u64,
 }
 
 #[derive(crate::Event, Debug, PartialEq)]
@@ -227,6 +227,15 @@ impl<S: SnapshotStore> EventStore for CountingStore<S> {
 
     async fn categories(&self) -> Result<Vec<crate::store::CategoryInfo>, StoreError> {
         self.inner.categories().await
+    }
+
+    async fn delete_stream(
+        &self,
+        stream: &StreamId,
+        deletion: crate::deletion::Deletion,
+        metadata: crate::store::Metadata,
+    ) -> Result<AppendResult, StoreError> {
+        self.inner.delete_stream(stream, deletion, metadata).await
     }
 
     async fn aggregate_ids(
