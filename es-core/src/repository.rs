@@ -292,7 +292,8 @@ impl<A: Aggregate, S: SnapshotStore> Repository<A, S> {
         fold(Loaded::empty(stream), events)
     }
 
-    /// The aggregate's decoded events in `range`.
+    /// The aggregate's decoded events in `range` (a deletion marker is not one of them:
+    /// read the stream from the store to see it).
     pub async fn events(
         &self,
         id: &str,
@@ -303,6 +304,7 @@ impl<A: Aggregate, S: SnapshotStore> Repository<A, S> {
             .read_stream(&stream, range)
             .await?
             .into_iter()
+            .filter(|e| e.event_type != STREAM_DELETED)
             .map(|e| e.decode())
             .collect()
     }
