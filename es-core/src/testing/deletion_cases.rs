@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::projection_cases::{append, options, pairs, registered};
 use super::repository_cases::{Counter, Deposit};
 use crate::deletion::{Deletion, StreamDeleted, STREAM_DELETED};
 use crate::store::{
@@ -313,5 +314,74 @@ pub async fn hard_deletion_under_concurrent_appends_is_atomic<S: SnapshotStore +
         in_category,
         events.len(),
         "no entry from before the tombstone is left"
+    );
+}
+
+/// Records the deletion markers it is given, and the events of aggregates it sees.
+struct Deletions {
+    seen: std::sync::Mutex<Vec<(String, String)>>,
+}
+
+#[derive(crate::Event, Debug, Clone, PartialEq)]
+enum DeletionInput {
+    Registered(super::projection_cases::Registered),
+    StreamDeleted(crate::deletion::StreamDeleted),
+}
+
+#[async_trait::async_trait]
+impl crate::projection::Projection for Deletions {
+    type Event = DeletionInput;
+    type Error = StoreError;
+    fn name(&self) -> &str {
+        "deletions"
+    }
+    fn categories(&self) -> Vec<std::borrow::Cow<'static, str>> {
+        vec!["user".into()]
+    }
+    async fn handle(&self, event: &crate::RecordedEvent<DeletionInput>) -> Result<(), StoreError> {
+        let what = match &event.event {
+            DeletionInput::Registered(r) => r.name.clone(),
+            DeletionInput::StreamDeleted(d) => format!("deleted hard={}", d.hard),
+        };
+        self.seen
+            .lock()
+            .expect("seen")
+            .push((event.stream.id.clone(), what));
+        Ok(())
+    }
+}
+
+/// Projections see deletions: the marker of a soft deletion after the aggregate's events,
+/// and of a hard one instead of them (its removed entries are never delivered).
+pub async fn projections_see_deletions<B: super::projection_cases::Backend>(backend: B) {
+    use crate::deletion::Deletion;
+    append(&backend, "user", "soft", &registered("Soft")).await;
+    append(&backend, "user", "hard", &registered("Hard")).await;
+    for (id, deletion) in [("soft", Deletion::Soft), ("hard", Deletion::Hard)] {
+        backend
+            .delete_stream(
+                &crate::StreamId::new("user", id),
+                deletion,
+                crate::Metadata::new().with("reason", "test"),
+            )
+            .await
+            .expect("delete");
+    }
+    let deletions = Deletions {
+        seen: Default::default(),
+    };
+    let runner = crate::projection::ProjectionRunner::connect(&backend, deletions, options("c1"))
+        .await
+        .expect("runner");
+    runner.run_once().await.expect("run");
+    let mut seen = runner.projection().seen.lock().expect("seen").clone();
+    seen.sort();
+    assert_eq!(
+        seen,
+        pairs(&[
+            ("hard", "deleted hard=true"),
+            ("soft", "Soft"),
+            ("soft", "deleted hard=false")
+        ])
     );
 }

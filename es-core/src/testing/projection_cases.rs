@@ -41,6 +41,7 @@ macro_rules! projection_conformance_tests {
             misconfigured_projections_are_refused,
             projections_receive_upcast_events,
             dead_letters_are_redriven_after_a_fix,
+            projections_see_deletions,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {$(
@@ -52,6 +53,7 @@ macro_rules! projection_conformance_tests {
     )*};
 }
 
+pub use super::deletion_cases::projections_see_deletions;
 pub use super::evolution_cases::projections_receive_upcast_events;
 pub use super::live_projection_cases::{
     competing_consumers_share_the_work,
