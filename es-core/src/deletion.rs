@@ -68,6 +68,11 @@ impl Event for StreamDeleted {
     }
 }
 
+/// The refusal to delete `stream`, which has no events.
+pub fn nothing_to_delete(stream: &StreamId) -> StoreError {
+    StoreError::InvalidRequest(format!("{stream} has no events to delete"))
+}
+
 /// The marker of deleting `stream` at `version`, `hard` or not, with `metadata`.
 pub fn marker(hard: bool, version: u64, metadata: Metadata) -> Result<NewEvent, StoreError> {
     Ok(NewEvent::encode(
@@ -89,9 +94,7 @@ pub async fn soft_delete<S: EventStore + ?Sized>(
     loop {
         let version = store.stream_version(stream).await?;
         if version == 0 {
-            return Err(StoreError::InvalidRequest(format!(
-                "{stream} has no events to delete"
-            )));
+            return Err(nothing_to_delete(stream));
         }
         let marker = marker(false, version, metadata.clone())?;
         match store

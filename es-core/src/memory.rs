@@ -249,16 +249,10 @@ impl EventStore for InMemoryStore {
         let mut guard = self.lock();
         let state = &mut *guard;
         let version = state.streams.get(stream).map_or(0, Vec::len) as u64;
-        let Some(category) = state.categories.get_mut(stream.category.as_ref()) else {
-            return Err(StoreError::InvalidRequest(format!(
-                "{stream} has no events to delete"
-            )));
+        let category = state.categories.get_mut(stream.category.as_ref());
+        let (Some(category), 1..) = (category, version) else {
+            return Err(deletion::nothing_to_delete(stream));
         };
-        if version == 0 {
-            return Err(StoreError::InvalidRequest(format!(
-                "{stream} has no events to delete"
-            )));
-        }
         let marker = deletion::marker(true, version, metadata)?;
         // Its entries go; every other aggregate of the category is indexed anew.
         category.events.retain(|event| event.stream != *stream);

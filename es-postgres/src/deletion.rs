@@ -22,7 +22,7 @@ impl PostgresEventStore {
             return soft_delete(self, stream, metadata).await;
         }
         let s = self.quoted_schema();
-        let no_events = || StoreError::InvalidRequest(format!("{stream} has no events to delete"));
+        let no_events = || deletion::nothing_to_delete(stream);
         let category = stream.category.as_ref();
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(store_error)?;

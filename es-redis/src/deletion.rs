@@ -24,9 +24,7 @@ impl RedisEventStore {
         loop {
             let version = es_core::EventStore::stream_version(self, stream).await?;
             if version == 0 {
-                return Err(StoreError::InvalidRequest(format!(
-                    "{stream} has no events to delete"
-                )));
+                return Err(deletion::nothing_to_delete(stream));
             }
             let marker = deletion::marker(true, version, metadata.clone())?;
             let mut args = Vec::new();
