@@ -443,8 +443,8 @@ pub trait EventStore: Send + Sync {
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError>;
 
-    /// Deletes aggregate `stream`: [`Deletion::Soft`] appends the deletion marker after
-    /// its events ([`crate::deletion::soft_delete`]); [`Deletion::Hard`] removes its events,
+    /// Deletes aggregate `stream`: [`Deletion::Soft`](crate::deletion::Deletion::Soft) appends the deletion marker after
+    /// its events ([`crate::deletion::soft_delete`]); [`Deletion::Hard`](crate::deletion::Deletion::Hard) removes its events,
     /// index and snapshot and leaves the marker as its only event (version 1), atomically
     /// with respect to concurrent appends. The marker carries `metadata`. A stream without
     /// events is refused.
