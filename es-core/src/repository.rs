@@ -1,7 +1,6 @@
 //! The repository: load an aggregate (snapshot + tail), run a command, append its events
 //! with optimistic concurrency, retry on conflicts, snapshot by policy.
 
-use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,11 +9,18 @@ use std::time::SystemTime;
 use crate::aggregate::{Aggregate, Handle};
 use crate::cache::{AggregateCache, CacheConfig, CacheStats};
 use crate::codec::Fields;
-use crate::deletion::{StreamDeleted, STREAM_DELETED};
-use crate::error::{ConflictError, StoreError};
+use crate::deletion::STREAM_DELETED;
+use crate::error::StoreError;
+mod fold;
+mod results;
+
+pub use results::{AsOf, Executed, Loaded, RepositoryError};
+
+use fold::{fold, restore};
+
 use crate::store::{
     AppendOptions, ExpectedVersion, Metadata, NewEvent, Position, ReadRange, RecordedEvent,
-    Snapshot, SnapshotStore, StoredEvent, StreamId,
+    Snapshot, SnapshotStore, StreamId,
 };
 
 /// When the repository saves a snapshot.
@@ -35,106 +41,6 @@ impl SnapshotPolicy {
             SnapshotPolicy::EveryNEvents(n) => old_version / n != new_version / n,
         }
     }
-}
-
-/// An aggregate's state at a version.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Loaded<A> {
-    /// The aggregate's stream.
-    pub stream: StreamId,
-    /// Its state.
-    pub state: A,
-    /// Its version (0: no events yet).
-    pub version: u64,
-    /// The category position of its last event ([`Position::ZERO`] if none).
-    pub position: Position,
-}
-
-/// What a successful command did.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Executed<A> {
-    /// The aggregate after the command's events. The repository's cache shares it, and it
-    /// never changes under you: if you still hold it when the next command to the same
-    /// aggregate runs, that command works on a copy ([`Aggregate::try_clone`]) or, for an
-    /// aggregate that is not `Clone`, loads the aggregate again.
-    pub state: Arc<A>,
-    /// Its version after the append.
-    pub version: u64,
-    /// The aggregate's stream.
-    pub stream: StreamId,
-    /// The category position of the aggregate's last event after the command (of the last
-    /// one appended, if any): what a projection must have processed to reflect the command
-    /// (read-your-writes: [`Progress::wait_for_executed`](crate::projection::Progress::wait_for_executed)).
-    pub position: Position,
-    /// The category positions of the events the command appended, in order (empty if none).
-    pub positions: Vec<Position>,
-    /// How many events the command appended (0: it decided nothing happens).
-    pub appended: usize,
-    /// How many version conflicts were caught up on and retried.
-    pub conflicts_retried: u32,
-}
-
-/// Why a command failed.
-#[derive(Debug)]
-pub enum RepositoryError<E> {
-    /// The aggregate rejected the command.
-    Rejected(E),
-    /// The store failed (decode error, lost connection, …).
-    Store(StoreError),
-    /// Every attempt met a concurrent writer; the last conflict is attached.
-    TooManyConflicts {
-        /// How many attempts were made.
-        attempts: u32,
-        /// The last conflict.
-        last: ConflictError,
-    },
-}
-
-impl<E> RepositoryError<E> {
-    /// The rejection, if the aggregate rejected the command.
-    pub fn rejection(&self) -> Option<&E> {
-        match self {
-            RepositoryError::Rejected(e) => Some(e),
-            _ => None,
-        }
-    }
-}
-
-impl<E: fmt::Display> fmt::Display for RepositoryError<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RepositoryError::Rejected(e) => write!(f, "command rejected: {e}"),
-            RepositoryError::Store(e) => write!(f, "{e}"),
-            RepositoryError::TooManyConflicts { attempts, last } => {
-                write!(f, "gave up after {attempts} attempts: {last}")
-            }
-        }
-    }
-}
-
-impl<E: fmt::Debug + fmt::Display> std::error::Error for RepositoryError<E> {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            RepositoryError::Store(e) => Some(e),
-            RepositoryError::TooManyConflicts { last, .. } => Some(last),
-            RepositoryError::Rejected(_) => None,
-        }
-    }
-}
-
-impl<E> From<StoreError> for RepositoryError<E> {
-    fn from(e: StoreError) -> Self {
-        RepositoryError::Store(e)
-    }
-}
-
-/// Which past state to load.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AsOf {
-    /// The state after this version.
-    Version(u64),
-    /// The state from the events stored at or before this time.
-    Time(SystemTime),
 }
 
 /// Loads aggregates and runs commands against them.
@@ -568,65 +474,6 @@ impl<A: Aggregate, S: SnapshotStore> Repository<A, S> {
         if let Err(error) = self.store.save_snapshot(&loaded.stream, &snapshot).await {
             tracing::warn!(stream = %loaded.stream, %error, "snapshot not saved");
         }
-    }
-}
-
-impl<A: Aggregate> Loaded<A> {
-    fn empty(stream: StreamId) -> Self {
-        Loaded {
-            stream,
-            state: A::default(),
-            version: 0,
-            position: Position::ZERO,
-        }
-    }
-}
-
-fn restore<A: Aggregate>(stream: &StreamId, snapshot: Snapshot) -> Option<Loaded<A>> {
-    match A::decode_snapshot(&snapshot.fields) {
-        Ok(state) => Some(Loaded {
-            stream: stream.clone(),
-            state,
-            version: snapshot.version,
-            position: snapshot.position,
-        }),
-        Err(error) => {
-            tracing::warn!(%stream, %error, "ignoring a snapshot that does not decode; replaying");
-            None
-        }
-    }
-}
-
-/// Applies `events` to `loaded`. A deletion marker resets the state to its `Default` (an
-/// aggregate recreated after it starts again); if the last event is one, the aggregate is
-/// deleted: [`StoreError::Deleted`].
-fn fold<A: Aggregate>(
-    mut loaded: Loaded<A>,
-    events: Vec<StoredEvent>,
-) -> Result<Loaded<A>, StoreError> {
-    let mut deleted = None;
-    for stored in events {
-        if stored.event_type == STREAM_DELETED {
-            let marker = stored.decode::<StreamDeleted>()?;
-            loaded.state = A::default();
-            loaded.version = marker.version;
-            loaded.position = marker.position;
-            deleted = Some(marker.event.hard);
-            continue;
-        }
-        deleted = None;
-        let event = stored.decode::<A::Event>()?;
-        loaded.state.apply_event(&event.event);
-        loaded.version = event.version;
-        loaded.position = event.position;
-    }
-    match deleted {
-        Some(hard) => Err(StoreError::Deleted {
-            stream: loaded.stream.to_string(),
-            version: loaded.version,
-            hard,
-        }),
-        None => Ok(loaded),
     }
 }
 
