@@ -91,7 +91,8 @@ pub async fn soft_delete<S: EventStore + ?Sized>(
     stream: &StreamId,
     metadata: Metadata,
 ) -> Result<AppendResult, StoreError> {
-    loop {
+    let mut last = None;
+    for _ in 0..DELETE_ATTEMPTS {
         let version = store.stream_version(stream).await?;
         if version == 0 {
             return Err(nothing_to_delete(stream));
@@ -106,8 +107,21 @@ pub async fn soft_delete<S: EventStore + ?Sized>(
             )
             .await
         {
-            Err(StoreError::Conflict(_)) => continue, // an append came first: mark after it
+            // An append came first: mark after it.
+            Err(StoreError::Conflict(conflict)) => last = Some(conflict),
             other => return other,
         }
+    }
+    Err(gave_up(stream, last))
+}
+
+/// How often a deletion reads the version again when appends keep coming first.
+pub const DELETE_ATTEMPTS: usize = 100;
+
+/// The conflict a deletion ends with after [`DELETE_ATTEMPTS`] attempts (retry it later).
+pub fn gave_up(stream: &StreamId, last: Option<crate::error::ConflictError>) -> StoreError {
+    match last {
+        Some(conflict) => StoreError::Conflict(conflict),
+        None => StoreError::InvalidRequest(format!("deleting {stream} made no attempt")),
     }
 }

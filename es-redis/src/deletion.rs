@@ -21,7 +21,8 @@ impl RedisEventStore {
         }
         self.check_partition_count(&stream.category, true).await?;
         let keys = self.keys();
-        loop {
+        let mut last = None;
+        for _ in 0..deletion::DELETE_ATTEMPTS {
             let version = es_core::EventStore::stream_version(self, stream).await?;
             if version == 0 {
                 return Err(deletion::nothing_to_delete(stream));
@@ -47,7 +48,17 @@ impl RedisEventStore {
             let status = items.next().and_then(into_bytes).ok_or_else(malformed)?;
             let detail = items.next().and_then(into_bytes).ok_or_else(malformed)?;
             if status == b"conflict" {
-                continue; // an append came first: delete it too
+                // An append came first: delete it too.
+                let actual = std::str::from_utf8(&detail)
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(malformed)?;
+                last = Some(es_core::ConflictError {
+                    stream: stream.clone(),
+                    expected: es_core::ExpectedVersion::Exact(version),
+                    actual,
+                });
+                continue;
             }
             let id = String::from_utf8(detail).map_err(|_| malformed())?;
             let position = id.parse::<Position>().map_err(|_| malformed())?;
@@ -56,5 +67,6 @@ impl RedisEventStore {
                 positions: vec![position],
             });
         }
+        Err(deletion::gave_up(stream, last))
     }
 }

@@ -71,8 +71,14 @@ fn associated(subject: &str, field: &str) -> Vec<u8> {
     aad
 }
 
-/// Seals the plain value `plain` of `field` of `subject` with `key`.
-pub(crate) fn seal(key: &SubjectKey, subject: &str, field: &str, plain: &[u8]) -> Vec<u8> {
+/// Seals the plain value `plain` of `field` of `subject` with `key`. Fails only for a value
+/// too large for the cipher (256 GiB).
+pub(crate) fn seal(
+    key: &SubjectKey,
+    subject: &str,
+    field: &str,
+    plain: &[u8],
+) -> Result<Vec<u8>, SealError> {
     let cipher = XChaCha20Poly1305::new(&key.key.into());
     let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
     let aad = associated(subject, field);
@@ -84,13 +90,23 @@ pub(crate) fn seal(key: &SubjectKey, subject: &str, field: &str, plain: &[u8]) -
                 aad: &aad,
             },
         )
-        .unwrap_or_default(); // encrypting in memory fails only past 256 GiB
+        .map_err(|_| SealError {
+            field: field.to_owned(),
+        })?;
     let mut out = Vec::with_capacity(SEALED.len() + GENERATION + NONCE + sealed.len());
     out.extend_from_slice(SEALED);
     out.extend_from_slice(&key.generation.to_be_bytes());
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&sealed);
-    out
+    Ok(out)
+}
+
+/// A personal value the cipher could not seal (too large); nothing is stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("personal field `{field}` could not be encrypted (too large for the cipher)")]
+pub struct SealError {
+    /// The field.
+    pub field: String,
 }
 
 /// The generation of the key a sealed value needs (`None`: malformed).
@@ -138,18 +154,18 @@ pub(crate) fn open(
 
 /// Seals every value of `fields` marked to be sealed (what `#[derive(Event)]` encodes for a
 /// personal field) with `key`, for `subject`: what [`Shredded`](super::Shredded) stores.
-pub fn seal_fields(key: &SubjectKey, subject: &str, fields: Fields) -> Fields {
+pub fn seal_fields(key: &SubjectKey, subject: &str, fields: Fields) -> Result<Fields, SealError> {
     let mut sealed = Fields::with_capacity(fields.len());
     for (name, value) in fields.into_pairs() {
         match value.strip_prefix(TO_SEAL) {
             Some(plain) => {
-                let value = seal(key, subject, &name, plain);
+                let value = seal(key, subject, &name, plain)?;
                 sealed.push(name, value);
             }
             None => sealed.push(name, value),
         }
     }
-    sealed
+    Ok(sealed)
 }
 
 /// Opens every sealed value of `fields` with `key`, the subject's current key (`None`: it
@@ -189,7 +205,7 @@ mod tests {
     #[test]
     fn a_sealed_value_opens_with_its_key_subject_and_field_only() {
         let key = SubjectKey::generate(3);
-        let sealed = seal(&key, "duffy", "name", b"Duffy");
+        let sealed = seal(&key, "duffy", "name", b"Duffy").expect("seals");
         assert!(!sealed.windows(5).any(|w| w == b"Duffy"), "no plain text");
         assert_eq!(generation_of(&sealed), Some(3));
         assert_eq!(

@@ -15,7 +15,9 @@ mod crypto;
 mod keys;
 mod shredded;
 
-pub use crypto::{open_fields, seal_fields, OpenError, SubjectKey, ERASED, SEALED, TO_SEAL};
+pub use crypto::{
+    open_fields, seal_fields, OpenError, SealError, SubjectKey, ERASED, SEALED, TO_SEAL,
+};
 pub use keys::{InMemoryKeys, KeyStore};
 pub use shredded::{Shredded, ShreddedSource};
 

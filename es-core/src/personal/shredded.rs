@@ -113,7 +113,11 @@ impl<S: EventStore, K: KeyStore> Shredded<S, K> {
             .keys
             .writing_key(&subject, SubjectKey::generate(1))
             .await?;
-        Ok(crypto::seal_fields(&key, &subject, fields))
+        crypto::seal_fields(&key, &subject, fields).map_err(|error| {
+            StoreError::InvalidRequest(format!(
+                "{error}, for subject {subject:?}; nothing was written"
+            ))
+        })
     }
 }
 
@@ -165,6 +169,7 @@ impl<K: KeyStore> Opener<K> {
 }
 
 fn open_fields(keys: &HashMap<String, SubjectKey>, item: Sealed<'_>) -> Result<(), StoreError> {
+    // An event without sealed values stays as it is, not rebuilt.
     if !item.fields.iter().any(|(_, v)| v.starts_with(SEALED)) {
         return Ok(());
     }

@@ -56,10 +56,10 @@ pub(crate) fn p8_personal(sizes: &Sizes) -> Vec<Row> {
         black_box(fields(black_box(&plain)));
     });
     let encode_sealed = time_each(n, || {
-        black_box(seal_fields(&key, "duffy", fields(black_box(&personal))));
+        black_box(seal_fields(&key, "duffy", fields(black_box(&personal))).expect("seals"));
     });
     let stored_plain = fields(&plain);
-    let stored_sealed = seal_fields(&key, "duffy", fields(&personal));
+    let stored_sealed = seal_fields(&key, "duffy", fields(&personal)).expect("seals");
     let decode_plain = time_each(n, || {
         black_box(Plain::decode("Registered", black_box(&stored_plain)).expect("decodes"));
     });
