@@ -19,7 +19,7 @@ pub use crypto::{
     open_fields, seal_fields, OpenError, SealError, SubjectKey, ERASED, SEALED, TO_SEAL,
 };
 pub use keys::{InMemoryKeys, KeyStore};
-pub use shredded::{Shredded, ShreddedSource};
+pub use shredded::{Shredded, ShreddedSource, WRITING_KEY_TTL};
 
 use crate::codec::{FieldError, FieldValue, Fields};
 use crate::error::{DecodeError, EncodeError};

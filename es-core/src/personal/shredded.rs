@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
@@ -37,13 +37,28 @@ use crate::store::{
 pub struct Shredded<S, K> {
     inner: S,
     keys: Arc<K>,
+    /// Writing keys fetched in the last [`WRITING_KEY_TTL`], so an append does not wait for
+    /// the key store each time.
+    writing: Arc<WritingKeys>,
 }
+
+/// How long a writing key is used without asking the key store again. An erasure in this
+/// process drops it at once; one in another process is seen within this time (data sealed
+/// meanwhile with the erased key reads as erased, like the subject's other data).
+pub const WRITING_KEY_TTL: Duration = Duration::from_secs(1);
+
+/// The writing keys of recently written subjects, each with when it was fetched.
+type WritingKeys = quick_cache::sync::Cache<String, (SubjectKey, Instant)>;
+
+/// How many subjects' writing keys are kept.
+const WRITING_KEYS: usize = 10_000;
 
 impl<S: Clone, K> Clone for Shredded<S, K> {
     fn clone(&self) -> Self {
         Shredded {
             inner: self.inner.clone(),
             keys: self.keys.clone(),
+            writing: self.writing.clone(),
         }
     }
 }
@@ -62,6 +77,7 @@ impl<S: EventStore, K: KeyStore> Shredded<S, K> {
         Shredded {
             inner,
             keys: Arc::new(keys),
+            writing: Arc::new(WritingKeys::new(WRITING_KEYS)),
         }
     }
 
@@ -86,6 +102,7 @@ impl<S: EventStore, K: KeyStore> Shredded<S, K> {
         metadata: Metadata,
     ) -> Result<bool, StoreError> {
         let erased = self.keys.erase(subject).await?;
+        self.writing.remove(subject);
         let record = NewEvent::encode(
             &SubjectErased {
                 subject: subject.to_owned(),
@@ -109,10 +126,18 @@ impl<S: EventStore, K: KeyStore> Shredded<S, K> {
             return Ok(fields);
         }
         let subject = subject_of(&fields, default_subject);
-        let key = self
-            .keys
-            .writing_key(&subject, SubjectKey::generate(1))
-            .await?;
+        let key = match self.writing.get(&subject) {
+            Some((key, fetched)) if fetched.elapsed() < WRITING_KEY_TTL => key,
+            _ => {
+                let key = self
+                    .keys
+                    .writing_key(&subject, SubjectKey::generate(1))
+                    .await?;
+                self.writing
+                    .insert(subject.clone(), (key.clone(), Instant::now()));
+                key
+            }
+        };
         crypto::seal_fields(&key, &subject, fields).map_err(|error| {
             StoreError::InvalidRequest(format!(
                 "{error}, for subject {subject:?}; nothing was written"

@@ -146,6 +146,7 @@ async fn run(sizes: &Sizes, options: Options) -> Result<(), BoxError> {
     }
     if wanted("P8") {
         rows.extend(personal::p8_personal(sizes));
+        rows.extend(personal::p8_personal_on_redis(sizes, &store).await?);
     }
     if wanted("P6") {
         rows.extend(p6_loads(sizes, &store, &copies, &raw).await?);
