@@ -206,7 +206,7 @@ impl Inspector {
                     let event = event?;
                     line(out, format_args!("{}", event.id))?;
                     print_event(out, &event.event)?;
-                    out.flush().map_err(output_error)?;
+                    out.flush()?;
                 }
             }
             Command::Projections => {
@@ -262,7 +262,7 @@ impl Inspector {
                     out,
                     format_args!("inspector at http://{}/", bound.local_addr()),
                 )?;
-                out.flush().map_err(output_error)?;
+                out.flush()?;
                 bound
                     .run(async {
                         let _ = tokio::signal::ctrl_c().await;
@@ -275,11 +275,7 @@ impl Inspector {
 }
 
 fn line(out: &mut (dyn Write + Send), text: std::fmt::Arguments<'_>) -> Result<(), InspectError> {
-    writeln!(out, "{text}").map_err(output_error)
-}
-
-fn output_error(error: std::io::Error) -> InspectError {
-    InspectError::Serve(format!("cannot write the output: {error}"))
+    Ok(writeln!(out, "{text}")?)
 }
 
 /// `v2  2026-12-02T06:31:07.123Z  EmailUpdated  email="duffy@acme.test"`, then its

@@ -30,6 +30,9 @@ pub enum InspectError {
     /// request (400).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The CLI could not write its output.
+    #[error("cannot write the output: {0}")]
+    Output(#[from] std::io::Error),
     /// The inspector could not start: an address it cannot bind, or one it refuses to
     /// bind without a token.
     #[error("{0}")]
@@ -48,7 +51,9 @@ impl InspectError {
             InspectError::Store(StoreError::InvalidRequest(_)) => StatusCode::BAD_REQUEST,
             InspectError::Store(StoreError::Decode { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
             InspectError::Store(StoreError::Connection { .. }) => StatusCode::SERVICE_UNAVAILABLE,
-            InspectError::Store(_) | InspectError::Serve(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            InspectError::Store(_) | InspectError::Serve(_) | InspectError::Output(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 }
